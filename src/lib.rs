@@ -1,0 +1,6 @@
+//! Sluice rolls a feature flag out in stages and rolls it back on harm.
+//!
+//! The crate is organised by concern: [`crd`] holds the `FeatureRollout` resource and its
+//! validation, [`engine`] the pure rollout decisions, [`flagd`] the flag documents.
+
+pub mod flagd;
