@@ -1,0 +1,685 @@
+//! The `FeatureRollout` resource (`sluice.dev/v1alpha1`): what to roll out, in which
+//! stages, watched by which metrics, and the status Sluice reports back.
+//!
+//! Doc comments on the fields become `kubectl explain` text. Bounds and single-field rules
+//! live in the schema; rules that span fields are CEL (`x-kubernetes-validations`). The
+//! same rules run in Rust ([`validate`]) for standalone mode, `sluice validate` and clear
+//! messages.
+
+mod units;
+pub mod validate;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use units::{Weight, parse_duration, parse_percent};
+pub use validate::{Problem, validate};
+
+/// The Prometheus label that carries the variant a request was served, as OpenTelemetry's
+/// `feature_flag.result.variant` attribute is named in Prometheus.
+pub const DEFAULT_COHORT_LABEL: &str = "feature_flag_result_variant";
+/// How often the metrics are analysed when `analysis.interval` is not set.
+pub const DEFAULT_INTERVAL: &str = "1m";
+/// The share of the false-rollback budget not spent, when `analysis.confidence` is not set.
+pub const DEFAULT_CONFIDENCE: f64 = 0.95;
+
+/// Rolls a feature flag out in stages of exposure and rolls it back when the metrics of
+/// the users who get the new variant show harm compared with those who don't.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "FeatureRollout",
+    namespaced,
+    cel,
+    status = "FeatureRolloutStatus",
+    shortname = "fr",
+    category = "sluice",
+    doc = "Rolls a feature flag out in stages of exposure and rolls it back when the users who get the new variant fare worse than those who don't.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the rollout is"
+    ),
+    printcolumn(
+        name = "Stage",
+        type_ = "string",
+        json_path = ".status.stageName",
+        description = "The current stage"
+    ),
+    printcolumn(
+        name = "Weight",
+        type_ = "string",
+        json_path = ".status.weight",
+        description = "Share of eligible users on the candidate"
+    ),
+    printcolumn(
+        name = "Verdict",
+        type_ = "string",
+        json_path = ".status.lastAnalysis.verdict",
+        description = "The last analysis' verdict"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureRolloutSpec {
+    /// The flag to roll out: its key, its variants, and which one is safe today.
+    pub flag: FlagSpec,
+    /// Where the flagd flag document lives. Exactly one of `configMap`, `featureFlag` or
+    /// `file`. Immutable: to move a flag, delete the rollout and create a new one.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("target is immutable: delete the rollout and create a new one to move the flag"))]
+    pub target: Target,
+    /// The stages of exposure, in order. Weights never decrease (audience stages come
+    /// first and are exempt), and the last stage is 100% for everybody, after which the
+    /// candidate is promoted to the default.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.filter(s, !has(s.audience)).map(s, double(string(s.weight).replace('%', ''))).isSorted()").message("stage weights must never decrease (audience stages excepted)"))]
+    #[x_kube(validation = kube::core::Rule::new("!has(self[size(self) - 1].audience) && double(string(self[size(self) - 1].weight).replace('%', '')) == 100.0").message("the last stage must be 100% with no audience"))]
+    #[x_kube(validation = kube::core::Rule::new("self.map(s, !has(s.audience)).isSorted()").message("audience stages must come before all other stages"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, has(s.duration) || (!has(s.audience) && double(string(s.weight).replace('%', '')) == 100.0))").message("every stage below 100% (and every audience stage) needs a duration"))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(s, !has(s.name) || self.exists_one(t, has(t.name) && t.name == s.name))").message("stage names must be unique"))]
+    pub stages: Vec<Stage>,
+    /// How the candidate is judged at every look. Without it, stages advance on time
+    /// alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// Steering by people: pause, approve, abort and retry, settable with `kubectl patch`.
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// The flag being rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.baseline != self.candidate").message("flag.candidate must differ from flag.baseline"))]
+#[x_kube(validation = kube::core::Rule::new("self.baseline in self.variants").message("flag.baseline must name one of flag.variants"))]
+#[x_kube(validation = kube::core::Rule::new("self.candidate in self.variants").message("flag.candidate must name one of flag.variants"))]
+pub struct FlagSpec {
+    /// The flag key, as the application evaluates it. Sluice owns this one key in the
+    /// document and never changes any other. Immutable.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("flag.key is immutable: create a new rollout for another flag"))]
+    pub key: String,
+    /// The flag's variants: name to value (any JSON value: boolean, string, number,
+    /// object).
+    #[schemars(schema_with = "variants_schema")]
+    pub variants: BTreeMap<String, Value>,
+    /// The variant that is safe today. It is the default until promotion, what every
+    /// user gets after a rollback, and what an evaluation error falls back to.
+    #[schemars(length(min = 1, max = 256))]
+    pub baseline: String,
+    /// The variant being rolled out.
+    #[schemars(length(min = 1, max = 256))]
+    pub candidate: String,
+}
+
+/// Where the flag document lives. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("[has(self.configMap), has(self.featureFlag), has(self.file)].filter(x, x).size() == 1").message("target must set exactly one of configMap, featureFlag or file"))]
+pub struct Target {
+    /// A ConfigMap in the rollout's namespace holding a flagd document under `key`;
+    /// created if missing. flagd reads it as a mounted file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapTarget>,
+    /// An OpenFeature Operator `FeatureFlag` (`core.openfeature.dev/v1beta1`) in the
+    /// rollout's namespace; Sluice patches only its own key in `spec.flagSpec.flags`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_flag: Option<FeatureFlagTarget>,
+    /// A flagd JSON file on the local disk (standalone mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileTarget>,
+}
+
+/// A ConfigMap holding a flagd document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapTarget {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The data key holding the flagd JSON document.
+    #[serde(default = "default_config_map_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_config_map_key() -> String {
+    "flags.json".into()
+}
+
+/// An OpenFeature Operator `FeatureFlag` resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureFlagTarget {
+    /// The `FeatureFlag`'s name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A flagd document on the local disk.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileTarget {
+    /// Path of the flagd JSON file; relative paths are relative to the rollout file.
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: String,
+}
+
+/// One step of the plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// A name for people and for `control.approve`; `stage-N` (1-based) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+    /// Share of eligible users who get the candidate: a whole number of percent (`5`)
+    /// or a string of percent with up to four decimals (`"0.5%"`, the `%` optional).
+    pub weight: Weight,
+    /// Restricts the stage to the users this JSONLogic rule matches on the evaluation
+    /// context (e.g. `{"ends_with": [{"var": "email"}, "@example.com"]}`); everybody else
+    /// gets the baseline. Audience stages come before the general ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "json_logic_schema")]
+    pub audience: Option<Value>,
+    /// The least time the stage lasts (`10m`, `1h30m`). Required below 100%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "units::duration_schema")]
+    pub duration: Option<String>,
+    /// The least number of candidate requests the stage must see before it may end.
+    /// Needs `analysis.metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<u64>,
+    /// `required` makes the rollout wait, before entering this stage, until
+    /// `control.approve` names it.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+fn variants_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "minProperties": 2,
+        "maxProperties": 64,
+        "additionalProperties": { "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+fn json_logic_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "x-kubernetes-validations": [{
+            "rule": "size(self) == 1",
+            "message": "an audience is one JSONLogic rule: an object with exactly one operator key"
+        }]
+    })
+}
+
+/// Whether a stage waits for a person.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Approval {
+    /// The stage starts as soon as the previous one ends.
+    #[default]
+    Auto,
+    /// The stage starts only once `control.approve` names it.
+    Required,
+}
+
+/// How the candidate is judged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Time between looks at the metrics (default `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "units::duration_schema")]
+    pub interval: Option<String>,
+    /// The Prometheus-compatible server to query (Prometheus, Thanos, Mimir,
+    /// VictoriaMetrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSpec>,
+    /// One minus the chance of rolling back a healthy flag that the whole rollout may
+    /// spend, however often it looks (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.5, max = 0.9999))]
+    pub confidence: Option<f64>,
+    /// The metric label that carries the variant served (default
+    /// `feature_flag_result_variant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    )]
+    pub cohort_label: Option<String>,
+    /// Extra template variables for the queries, used as `{{ name }}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+    /// The metrics that matter. Names are unique.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(m, self.exists_one(n, n.name == m.name))").message("metric names must be unique"))]
+    pub metrics: Vec<MetricSpec>,
+    /// What repeated analysis errors (Prometheus down, failing queries) do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_error: Option<OnError>,
+}
+
+/// Where to query metrics.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSpec {
+    /// Base URL, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+    pub address: String,
+    /// Time limit of one request (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "units::duration_schema")]
+    pub timeout: Option<String>,
+    /// Extra HTTP headers, e.g. `X-Scope-OrgID` for Mimir or Cortex tenants.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A file holding a bearer token (e.g. a mounted Secret); read at every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
+    /// HTTP basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
+    /// TLS settings for `https` addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// HTTP basic authentication with the password in a file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// The user name.
+    pub username: String,
+    /// A file holding the password (e.g. a mounted Secret).
+    pub password_file: String,
+}
+
+/// TLS settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A PEM file of CA certificates to trust besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Skip certificate verification. Never do this outside a test.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One metric that matters. Exactly one of `ratio`, `histogram` or `guard`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("[has(self.ratio), has(self.histogram), has(self.guard)].filter(x, x).size() == 1").message("a metric sets exactly one of ratio, histogram or guard"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.guard) || (!has(self.maxIncrease) && !has(self.max))").message("a guard metric takes its thresholds in guard.max / guard.min, not maxIncrease or max"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.guard) || has(self.maxIncrease) || has(self.max)").message("a ratio or histogram metric needs maxIncrease, max or both"))]
+pub struct MetricSpec {
+    /// A short name, unique in the rollout (used in status, events and metrics).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// A share of bad requests per cohort: `errors / requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<RatioMetric>,
+    /// A share of slow requests per cohort, `P(latency > threshold)`, from histogram
+    /// buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<HistogramMetric>,
+    /// An absolute threshold that needs no comparison (memory, saturation, SLO burn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardMetric>,
+    /// The harm tolerated: how much worse than the baseline the candidate may be before
+    /// the rollout is rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<Tolerance>,
+    /// An absolute ceiling on the candidate's share (e.g. `"2%"`), whatever the baseline
+    /// does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "units::percent_schema")]
+    pub max: Option<String>,
+}
+
+/// Errors over requests, per cohort.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RatioMetric {
+    /// PromQL returning the bad requests per cohort over `{{ window }}`, e.g.
+    /// `sum by (feature_flag_result_variant) (increase(http_requests_total{code=~"5..",feature_flag_key="{{ flag }}"}[{{ window }}]))`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub errors: String,
+    /// PromQL returning all requests per cohort over `{{ window }}`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub requests: String,
+}
+
+/// Histogram buckets, per cohort.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistogramMetric {
+    /// PromQL returning the cumulative bucket counts by `le` and cohort over
+    /// `{{ window }}`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub buckets: String,
+    /// The latency (in the histogram's unit, usually seconds) above which a request
+    /// counts as slow. Must be one of the bucket bounds.
+    #[schemars(range(min = 0.0))]
+    pub threshold: f64,
+}
+
+/// An absolute threshold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.max) || has(self.min)").message("a guard needs max, min or both"))]
+pub struct GuardMetric {
+    /// PromQL returning one value, or one per cohort (then the candidate's is checked).
+    #[schemars(length(min = 1, max = 8192))]
+    pub query: String,
+    /// The rollout fails when the value goes above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The rollout fails when the value goes below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+}
+
+/// Tolerated harm. Exactly one of `relative` or `absolute`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.relative) != has(self.absolute)").message("maxIncrease sets exactly one of relative or absolute"))]
+pub struct Tolerance {
+    /// The candidate may be this much worse in proportion (`"10%"`: 1% errors may become
+    /// 1.1%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "units::percent_schema")]
+    pub relative: Option<String>,
+    /// The candidate may be this many percentage points worse (`"0.5%"`: 1% may become
+    /// 1.5%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "units::percent_schema")]
+    pub absolute: Option<String>,
+}
+
+/// What repeated analysis errors do.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnError {
+    /// How many errored looks in a row trigger the action (default 3).
+    #[serde(default = "default_consecutive")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive: u32,
+    /// `hold` keeps the current exposure and says so; `rollback` rolls back.
+    #[serde(default)]
+    pub action: ErrorAction,
+}
+
+impl Default for OnError {
+    fn default() -> Self {
+        OnError {
+            consecutive: default_consecutive(),
+            action: ErrorAction::Hold,
+        }
+    }
+}
+
+fn default_consecutive() -> u32 {
+    3
+}
+
+/// The action on repeated analysis errors.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorAction {
+    /// Keep the current exposure, do not advance, and say why.
+    #[default]
+    Hold,
+    /// Roll back to the baseline.
+    Rollback,
+}
+
+/// Steering by people. Every field is declarative: it says what should hold now, so
+/// applying the same manifest twice changes nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Control {
+    /// Hold at the current stage: no stage ends while paused. Analysis goes on and harm
+    /// still rolls back. Set back to false to resume.
+    #[serde(default)]
+    pub paused: bool,
+    /// The name of a stage with `approval: required` that may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub approve: Option<String>,
+    /// Roll back now and stay rolled back while true.
+    #[serde(default)]
+    pub abort: bool,
+    /// Raise this number (with `abort` false) to start a rolled-back rollout again from
+    /// its first stage.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub retry: u32,
+}
+
+/// Where a rollout is.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum Phase {
+    /// Not started yet.
+    #[default]
+    Pending,
+    /// Going through its stages.
+    Progressing,
+    /// A stage with `approval: required` waits for `control.approve`.
+    WaitingForApproval,
+    /// Held by `control.paused`.
+    Paused,
+    /// The candidate is the default for everybody. Final.
+    Promoted,
+    /// Everybody is back on the baseline. Final until `control.retry` is raised.
+    RolledBack,
+    /// The spec cannot be carried out (see the `Ready` condition); the flag is left as it is.
+    Failed,
+}
+
+impl Phase {
+    /// Promoted and rolled-back rollouts no longer change the flag by themselves.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Promoted | Phase::RolledBack)
+    }
+}
+
+/// The outcome of one look at the metrics.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Verdict {
+    /// No evidence of harm: the stage may end.
+    Pass,
+    /// Evidence of harm: roll back.
+    Fail,
+    /// Not enough data yet: hold.
+    Inconclusive,
+    /// The metrics provider or a query failed: hold, or roll back after `onError`.
+    Error,
+}
+
+/// What Sluice reports. Status is the controller's only memory: a restarted controller
+/// continues from here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureRolloutStatus {
+    /// Where the rollout is.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Index (0-based) of the current stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
+    /// Name of the current stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_name: Option<String>,
+    /// The exposure the flag document serves now (share of eligible users on the
+    /// candidate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<String>,
+    /// When the current stage began; unset until the first stage begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_started_at: Option<Timestamp>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The value of `control.retry` last acted upon.
+    #[serde(default)]
+    pub retries: u32,
+    /// Errored looks in a row.
+    #[serde(default)]
+    pub consecutive_errors: u32,
+    /// A digest of the flag and target being rolled out; a change starts a new rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// What the rollout waits for or why it stopped, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `Ready` (the spec can be carried out), `Progressing` (stages are moving) and
+    /// `Held` (something other than time keeps the stage from ending).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The last look at the metrics, in full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisStatus>,
+    /// Changes of phase and exposure, newest last (bounded).
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A condition in the Kubernetes style.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Progressing` or `Held`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A PascalCase reason.
+    pub reason: String,
+    /// A sentence for people.
+    pub message: String,
+    /// When `status` last changed.
+    pub last_transition_time: Timestamp,
+    /// The generation this condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One look at the metrics.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// When the look was made.
+    pub at: Timestamp,
+    /// The stage (index) it was made in.
+    pub stage: u32,
+    /// The verdict for the stage.
+    pub verdict: Verdict,
+    /// Why, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Candidate requests seen in the stage so far (for `minSamples`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_samples: Option<u64>,
+    /// Per-metric results.
+    #[serde(default)]
+    pub metrics: Vec<MetricAnalysis>,
+}
+
+/// The result for one metric at one look.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricAnalysis {
+    /// The metric's name.
+    pub name: String,
+    /// The queries as sent, templates resolved.
+    #[serde(default)]
+    pub queries: Vec<String>,
+    /// The baseline cohort's numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<CohortNumbers>,
+    /// The candidate cohort's numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CohortNumbers>,
+    /// The estimated harm (candidate minus tolerated baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<f64>,
+    /// The bound the harm was compared with at this look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<f64>,
+    /// The test used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+    /// The metric's verdict.
+    pub verdict: Verdict,
+    /// Why, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One cohort's numbers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CohortNumbers {
+    /// Samples (requests) in the window.
+    pub n: f64,
+    /// The estimate (a share for ratio and histogram metrics, the value for guards).
+    pub value: f64,
+}
+
+/// One change of phase or exposure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// When.
+    pub at: Timestamp,
+    /// The phase before.
+    pub from: Phase,
+    /// The phase after.
+    pub to: Phase,
+    /// The stage (index) after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
+    /// The exposure after.
+    pub weight: String,
+    /// A PascalCase reason, as on the Event.
+    pub reason: String,
+    /// Why, in a sentence.
+    pub message: String,
+}
+
+/// The CRD as YAML, as `sluice crd` prints it and `crds/featurerollout.yaml` holds it.
+pub fn crd_yaml() -> String {
+    let yaml =
+        serde_yaml_ng::to_string(&FeatureRollout::crd()).expect("the CRD serializes to YAML");
+    format!("# Generated by `sluice crd` from src/crd. Do not edit.\n{yaml}")
+}

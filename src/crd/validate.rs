@@ -1,0 +1,598 @@
+//! The schema's rules, in Rust: every problem at once, each with its field path.
+//!
+//! The API server enforces the same rules through the CRD schema (bounds, patterns and
+//! CEL). Here they serve standalone mode, `sluice validate` and the engine, which only
+//! ever plans from a [`ValidSpec`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use jiff::SignedDuration;
+use serde_json::Value;
+
+use super::units::{parse_duration, parse_percent};
+use super::{
+    Approval, DEFAULT_CONFIDENCE, DEFAULT_INTERVAL, ErrorAction, FeatureRolloutSpec, MetricSpec,
+    OnError, Weight,
+};
+use crate::flagd::FlagDefinition;
+
+/// Most stages a rollout may have.
+pub const MAX_STAGES: usize = 32;
+/// Most metrics a rollout may have.
+pub const MAX_METRICS: usize = 16;
+
+/// One thing wrong with a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where, as a path from the resource root (`spec.stages[2].weight`).
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A spec that passed validation, with its values parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    /// The flag, as the flagd renderer needs it.
+    pub flag: FlagDefinition,
+    /// The stages, in order.
+    pub stages: Vec<ValidStage>,
+    /// Time between looks at the metrics.
+    pub interval: SignedDuration,
+    /// One minus the false-rollback budget.
+    pub confidence: f64,
+    /// Whether any metric is configured (without, stages advance on time alone).
+    pub has_metrics: bool,
+    /// What repeated analysis errors do.
+    pub on_error: OnError,
+}
+
+/// One stage, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidStage {
+    /// The stage's name (`stage-N` when unset).
+    pub name: String,
+    /// Exposure.
+    pub weight: Weight,
+    /// JSONLogic audience, if any.
+    pub audience: Option<Value>,
+    /// Least duration (zero for a final stage without one).
+    pub duration: SignedDuration,
+    /// Least candidate samples.
+    pub min_samples: Option<u64>,
+    /// Whether the stage waits for approval before it starts.
+    pub approval: Approval,
+}
+
+/// Operators flagd's JSONLogic evaluators understand (JSONLogic's own plus flagd's).
+const JSON_LOGIC_OPERATORS: &[&str] = &[
+    "var",
+    "missing",
+    "missing_some",
+    "if",
+    "?:",
+    "==",
+    "===",
+    "!=",
+    "!==",
+    "!",
+    "!!",
+    "or",
+    "and",
+    ">",
+    ">=",
+    "<",
+    "<=",
+    "max",
+    "min",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "map",
+    "reduce",
+    "filter",
+    "all",
+    "none",
+    "some",
+    "merge",
+    "in",
+    "cat",
+    "substr",
+    "log",
+    "fractional",
+    "sem_ver",
+    "starts_with",
+    "ends_with",
+    "$ref",
+];
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks a spec and parses it, or lists every problem found.
+pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+
+    check_flag(spec, &mut p);
+    check_target(spec, &mut p);
+    let has_metrics = spec
+        .analysis
+        .as_ref()
+        .is_some_and(|a| !a.metrics.is_empty());
+    let stages = check_stages(spec, has_metrics, &mut p);
+    let (interval, confidence, on_error) = check_analysis(spec, &mut p);
+    if let Some(approve) = &spec.control.approve {
+        if !stages.iter().any(|s| &s.name == approve) {
+            p.add(
+                "spec.control.approve",
+                format!("names no stage: {approve:?} is not a stage name"),
+            );
+        }
+    }
+
+    if !p.0.is_empty() {
+        return Err(p.0);
+    }
+    let flag = FlagDefinition {
+        key: spec.flag.key.clone(),
+        variants: spec
+            .flag
+            .variants
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        baseline: spec.flag.baseline.clone(),
+        candidate: spec.flag.candidate.clone(),
+    };
+    Ok(ValidSpec {
+        flag,
+        stages,
+        interval,
+        confidence,
+        has_metrics,
+        on_error,
+    })
+}
+
+fn check_flag(spec: &FeatureRolloutSpec, p: &mut Problems) {
+    let flag = &spec.flag;
+    if flag.key.trim().is_empty() {
+        p.add(
+            "spec.flag.key",
+            "is empty: name the flag key the application evaluates",
+        );
+    } else if flag.key.len() > 256 {
+        p.add("spec.flag.key", "is longer than 256 characters");
+    }
+    if flag.variants.len() < 2 {
+        p.add(
+            "spec.flag.variants",
+            "needs at least two variants (the baseline and the candidate)",
+        );
+    }
+    for name in flag.variants.keys() {
+        if name.is_empty() {
+            p.add("spec.flag.variants", "has a variant with an empty name");
+        }
+    }
+    if flag.baseline == flag.candidate {
+        p.add(
+            "spec.flag.candidate",
+            format!(
+                "equals the baseline {:?}: the candidate must be a different variant",
+                flag.baseline
+            ),
+        );
+    }
+    for (field, name) in [
+        ("spec.flag.baseline", &flag.baseline),
+        ("spec.flag.candidate", &flag.candidate),
+    ] {
+        if !flag.variants.contains_key(name) {
+            let known: Vec<&str> = flag.variants.keys().map(String::as_str).collect();
+            p.add(
+                field,
+                format!("{name:?} is not one of the variants {known:?}"),
+            );
+        }
+    }
+}
+
+fn check_target(spec: &FeatureRolloutSpec, p: &mut Problems) {
+    let t = &spec.target;
+    let set = [
+        t.config_map.is_some(),
+        t.feature_flag.is_some(),
+        t.file.is_some(),
+    ];
+    match set.iter().filter(|s| **s).count() {
+        0 => p.add(
+            "spec.target",
+            "sets none of configMap, featureFlag or file: set exactly one",
+        ),
+        1 => {}
+        _ => p.add(
+            "spec.target",
+            "sets more than one of configMap, featureFlag or file: set exactly one",
+        ),
+    }
+    if let Some(cm) = &t.config_map {
+        if cm.name.is_empty() {
+            p.add("spec.target.configMap.name", "is empty");
+        }
+        if cm.key.is_empty() {
+            p.add("spec.target.configMap.key", "is empty");
+        }
+    }
+    if let Some(ff) = &t.feature_flag {
+        if ff.name.is_empty() {
+            p.add("spec.target.featureFlag.name", "is empty");
+        }
+    }
+    if let Some(file) = &t.file {
+        if file.path.is_empty() {
+            p.add("spec.target.file.path", "is empty");
+        }
+    }
+}
+
+fn check_stages(spec: &FeatureRolloutSpec, has_metrics: bool, p: &mut Problems) -> Vec<ValidStage> {
+    if spec.stages.is_empty() {
+        p.add(
+            "spec.stages",
+            "is empty: a rollout needs at least one stage, the last at 100%",
+        );
+        return Vec::new();
+    }
+    if spec.stages.len() > MAX_STAGES {
+        p.add(
+            "spec.stages",
+            format!(
+                "has {} stages; at most {MAX_STAGES} are allowed",
+                spec.stages.len()
+            ),
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut stages = Vec::with_capacity(spec.stages.len());
+    let mut previous: Option<(usize, Weight)> = None;
+    let mut seen_general = false;
+    let last = spec.stages.len() - 1;
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let at = |field: &str| format!("spec.stages[{i}].{field}");
+        let name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", i + 1));
+        if stage.name.is_some() && !is_dns_label(&name) {
+            p.add(
+                at("name"),
+                format!(
+                    "{name:?} must be lowercase letters, digits and '-', at most 63 characters"
+                ),
+            );
+        }
+        if !names.insert(name.clone()) {
+            p.add(
+                at("name"),
+                format!("{name:?} is used by an earlier stage: stage names must be unique"),
+            );
+        }
+        if stage.weight == Weight::ZERO {
+            p.add(at("weight"), "is 0%: every stage must expose someone");
+        }
+        if let Some(audience) = &stage.audience {
+            if seen_general {
+                p.add(
+                    at("audience"),
+                    "audience stages must come before all stages without an audience",
+                );
+            }
+            if let Err(message) = check_json_logic(audience) {
+                p.add(
+                    at("audience"),
+                    format!("is not a JSONLogic rule: {message}"),
+                );
+            }
+        } else {
+            seen_general = true;
+            if let Some((j, before)) = previous {
+                if stage.weight < before {
+                    p.add(
+                        at("weight"),
+                        format!(
+                            "{} is below stage {j}'s {before}: weights must never decrease",
+                            stage.weight
+                        ),
+                    );
+                }
+            }
+            previous = Some((i, stage.weight));
+        }
+        let full = stage.audience.is_none() && stage.weight == Weight::FULL;
+        let duration = match &stage.duration {
+            Some(text) => match parse_duration(text) {
+                Ok(d) if d.is_positive() => d,
+                Ok(_) => {
+                    p.add(at("duration"), format!("{text:?} is not above zero"));
+                    SignedDuration::ZERO
+                }
+                Err(message) => {
+                    p.add(at("duration"), message);
+                    SignedDuration::ZERO
+                }
+            },
+            None if full => SignedDuration::ZERO,
+            None => {
+                p.add(
+                    at("duration"),
+                    "is missing: every stage below 100% (and every audience stage) needs one",
+                );
+                SignedDuration::ZERO
+            }
+        };
+        if stage.min_samples == Some(0) {
+            p.add(at("minSamples"), "is 0: leave it out or set at least 1");
+        }
+        if stage.min_samples.is_some() && !has_metrics {
+            p.add(at("minSamples"), "needs analysis.metrics to count samples");
+        }
+        if i == last && !full {
+            p.add(
+                at("weight"),
+                "the last stage must be 100% with no audience: it ends in promotion",
+            );
+        }
+        stages.push(ValidStage {
+            name,
+            weight: stage.weight,
+            audience: stage.audience.clone(),
+            duration,
+            min_samples: stage.min_samples,
+            approval: stage.approval,
+        });
+    }
+    stages
+}
+
+/// A JSONLogic rule is an object with one key, a known operator, all the way down.
+fn check_json_logic(rule: &Value) -> Result<(), String> {
+    match rule {
+        Value::Object(map) => {
+            if map.len() != 1 {
+                return Err(format!("an object must have exactly one key, the operator; found {}", map.len()));
+            }
+            let (op, args) = map.iter().next().expect("one entry");
+            if !JSON_LOGIC_OPERATORS.contains(&op.as_str()) {
+                return Err(format!("unknown operator {op:?}"));
+            }
+            if op != "var" {
+                check_json_logic_args(args)?;
+            }
+            Ok(())
+        }
+        _ => Err("the rule must be an object like {\"ends_with\": [{\"var\": \"email\"}, \"@example.com\"]}".into()),
+    }
+}
+
+fn check_json_logic_args(args: &Value) -> Result<(), String> {
+    match args {
+        Value::Object(_) => check_json_logic(args),
+        Value::Array(items) => items.iter().try_for_each(check_json_logic_args),
+        _ => Ok(()),
+    }
+}
+
+fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuration, f64, OnError) {
+    let default_interval = parse_duration(DEFAULT_INTERVAL).expect("the default interval parses");
+    let Some(analysis) = &spec.analysis else {
+        return (default_interval, DEFAULT_CONFIDENCE, OnError::default());
+    };
+    let interval = match analysis.interval.as_deref().map(parse_duration) {
+        None => default_interval,
+        Some(Ok(d)) if d.is_positive() => d,
+        Some(Ok(_)) => {
+            p.add("spec.analysis.interval", "is not above zero");
+            default_interval
+        }
+        Some(Err(message)) => {
+            p.add("spec.analysis.interval", message);
+            default_interval
+        }
+    };
+    let confidence = analysis.confidence.unwrap_or(DEFAULT_CONFIDENCE);
+    if !(0.5..=0.9999).contains(&confidence) {
+        p.add(
+            "spec.analysis.confidence",
+            format!("{confidence} is outside [0.5, 0.9999]"),
+        );
+    }
+    if let Some(label) = &analysis.cohort_label {
+        if !is_prometheus_label(label) {
+            p.add(
+                "spec.analysis.cohortLabel",
+                format!("{label:?} is not a Prometheus label name"),
+            );
+        }
+    }
+    if let Some(prom) = &analysis.prometheus {
+        if !(prom.address.starts_with("http://") || prom.address.starts_with("https://")) {
+            p.add(
+                "spec.analysis.prometheus.address",
+                format!("{:?} must start with http:// or https://", prom.address),
+            );
+        }
+        if let Some(timeout) = &prom.timeout {
+            match parse_duration(timeout) {
+                Ok(d) if d.is_positive() => {}
+                Ok(_) => p.add("spec.analysis.prometheus.timeout", "is not above zero"),
+                Err(message) => p.add("spec.analysis.prometheus.timeout", message),
+            }
+        }
+    }
+    if analysis.metrics.len() > MAX_METRICS {
+        p.add(
+            "spec.analysis.metrics",
+            format!(
+                "has {} metrics; at most {MAX_METRICS} are allowed",
+                analysis.metrics.len()
+            ),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, metric) in analysis.metrics.iter().enumerate() {
+        if !names.insert(metric.name.as_str()) {
+            p.add(
+                format!("spec.analysis.metrics[{i}].name"),
+                format!("{:?} is used by an earlier metric", metric.name),
+            );
+        }
+        check_metric(i, metric, p);
+    }
+    let on_error = analysis.on_error.clone().unwrap_or_default();
+    if on_error.consecutive == 0 {
+        p.add("spec.analysis.onError.consecutive", "is 0: set at least 1");
+    }
+    if on_error.action == ErrorAction::Rollback && analysis.metrics.is_empty() {
+        p.add(
+            "spec.analysis.onError.action",
+            "rollback needs analysis.metrics",
+        );
+    }
+    (interval, confidence, on_error)
+}
+
+fn check_metric(i: usize, metric: &MetricSpec, p: &mut Problems) {
+    let at = |field: &str| format!("spec.analysis.metrics[{i}].{field}");
+    if !is_dns_label(&metric.name) {
+        p.add(
+            at("name"),
+            format!(
+                "{:?} must be lowercase letters, digits and '-', at most 63 characters",
+                metric.name
+            ),
+        );
+    }
+    let kinds = [
+        metric.ratio.is_some(),
+        metric.histogram.is_some(),
+        metric.guard.is_some(),
+    ];
+    match kinds.iter().filter(|k| **k).count() {
+        0 => p.add(
+            format!("spec.analysis.metrics[{i}]"),
+            "sets none of ratio, histogram or guard: set exactly one",
+        ),
+        1 => {}
+        _ => p.add(
+            format!("spec.analysis.metrics[{i}]"),
+            "sets more than one of ratio, histogram or guard: set exactly one",
+        ),
+    }
+    if let Some(ratio) = &metric.ratio {
+        for (field, query) in [
+            ("ratio.errors", &ratio.errors),
+            ("ratio.requests", &ratio.requests),
+        ] {
+            if query.trim().is_empty() {
+                p.add(at(field), "is empty");
+            }
+        }
+    }
+    if let Some(histogram) = &metric.histogram {
+        if histogram.buckets.trim().is_empty() {
+            p.add(at("histogram.buckets"), "is empty");
+        }
+        if !(histogram.threshold.is_finite() && histogram.threshold >= 0.0) {
+            p.add(
+                at("histogram.threshold"),
+                format!(
+                    "{} is not a finite number at or above 0",
+                    histogram.threshold
+                ),
+            );
+        }
+    }
+    if let Some(guard) = &metric.guard {
+        if guard.query.trim().is_empty() {
+            p.add(at("guard.query"), "is empty");
+        }
+        if guard.max.is_none() && guard.min.is_none() {
+            p.add(at("guard"), "needs max, min or both");
+        }
+        if let (Some(min), Some(max)) = (guard.min, guard.max) {
+            if min > max {
+                p.add(at("guard.min"), format!("{min} is above guard.max {max}"));
+            }
+        }
+        if metric.max_increase.is_some() || metric.max.is_some() {
+            p.add(
+                at("guard"),
+                "takes its thresholds in guard.max / guard.min, not maxIncrease or max",
+            );
+        }
+    } else if metric.max_increase.is_none()
+        && metric.max.is_none()
+        && (metric.ratio.is_some() || metric.histogram.is_some())
+    {
+        p.add(
+            at("maxIncrease"),
+            "is missing: a ratio or histogram metric needs maxIncrease, max or both",
+        );
+    }
+    if let Some(tolerance) = &metric.max_increase {
+        match (&tolerance.relative, &tolerance.absolute) {
+            (Some(_), Some(_)) | (None, None) => p.add(
+                at("maxIncrease"),
+                "sets exactly one of relative or absolute",
+            ),
+            (Some(text), None) => check_percent(at("maxIncrease.relative"), text, p),
+            (None, Some(text)) => check_percent(at("maxIncrease.absolute"), text, p),
+        }
+    }
+    if let Some(text) = &metric.max {
+        check_percent(at("max"), text, p);
+    }
+}
+
+fn check_percent(field: String, text: &str, p: &mut Problems) {
+    if let Err(message) = parse_percent(text) {
+        p.add(field, message);
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !s.is_empty()
+        && s.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+fn is_prometheus_label(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
