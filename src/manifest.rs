@@ -80,17 +80,17 @@ pub fn check(raw: &Value) -> Result<FeatureRollout, Vec<Problem>> {
     if let Err(found) = validate(&rollout.spec) {
         problems.extend(found);
     }
-    if problems.is_empty() {
-        if let Err(errors) = kube::core::cel::Validator::new().validate(&SCHEMA, raw, None) {
-            problems.extend(errors.iter().map(|e| Problem {
-                field: if e.field_path.is_empty() {
-                    "spec".into()
-                } else {
-                    e.field_path.clone()
-                },
-                message: format!("{} (CRD rule `{}`)", e.message, e.rule),
-            }));
-        }
+    if problems.is_empty()
+        && let Err(errors) = kube::core::cel::Validator::new().validate(&SCHEMA, raw, None)
+    {
+        problems.extend(errors.iter().map(|e| Problem {
+            field: if e.field_path.is_empty() {
+                "spec".into()
+            } else {
+                e.field_path.clone()
+            },
+            message: format!("{} (CRD rule `{}`)", e.message, e.rule),
+        }));
     }
     if problems.is_empty() {
         Ok(rollout)

@@ -29,6 +29,8 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 
 /// Rolls a feature flag out in stages of exposure and rolls it back when the metrics of
 /// the users who get the new variant show harm compared with those who don't.
+// Every printer column repeats `type_ = "string"`, which clippy takes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "sluice.dev",

@@ -138,13 +138,13 @@ pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
         .is_some_and(|a| !a.metrics.is_empty());
     let stages = check_stages(spec, has_metrics, &mut p);
     let (interval, confidence, on_error) = check_analysis(spec, &mut p);
-    if let Some(approve) = &spec.control.approve {
-        if !stages.iter().any(|s| &s.name == approve) {
-            p.add(
-                "spec.control.approve",
-                format!("names no stage: {approve:?} is not a stage name"),
-            );
-        }
+    if let Some(approve) = &spec.control.approve
+        && !stages.iter().any(|s| &s.name == approve)
+    {
+        p.add(
+            "spec.control.approve",
+            format!("names no stage: {approve:?} is not a stage name"),
+        );
     }
 
     if !p.0.is_empty() {
@@ -241,15 +241,15 @@ fn check_target(spec: &FeatureRolloutSpec, p: &mut Problems) {
             p.add("spec.target.configMap.key", "is empty");
         }
     }
-    if let Some(ff) = &t.feature_flag {
-        if ff.name.is_empty() {
-            p.add("spec.target.featureFlag.name", "is empty");
-        }
+    if let Some(ff) = &t.feature_flag
+        && ff.name.is_empty()
+    {
+        p.add("spec.target.featureFlag.name", "is empty");
     }
-    if let Some(file) = &t.file {
-        if file.path.is_empty() {
-            p.add("spec.target.file.path", "is empty");
-        }
+    if let Some(file) = &t.file
+        && file.path.is_empty()
+    {
+        p.add("spec.target.file.path", "is empty");
     }
 }
 
@@ -313,16 +313,16 @@ fn check_stages(spec: &FeatureRolloutSpec, has_metrics: bool, p: &mut Problems) 
             }
         } else {
             seen_general = true;
-            if let Some((j, before)) = previous {
-                if stage.weight < before {
-                    p.add(
-                        at("weight"),
-                        format!(
-                            "{} is below stage {j}'s {before}: weights must never decrease",
-                            stage.weight
-                        ),
-                    );
-                }
+            if let Some((j, before)) = previous
+                && stage.weight < before
+            {
+                p.add(
+                    at("weight"),
+                    format!(
+                        "{} is below stage {j}'s {before}: weights must never decrease",
+                        stage.weight
+                    ),
+                );
             }
             previous = Some((i, stage.weight));
         }
@@ -424,13 +424,13 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
             format!("{confidence} is outside [0.5, 0.9999]"),
         );
     }
-    if let Some(label) = &analysis.cohort_label {
-        if !is_prometheus_label(label) {
-            p.add(
-                "spec.analysis.cohortLabel",
-                format!("{label:?} is not a Prometheus label name"),
-            );
-        }
+    if let Some(label) = &analysis.cohort_label
+        && !is_prometheus_label(label)
+    {
+        p.add(
+            "spec.analysis.cohortLabel",
+            format!("{label:?} is not a Prometheus label name"),
+        );
     }
     if let Some(prom) = &analysis.prometheus {
         if !(prom.address.starts_with("http://") || prom.address.starts_with("https://")) {
@@ -537,10 +537,10 @@ fn check_metric(i: usize, metric: &MetricSpec, p: &mut Problems) {
         if guard.max.is_none() && guard.min.is_none() {
             p.add(at("guard"), "needs max, min or both");
         }
-        if let (Some(min), Some(max)) = (guard.min, guard.max) {
-            if min > max {
-                p.add(at("guard.min"), format!("{min} is above guard.max {max}"));
-            }
+        if let (Some(min), Some(max)) = (guard.min, guard.max)
+            && min > max
+        {
+            p.add(at("guard.min"), format!("{min} is above guard.max {max}"));
         }
         if metric.max_increase.is_some() || metric.max.is_some() {
             p.add(
