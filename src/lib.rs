@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod crd;
+pub mod engine;
 pub mod flagd;
 pub mod manifest;

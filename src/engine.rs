@@ -1,0 +1,594 @@
+//! The rollout engine: one pure function, [`plan`], that decides from the spec, the last
+//! status, what was just observed and the time what the rollout does next.
+//!
+//! No clock, no I/O: the same inputs always give the same [`Plan`]. The shells (the
+//! Kubernetes controller and standalone mode) observe, call [`plan`], then act in a safe
+//! order: write the flag document, then the status that claims it, then the events.
+//!
+//! The rules, in the order they apply:
+//! 1. An invalid spec changes nothing but the status: the flag is left as it is.
+//! 2. A changed flag (key, variants, baseline, candidate) or target starts over at the
+//!    first stage.
+//! 3. A promoted rollout stays promoted; a rolled-back one stays rolled back until
+//!    `control.retry` is raised (and `control.abort` is false).
+//! 4. `control.abort`, a `Fail` verdict, or errors past `onError` with `action: rollback`
+//!    roll back at once, whatever else holds (paused, waiting for approval).
+//! 5. A paused rollout ends no stage.
+//! 6. A stage ends when its duration has passed, its minimum samples were seen and the
+//!    latest look (at most one interval old) passed; then the next stage begins, unless it
+//!    needs an approval that `control.approve` does not give. Stages are entered one at a
+//!    time, so none is ever skipped. Entering a final 100% stage without a duration is
+//!    promotion.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::crd::validate::{ValidSpec, ValidStage};
+use crate::crd::{
+    AnalysisStatus, Approval, Condition, ErrorAction, FeatureRolloutSpec, FeatureRolloutStatus,
+    HistoryEntry, Phase, Problem, Verdict, Weight, validate,
+};
+use crate::flagd::FlagState;
+
+/// Most history entries kept in status; older ones are dropped.
+pub const HISTORY_LIMIT: usize = 20;
+
+/// What the shell observed before planning.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observations {
+    /// The look at the metrics made for this reconcile, if one was due ([`analysis_due`]).
+    pub analysis: Option<AnalysisStatus>,
+    /// The `metadata.generation` of the spec.
+    pub generation: Option<i64>,
+}
+
+/// What to do, decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The decision, for logs and metrics.
+    pub decision: Decision,
+    /// The status to write once the flag is written.
+    pub status: FeatureRolloutStatus,
+    /// The flag state to write; `None` leaves the flag document untouched.
+    pub flag: Option<FlagState>,
+    /// Events to emit (transitions only).
+    pub events: Vec<Event>,
+    /// When to look again; `None` waits for a change of the resource.
+    pub next_look: Option<Timestamp>,
+}
+
+/// The decision of one plan.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// The first stage begins.
+    Start,
+    /// The next stage begins.
+    Advance {
+        /// Index of the stage that ended.
+        from: u32,
+        /// Index of the stage that began.
+        to: u32,
+    },
+    /// Nothing changes yet.
+    Hold {
+        /// Why, in a sentence.
+        reason: String,
+    },
+    /// The next stage waits for `control.approve`.
+    AwaitApproval {
+        /// The stage waiting.
+        stage: String,
+    },
+    /// Held by `control.paused`.
+    Pause,
+    /// Everybody back on the baseline.
+    Rollback {
+        /// Why, in a sentence.
+        reason: String,
+    },
+    /// The candidate becomes the default.
+    Promote,
+    /// The rollout is finished; nothing to do.
+    Finished,
+    /// The spec cannot be carried out.
+    Invalid {
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl Decision {
+    /// A bounded name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Start => "start",
+            Decision::Advance { .. } => "advance",
+            Decision::Hold { .. } => "hold",
+            Decision::AwaitApproval { .. } => "await_approval",
+            Decision::Pause => "pause",
+            Decision::Rollback { .. } => "rollback",
+            Decision::Promote => "promote",
+            Decision::Finished => "finished",
+            Decision::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// Whether an event reports routine progress or something to look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// Routine.
+    Normal,
+    /// Needs attention.
+    Warning,
+}
+
+/// A Kubernetes-style event: emitted on transitions only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// A PascalCase reason (`StageAdvanced`, `RolledBack`).
+    pub reason: &'static str,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// Whether the shell should look at the metrics before planning now: the rollout is
+/// running a stage with metrics and the last look is older than one interval, or was made
+/// in another stage.
+pub fn analysis_due(spec: &FeatureRolloutSpec, status: Option<&FeatureRolloutStatus>, now: Timestamp) -> bool {
+    let Ok(valid) = validate(spec) else { return false };
+    let Some(status) = status else { return false };
+    let active = matches!(status.phase, Phase::Progressing | Phase::WaitingForApproval | Phase::Paused);
+    if !valid.has_metrics || !active || status.stage_started_at.is_none() {
+        return false;
+    }
+    match &status.last_analysis {
+        None => true,
+        Some(last) => Some(last.stage) != status.stage || last.at + valid.interval <= now,
+    }
+}
+
+/// The stable identity of what is rolled out: a change starts a new rollout.
+pub fn fingerprint(spec: &FeatureRolloutSpec) -> String {
+    let identity = serde_json::json!({ "flag": spec.flag, "target": spec.target });
+    // FNV-1a over the canonical JSON (maps are ordered): stable across versions and hosts.
+    let hash = identity
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+/// Decides what the rollout does next. Pure: the same inputs always give the same plan.
+pub fn plan(
+    spec: &FeatureRolloutSpec,
+    status: Option<&FeatureRolloutStatus>,
+    observations: &Observations,
+    now: Timestamp,
+) -> Plan {
+    let prev = status.cloned().unwrap_or_default();
+    let mut p = Planner { now, prev: prev.clone(), next: prev, events: Vec::new() };
+    p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
+
+    let valid = match validate(spec) {
+        Ok(valid) => valid,
+        Err(problems) => return p.invalid(problems),
+    };
+    p.set_condition("Ready", true, "Valid", "The spec is valid.");
+    if p.next.phase == Phase::Failed {
+        p.next.phase = if p.next.stage_started_at.is_some() { Phase::Progressing } else { Phase::Pending };
+    }
+    if let Some(analysis) = &observations.analysis {
+        p.record_analysis(analysis);
+    }
+
+    let fingerprint = fingerprint(spec);
+    let changed = p.prev.fingerprint.as_ref().is_some_and(|f| *f != fingerprint);
+    p.next.fingerprint = Some(fingerprint);
+    if changed {
+        p.reset(spec.control.retry);
+        p.event(EventType::Normal, "SpecChanged", "The flag or target changed: starting over at the first stage.");
+    }
+
+    match p.next.phase {
+        Phase::Promoted => return p.finished(&valid, spec),
+        Phase::RolledBack if spec.control.abort || spec.control.retry <= p.next.retries => {
+            return p.finished(&valid, spec);
+        }
+        Phase::RolledBack => {
+            p.reset(spec.control.retry);
+            p.event(EventType::Normal, "Retried", "control.retry was raised: starting over at the first stage.");
+        }
+        Phase::Pending if p.prev.fingerprint.is_none() => p.next.retries = spec.control.retry,
+        _ => {}
+    }
+
+    if spec.control.abort {
+        return p.rollback(&valid, "Aborted", "control.abort is set.".into());
+    }
+    if let Some(reason) = p.harm(&valid) {
+        return p.rollback(&valid, "RolledBack", reason);
+    }
+
+    match p.next.stage_started_at {
+        None => p.before_first_stage(&valid, spec),
+        Some(started) => p.in_stage(&valid, spec, started),
+    }
+}
+
+struct Planner {
+    now: Timestamp,
+    prev: FeatureRolloutStatus,
+    next: FeatureRolloutStatus,
+    events: Vec<Event>,
+}
+
+impl Planner {
+    fn event(&mut self, type_: EventType, reason: &'static str, message: impl Into<String>) {
+        self.events.push(Event { type_, reason, message: message.into() });
+    }
+
+    fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let status = if status { "True" } else { "False" };
+        let generation = self.next.observed_generation;
+        let conditions = &mut self.next.conditions;
+        let transition = match conditions.iter().find(|c| c.type_ == type_) {
+            Some(old) if old.status == status => old.last_transition_time,
+            _ => self.now,
+        };
+        let condition = Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: transition,
+            observed_generation: generation,
+        };
+        match conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(old) => *old = condition,
+            None => conditions.push(condition),
+        }
+    }
+
+    fn record_analysis(&mut self, analysis: &AnalysisStatus) {
+        self.next.consecutive_errors = match analysis.verdict {
+            Verdict::Error => self.next.consecutive_errors.saturating_add(1),
+            _ => 0,
+        };
+        self.next.last_analysis = Some(analysis.clone());
+    }
+
+    /// Back to the start, as a new rollout: the retry token in force is consumed.
+    fn reset(&mut self, retry: u32) {
+        self.next.phase = Phase::Pending;
+        self.next.stage = None;
+        self.next.stage_name = None;
+        self.next.stage_started_at = None;
+        self.next.consecutive_errors = 0;
+        self.next.last_analysis = None;
+        self.next.retries = retry;
+    }
+
+    /// The look that decides the current stage: the latest one made in it.
+    fn current_analysis(&self) -> Option<&AnalysisStatus> {
+        let started = self.next.stage_started_at?;
+        self.next
+            .last_analysis
+            .as_ref()
+            .filter(|a| Some(a.stage) == self.next.stage && a.at >= started)
+    }
+
+    /// Evidence of harm that rolls back now, if any.
+    fn harm(&self, valid: &ValidSpec) -> Option<String> {
+        let analysis = self.current_analysis();
+        if let Some(a) = analysis.filter(|a| a.verdict == Verdict::Fail) {
+            return Some(format!("The analysis failed: {}", a.message.as_deref().unwrap_or("harm detected")));
+        }
+        let errors = self.next.consecutive_errors;
+        if valid.on_error.action == ErrorAction::Rollback && errors >= valid.on_error.consecutive {
+            let last = analysis.and_then(|a| a.message.as_deref()).unwrap_or("analysis error");
+            return Some(format!("The analysis errored {errors} times in a row (onError: rollback): {last}"));
+        }
+        None
+    }
+
+    fn finish(mut self, decision: Decision, flag: Option<FlagState>, next_look: Option<Timestamp>) -> Plan {
+        let from = (self.prev.phase, self.prev.stage, self.prev.weight.clone());
+        let to = (self.next.phase, self.next.stage, self.next.weight.clone());
+        if from != to {
+            let (reason, message) = match self.events.last() {
+                Some(e) => (e.reason.to_owned(), e.message.clone()),
+                None => (decision.kind().to_owned(), String::new()),
+            };
+            self.next.history.push(HistoryEntry {
+                at: self.now,
+                from: self.prev.phase,
+                to: self.next.phase,
+                stage: self.next.stage,
+                weight: self.next.weight.clone().unwrap_or_else(|| Weight::ZERO.to_string()),
+                reason,
+                message,
+            });
+            let excess = self.next.history.len().saturating_sub(HISTORY_LIMIT);
+            self.next.history.drain(..excess);
+        }
+        let progressing = matches!(
+            self.next.phase,
+            Phase::Pending | Phase::Progressing | Phase::WaitingForApproval | Phase::Paused
+        );
+        let phase = format!("{:?}", self.next.phase);
+        let message = self.next.message.clone().unwrap_or_default();
+        self.set_condition("Progressing", progressing, &phase, &message);
+        Plan { decision, status: self.next, flag, events: self.events, next_look }
+    }
+
+    fn invalid(mut self, problems: Vec<Problem>) -> Plan {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let message = format!("The spec is invalid; the flag is left as it is. Fix: {}", list.join("; "));
+        if !self.next.phase.is_finished() {
+            self.next.phase = Phase::Failed;
+        }
+        let was_invalid = self.prev.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False");
+        if !was_invalid || self.prev.message.as_deref() != Some(message.as_str()) {
+            self.event(EventType::Warning, "InvalidSpec", message.clone());
+        }
+        self.next.message = Some(message.clone());
+        self.set_condition("Ready", false, "InvalidSpec", &message);
+        self.set_condition("Held", true, "InvalidSpec", &message);
+        self.finish(Decision::Invalid { problems }, None, None)
+    }
+
+    fn finished(mut self, valid: &ValidSpec, spec: &FeatureRolloutSpec) -> Plan {
+        let (flag, message) = if self.next.phase == Phase::Promoted {
+            self.next.weight = Some(Weight::FULL.to_string());
+            let message = if spec.control.abort {
+                "Promoted; control.abort does nothing after promotion: to go back, roll the old variant out as a new candidate."
+            } else {
+                "Promoted: the candidate is the default for everybody."
+            };
+            (FlagState::Promoted, message.to_owned())
+        } else {
+            self.next.weight = Some(Weight::ZERO.to_string());
+            let message = self.next.message.clone().unwrap_or_else(|| "Rolled back.".into());
+            (FlagState::Baseline, message)
+        };
+        let _ = valid;
+        self.next.message = Some(message.clone());
+        self.set_condition("Held", false, "Finished", &message);
+        self.finish(Decision::Finished, Some(flag), None)
+    }
+
+    fn rollback(mut self, valid: &ValidSpec, reason: &'static str, why: String) -> Plan {
+        let _ = valid;
+        let message = format!("Rolled back: everybody gets the baseline. {why}");
+        self.next.phase = Phase::RolledBack;
+        self.next.weight = Some(Weight::ZERO.to_string());
+        self.next.message = Some(message.clone());
+        self.event(EventType::Warning, reason, message.clone());
+        self.set_condition("Held", false, reason, &message);
+        self.finish(Decision::Rollback { reason: why }, Some(FlagState::Baseline), None)
+    }
+
+    fn hold_pending(mut self, phase: Phase, decision: Decision, message: String, reason: &str) -> Plan {
+        self.next.phase = phase;
+        self.next.weight = Some(Weight::ZERO.to_string());
+        self.next.message = Some(message.clone());
+        self.set_condition("Held", true, reason, &message);
+        self.finish(decision, Some(FlagState::Baseline), None)
+    }
+
+    fn before_first_stage(mut self, valid: &ValidSpec, spec: &FeatureRolloutSpec) -> Plan {
+        let first = &valid.stages[0];
+        self.next.stage = Some(0);
+        self.next.stage_name = Some(first.name.clone());
+        if spec.control.paused {
+            if self.prev.phase != Phase::Paused {
+                self.event(EventType::Normal, "Paused", "control.paused is set: the rollout has not started.");
+            }
+            let message = "Paused before the first stage: set control.paused to false to start.".to_owned();
+            return self.hold_pending(Phase::Paused, Decision::Pause, message, "Paused");
+        }
+        if first.approval == Approval::Required && spec.control.approve.as_deref() != Some(first.name.as_str()) {
+            let message = format!("Waiting for approval of stage {:?}: set control.approve to {:?}.", first.name, first.name);
+            if self.prev.phase != Phase::WaitingForApproval {
+                self.event(EventType::Normal, "AwaitingApproval", message.clone());
+            }
+            let decision = Decision::AwaitApproval { stage: first.name.clone() };
+            return self.hold_pending(Phase::WaitingForApproval, decision, message, "AwaitingApproval");
+        }
+        self.enter(valid, 0, Decision::Start, "Started")
+    }
+
+    /// Begins stage `index` now (or promotes, for a final stage without a duration).
+    fn enter(mut self, valid: &ValidSpec, index: usize, decision: Decision, reason: &'static str) -> Plan {
+        let stage = &valid.stages[index];
+        let last = index + 1 == valid.stages.len();
+        self.next.stage = Some(index as u32);
+        self.next.stage_name = Some(stage.name.clone());
+        self.next.stage_started_at = Some(self.now);
+        if last && stage.duration == SignedDuration::ZERO {
+            self.next.phase = Phase::Promoted;
+            self.next.weight = Some(Weight::FULL.to_string());
+            let message = "Promoted: the candidate is the default for everybody.".to_owned();
+            self.next.message = Some(message.clone());
+            self.event(EventType::Normal, "Promoted", message.clone());
+            self.set_condition("Held", false, "Promoted", &message);
+            return self.finish(Decision::Promote, Some(FlagState::Promoted), None);
+        }
+        self.next.phase = Phase::Progressing;
+        self.next.weight = Some(weight_text(stage));
+        let message = format!("Stage {:?} began: {}.", stage.name, exposure_text(stage));
+        self.next.message = Some(message.clone());
+        self.event(EventType::Normal, reason, message.clone());
+        self.set_condition("Held", false, "StageRunning", &message);
+        let next_look = self.next_look(valid, stage, self.now);
+        self.finish(decision, Some(split(stage)), next_look)
+    }
+
+    fn in_stage(mut self, valid: &ValidSpec, spec: &FeatureRolloutSpec, started: Timestamp) -> Plan {
+        let last_index = valid.stages.len() - 1;
+        let index = (self.next.stage.unwrap_or(0) as usize).min(last_index);
+        let stage = &valid.stages[index];
+        self.next.stage = Some(index as u32);
+        self.next.stage_name = Some(stage.name.clone());
+        self.next.weight = Some(weight_text(stage));
+        let flag = Some(split(stage));
+        let ends = started + stage.duration;
+
+        if spec.control.paused {
+            if self.prev.phase != Phase::Paused {
+                self.event(EventType::Normal, "Paused", format!("control.paused is set: holding at stage {:?}.", stage.name));
+            }
+            let message = format!(
+                "Paused at stage {:?} ({}): set control.paused to false to resume. Harm still rolls back.",
+                stage.name,
+                exposure_text(stage)
+            );
+            self.next.phase = Phase::Paused;
+            self.next.message = Some(message.clone());
+            self.set_condition("Held", true, "Paused", &message);
+            let next_look = self.analysis_look(valid);
+            return self.finish(Decision::Pause, flag, next_look);
+        }
+        if self.prev.phase == Phase::Paused {
+            self.event(EventType::Normal, "Resumed", format!("control.paused was cleared: stage {:?} goes on.", stage.name));
+        }
+        self.next.phase = Phase::Progressing;
+
+        // What keeps the stage from ending, besides time.
+        let mut waits = Vec::new();
+        let analysis = self.current_analysis().cloned();
+        let fresh = analysis.as_ref().filter(|a| a.at + valid.interval > self.now);
+        if let Some(min) = stage.min_samples {
+            let seen = analysis.as_ref().and_then(|a| a.candidate_samples).unwrap_or(0);
+            if seen < min {
+                waits.push(("WaitingForSamples", format!("{seen} of the {min} candidate samples the stage needs were seen")));
+            }
+        }
+        // At 100% for everybody there is no baseline cohort left to compare with: only a
+        // failing look (a guard) can stop the stage, and it rolls back above.
+        let comparable = stage.audience.is_some() || stage.weight < Weight::FULL;
+        if valid.has_metrics && comparable && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
+            let (reason, text) = match fresh {
+                None => ("WaitingForAnalysis", "waiting for a look at the metrics".to_owned()),
+                Some(a) if a.verdict == Verdict::Error && self.next.consecutive_errors >= valid.on_error.consecutive => (
+                    "AnalysisFailing",
+                    format!(
+                        "the analysis errored {} times in a row (onError: hold): {}",
+                        self.next.consecutive_errors,
+                        a.message.as_deref().unwrap_or("analysis error")
+                    ),
+                ),
+                Some(a) if a.verdict == Verdict::Error => {
+                    ("AnalysisError", format!("the analysis errored: {}", a.message.as_deref().unwrap_or("analysis error")))
+                }
+                Some(a) => (
+                    "AnalysisInconclusive",
+                    format!("the analysis is inconclusive: {}", a.message.as_deref().unwrap_or("not enough data yet")),
+                ),
+            };
+            waits.push((reason, text));
+        }
+        let failing = waits.iter().any(|(r, _)| *r == "AnalysisFailing");
+        let was_failing = self.prev.conditions.iter().any(|c| c.type_ == "Held" && c.reason == "AnalysisFailing");
+        if failing && !was_failing {
+            let text = waits.iter().find(|(r, _)| *r == "AnalysisFailing").map(|(_, t)| t.clone()).unwrap_or_default();
+            self.event(EventType::Warning, "AnalysisFailing", format!("Holding at stage {:?}: {text}.", stage.name));
+        }
+
+        if self.now < ends || !waits.is_empty() {
+            let mut parts: Vec<String> = Vec::new();
+            if self.now < ends {
+                parts.push(format!("{} left of the stage's duration", short(ends.duration_since(self.now))));
+            }
+            parts.extend(waits.iter().map(|(_, t)| t.clone()));
+            let message = format!("Stage {:?} ({}): {}.", stage.name, exposure_text(stage), parts.join("; "));
+            // Held: something other than time keeps the stage from ending.
+            let held = self.now >= ends || failing;
+            let reason = waits.first().map_or("StageRunning", |(r, _)| *r);
+            self.next.message = Some(message.clone());
+            self.set_condition("Held", held, if held { reason } else { "StageRunning" }, &message);
+            let next_look = self.next_look(valid, stage, started);
+            return self.finish(Decision::Hold { reason: message }, flag, next_look);
+        }
+
+        // The stage is done.
+        if index == last_index {
+            self.next.phase = Phase::Promoted;
+            self.next.weight = Some(Weight::FULL.to_string());
+            let message = "Promoted: the candidate is the default for everybody.".to_owned();
+            self.next.message = Some(message.clone());
+            self.event(EventType::Normal, "Promoted", message.clone());
+            self.set_condition("Held", false, "Promoted", &message);
+            return self.finish(Decision::Promote, Some(FlagState::Promoted), None);
+        }
+        let upcoming = &valid.stages[index + 1];
+        if upcoming.approval == Approval::Required && spec.control.approve.as_deref() != Some(upcoming.name.as_str()) {
+            let message = format!(
+                "Stage {:?} is done; stage {:?} waits for approval: set control.approve to {:?}.",
+                stage.name, upcoming.name, upcoming.name
+            );
+            if self.prev.phase != Phase::WaitingForApproval {
+                self.event(EventType::Normal, "AwaitingApproval", message.clone());
+            }
+            self.next.phase = Phase::WaitingForApproval;
+            self.next.message = Some(message.clone());
+            self.set_condition("Held", true, "AwaitingApproval", &message);
+            let next_look = self.analysis_look(valid);
+            return self.finish(Decision::AwaitApproval { stage: upcoming.name.clone() }, flag, next_look);
+        }
+        let decision = Decision::Advance { from: index as u32, to: index as u32 + 1 };
+        self.enter(valid, index + 1, decision, "StageAdvanced")
+    }
+
+    /// The next look while a stage runs: the next analysis, or the stage's end, whichever
+    /// comes first.
+    fn next_look(&self, valid: &ValidSpec, stage: &ValidStage, started: Timestamp) -> Option<Timestamp> {
+        let ends = started + stage.duration;
+        let end = (ends > self.now).then_some(ends);
+        match (self.analysis_look(valid), end) {
+            (Some(a), Some(e)) => Some(a.min(e)),
+            (a, e) => a.or(e).or(Some(self.now)),
+        }
+    }
+
+    /// When the next analysis is due, if metrics are configured.
+    fn analysis_look(&self, valid: &ValidSpec) -> Option<Timestamp> {
+        if !valid.has_metrics {
+            return None;
+        }
+        let due = match self.current_analysis() {
+            Some(a) => a.at + valid.interval,
+            None => self.now,
+        };
+        Some(due.max(self.now))
+    }
+}
+
+fn split(stage: &ValidStage) -> FlagState {
+    FlagState::Split { candidate_weight: stage.weight.units(), audience: stage.audience.clone() }
+}
+
+fn weight_text(stage: &ValidStage) -> String {
+    match stage.audience {
+        Some(_) => format!("{} of audience", stage.weight),
+        None => stage.weight.to_string(),
+    }
+}
+
+fn exposure_text(stage: &ValidStage) -> String {
+    match stage.audience {
+        Some(_) => format!("{} of the audience on the candidate", stage.weight),
+        None => format!("{} of users on the candidate", stage.weight),
+    }
+}
+
+fn short(d: SignedDuration) -> String {
+    let secs = d.as_secs().max(0);
+    match secs {
+        s if s >= 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
