@@ -5,7 +5,9 @@
 //! a `fractional` rule with exactly two buckets, the candidate first, with integer weights
 //! on the fixed total [`WEIGHT_SCALE`]: the evaluator maps each targeting key to a point
 //! in `[0, total)` and serves the bucket it falls in, so raising the candidate's weight
-//! only adds users to the candidate cohort.
+//! only adds users to the candidate cohort. (flagd's Python evaluator computes the point
+//! as `(murmur3_32(cbor([flag key, targeting key])) * total) >> 32` and walks the
+//! buckets in order; `tests/flagd_oracle.rs` checks the result with it.)
 
 use serde_json::{Map, Value, json};
 
