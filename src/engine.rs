@@ -12,7 +12,8 @@
 //! 3. A promoted rollout stays promoted; a rolled-back one stays rolled back until
 //!    `control.retry` is raised (and `control.abort` is false).
 //! 4. `control.abort`, a `Fail` verdict, or errors past `onError` with `action: rollback`
-//!    roll back at once, whatever else holds (paused, waiting for approval).
+//!    roll back at once, whatever else holds (paused, waiting for approval, a retry
+//!    asked for in the same breath).
 //! 5. A paused rollout ends no stage.
 //! 6. A stage ends when its duration has passed, its minimum samples were seen and the
 //!    latest look (at most one interval old) passed; then the next stage begins, unless it
@@ -136,10 +137,19 @@ pub struct Event {
 /// Whether the shell should look at the metrics before planning now: the rollout is
 /// running a stage with metrics and the last look is older than one interval, or was made
 /// in another stage.
-pub fn analysis_due(spec: &FeatureRolloutSpec, status: Option<&FeatureRolloutStatus>, now: Timestamp) -> bool {
-    let Ok(valid) = validate(spec) else { return false };
+pub fn analysis_due(
+    spec: &FeatureRolloutSpec,
+    status: Option<&FeatureRolloutStatus>,
+    now: Timestamp,
+) -> bool {
+    let Ok(valid) = validate(spec) else {
+        return false;
+    };
     let Some(status) = status else { return false };
-    let active = matches!(status.phase, Phase::Progressing | Phase::WaitingForApproval | Phase::Paused);
+    let active = matches!(
+        status.phase,
+        Phase::Progressing | Phase::WaitingForApproval | Phase::Paused
+    );
     if !valid.has_metrics || !active || status.stage_started_at.is_none() {
         return false;
     }
@@ -156,7 +166,9 @@ pub fn fingerprint(spec: &FeatureRolloutSpec) -> String {
     let hash = identity
         .to_string()
         .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
     format!("{hash:016x}")
 }
 
@@ -168,7 +180,18 @@ pub fn plan(
     now: Timestamp,
 ) -> Plan {
     let prev = status.cloned().unwrap_or_default();
-    let mut p = Planner { now, prev: prev.clone(), next: prev, events: Vec::new() };
+    let observed_fail = observations
+        .analysis
+        .as_ref()
+        .filter(|a| a.verdict == Verdict::Fail)
+        .cloned();
+    let mut p = Planner {
+        now,
+        prev: prev.clone(),
+        next: prev,
+        events: Vec::new(),
+        observed_fail,
+    };
     p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
 
     let valid = match validate(spec) {
@@ -177,38 +200,54 @@ pub fn plan(
     };
     p.set_condition("Ready", true, "Valid", "The spec is valid.");
     if p.next.phase == Phase::Failed {
-        p.next.phase = if p.next.stage_started_at.is_some() { Phase::Progressing } else { Phase::Pending };
+        p.next.phase = if p.next.stage_started_at.is_some() {
+            Phase::Progressing
+        } else {
+            Phase::Pending
+        };
     }
     if let Some(analysis) = &observations.analysis {
         p.record_analysis(analysis);
     }
 
     let fingerprint = fingerprint(spec);
-    let changed = p.prev.fingerprint.as_ref().is_some_and(|f| *f != fingerprint);
+    let changed = p
+        .prev
+        .fingerprint
+        .as_ref()
+        .is_some_and(|f| *f != fingerprint);
     p.next.fingerprint = Some(fingerprint);
     if changed {
         p.reset(spec.control.retry);
-        p.event(EventType::Normal, "SpecChanged", "The flag or target changed: starting over at the first stage.");
+        p.event(
+            EventType::Normal,
+            "SpecChanged",
+            "The flag or target changed: starting over at the first stage.",
+        );
     }
 
     match p.next.phase {
-        Phase::Promoted => return p.finished(&valid, spec),
+        Phase::Promoted => return p.finished(spec),
         Phase::RolledBack if spec.control.abort || spec.control.retry <= p.next.retries => {
-            return p.finished(&valid, spec);
+            return p.finished(spec);
         }
         Phase::RolledBack => {
             p.reset(spec.control.retry);
-            p.event(EventType::Normal, "Retried", "control.retry was raised: starting over at the first stage.");
+            p.event(
+                EventType::Normal,
+                "Retried",
+                "control.retry was raised: starting over at the first stage.",
+            );
         }
         Phase::Pending if p.prev.fingerprint.is_none() => p.next.retries = spec.control.retry,
         _ => {}
     }
 
     if spec.control.abort {
-        return p.rollback(&valid, "Aborted", "control.abort is set.".into());
+        return p.rollback("Aborted", "control.abort is set.".into());
     }
     if let Some(reason) = p.harm(&valid) {
-        return p.rollback(&valid, "RolledBack", reason);
+        return p.rollback("RolledBack", reason);
     }
 
     match p.next.stage_started_at {
@@ -222,11 +261,17 @@ struct Planner {
     prev: FeatureRolloutStatus,
     next: FeatureRolloutStatus,
     events: Vec<Event>,
+    /// A failing look observed for this plan: it rolls back whatever else holds.
+    observed_fail: Option<AnalysisStatus>,
 }
 
 impl Planner {
     fn event(&mut self, type_: EventType, reason: &'static str, message: impl Into<String>) {
-        self.events.push(Event { type_, reason, message: message.into() });
+        self.events.push(Event {
+            type_,
+            reason,
+            message: message.into(),
+        });
     }
 
     fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
@@ -282,18 +327,34 @@ impl Planner {
     /// Evidence of harm that rolls back now, if any.
     fn harm(&self, valid: &ValidSpec) -> Option<String> {
         let analysis = self.current_analysis();
-        if let Some(a) = analysis.filter(|a| a.verdict == Verdict::Fail) {
-            return Some(format!("The analysis failed: {}", a.message.as_deref().unwrap_or("harm detected")));
+        let failed = self
+            .observed_fail
+            .as_ref()
+            .or(analysis.filter(|a| a.verdict == Verdict::Fail));
+        if let Some(a) = failed {
+            return Some(format!(
+                "The analysis failed: {}",
+                a.message.as_deref().unwrap_or("harm detected")
+            ));
         }
         let errors = self.next.consecutive_errors;
         if valid.on_error.action == ErrorAction::Rollback && errors >= valid.on_error.consecutive {
-            let last = analysis.and_then(|a| a.message.as_deref()).unwrap_or("analysis error");
-            return Some(format!("The analysis errored {errors} times in a row (onError: rollback): {last}"));
+            let last = analysis
+                .and_then(|a| a.message.as_deref())
+                .unwrap_or("analysis error");
+            return Some(format!(
+                "The analysis errored {errors} times in a row (onError: rollback): {last}"
+            ));
         }
         None
     }
 
-    fn finish(mut self, decision: Decision, flag: Option<FlagState>, next_look: Option<Timestamp>) -> Plan {
+    fn finish(
+        mut self,
+        decision: Decision,
+        flag: Option<FlagState>,
+        next_look: Option<Timestamp>,
+    ) -> Plan {
         let from = (self.prev.phase, self.prev.stage, self.prev.weight.clone());
         let to = (self.next.phase, self.next.stage, self.next.weight.clone());
         if from != to {
@@ -306,7 +367,11 @@ impl Planner {
                 from: self.prev.phase,
                 to: self.next.phase,
                 stage: self.next.stage,
-                weight: self.next.weight.clone().unwrap_or_else(|| Weight::ZERO.to_string()),
+                weight: self
+                    .next
+                    .weight
+                    .clone()
+                    .unwrap_or_else(|| Weight::ZERO.to_string()),
                 reason,
                 message,
             });
@@ -320,16 +385,29 @@ impl Planner {
         let phase = format!("{:?}", self.next.phase);
         let message = self.next.message.clone().unwrap_or_default();
         self.set_condition("Progressing", progressing, &phase, &message);
-        Plan { decision, status: self.next, flag, events: self.events, next_look }
+        Plan {
+            decision,
+            status: self.next,
+            flag,
+            events: self.events,
+            next_look,
+        }
     }
 
     fn invalid(mut self, problems: Vec<Problem>) -> Plan {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        let message = format!("The spec is invalid; the flag is left as it is. Fix: {}", list.join("; "));
+        let message = format!(
+            "The spec is invalid; the flag is left as it is. Fix: {}",
+            list.join("; ")
+        );
         if !self.next.phase.is_finished() {
             self.next.phase = Phase::Failed;
         }
-        let was_invalid = self.prev.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False");
+        let was_invalid = self
+            .prev
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False");
         if !was_invalid || self.prev.message.as_deref() != Some(message.as_str()) {
             self.event(EventType::Warning, "InvalidSpec", message.clone());
         }
@@ -339,7 +417,7 @@ impl Planner {
         self.finish(Decision::Invalid { problems }, None, None)
     }
 
-    fn finished(mut self, valid: &ValidSpec, spec: &FeatureRolloutSpec) -> Plan {
+    fn finished(mut self, spec: &FeatureRolloutSpec) -> Plan {
         let (flag, message) = if self.next.phase == Phase::Promoted {
             self.next.weight = Some(Weight::FULL.to_string());
             let message = if spec.control.abort {
@@ -350,27 +428,39 @@ impl Planner {
             (FlagState::Promoted, message.to_owned())
         } else {
             self.next.weight = Some(Weight::ZERO.to_string());
-            let message = self.next.message.clone().unwrap_or_else(|| "Rolled back.".into());
+            let message = self
+                .next
+                .message
+                .clone()
+                .unwrap_or_else(|| "Rolled back.".into());
             (FlagState::Baseline, message)
         };
-        let _ = valid;
         self.next.message = Some(message.clone());
         self.set_condition("Held", false, "Finished", &message);
         self.finish(Decision::Finished, Some(flag), None)
     }
 
-    fn rollback(mut self, valid: &ValidSpec, reason: &'static str, why: String) -> Plan {
-        let _ = valid;
+    fn rollback(mut self, reason: &'static str, why: String) -> Plan {
         let message = format!("Rolled back: everybody gets the baseline. {why}");
         self.next.phase = Phase::RolledBack;
         self.next.weight = Some(Weight::ZERO.to_string());
         self.next.message = Some(message.clone());
         self.event(EventType::Warning, reason, message.clone());
         self.set_condition("Held", false, reason, &message);
-        self.finish(Decision::Rollback { reason: why }, Some(FlagState::Baseline), None)
+        self.finish(
+            Decision::Rollback { reason: why },
+            Some(FlagState::Baseline),
+            None,
+        )
     }
 
-    fn hold_pending(mut self, phase: Phase, decision: Decision, message: String, reason: &str) -> Plan {
+    fn hold_pending(
+        mut self,
+        phase: Phase,
+        decision: Decision,
+        message: String,
+        reason: &str,
+    ) -> Plan {
         self.next.phase = phase;
         self.next.weight = Some(Weight::ZERO.to_string());
         self.next.message = Some(message.clone());
@@ -384,24 +474,47 @@ impl Planner {
         self.next.stage_name = Some(first.name.clone());
         if spec.control.paused {
             if self.prev.phase != Phase::Paused {
-                self.event(EventType::Normal, "Paused", "control.paused is set: the rollout has not started.");
+                self.event(
+                    EventType::Normal,
+                    "Paused",
+                    "control.paused is set: the rollout has not started.",
+                );
             }
-            let message = "Paused before the first stage: set control.paused to false to start.".to_owned();
+            let message =
+                "Paused before the first stage: set control.paused to false to start.".to_owned();
             return self.hold_pending(Phase::Paused, Decision::Pause, message, "Paused");
         }
-        if first.approval == Approval::Required && spec.control.approve.as_deref() != Some(first.name.as_str()) {
-            let message = format!("Waiting for approval of stage {:?}: set control.approve to {:?}.", first.name, first.name);
+        if first.approval == Approval::Required
+            && spec.control.approve.as_deref() != Some(first.name.as_str())
+        {
+            let message = format!(
+                "Waiting for approval of stage {:?}: set control.approve to {:?}.",
+                first.name, first.name
+            );
             if self.prev.phase != Phase::WaitingForApproval {
                 self.event(EventType::Normal, "AwaitingApproval", message.clone());
             }
-            let decision = Decision::AwaitApproval { stage: first.name.clone() };
-            return self.hold_pending(Phase::WaitingForApproval, decision, message, "AwaitingApproval");
+            let decision = Decision::AwaitApproval {
+                stage: first.name.clone(),
+            };
+            return self.hold_pending(
+                Phase::WaitingForApproval,
+                decision,
+                message,
+                "AwaitingApproval",
+            );
         }
         self.enter(valid, 0, Decision::Start, "Started")
     }
 
     /// Begins stage `index` now (or promotes, for a final stage without a duration).
-    fn enter(mut self, valid: &ValidSpec, index: usize, decision: Decision, reason: &'static str) -> Plan {
+    fn enter(
+        mut self,
+        valid: &ValidSpec,
+        index: usize,
+        decision: Decision,
+        reason: &'static str,
+    ) -> Plan {
         let stage = &valid.stages[index];
         let last = index + 1 == valid.stages.len();
         self.next.stage = Some(index as u32);
@@ -426,7 +539,12 @@ impl Planner {
         self.finish(decision, Some(split(stage)), next_look)
     }
 
-    fn in_stage(mut self, valid: &ValidSpec, spec: &FeatureRolloutSpec, started: Timestamp) -> Plan {
+    fn in_stage(
+        mut self,
+        valid: &ValidSpec,
+        spec: &FeatureRolloutSpec,
+        started: Timestamp,
+    ) -> Plan {
         let last_index = valid.stages.len() - 1;
         let index = (self.next.stage.unwrap_or(0) as usize).min(last_index);
         let stage = &valid.stages[index];
@@ -438,7 +556,11 @@ impl Planner {
 
         if spec.control.paused {
             if self.prev.phase != Phase::Paused {
-                self.event(EventType::Normal, "Paused", format!("control.paused is set: holding at stage {:?}.", stage.name));
+                self.event(
+                    EventType::Normal,
+                    "Paused",
+                    format!("control.paused is set: holding at stage {:?}.", stage.name),
+                );
             }
             let message = format!(
                 "Paused at stage {:?} ({}): set control.paused to false to resume. Harm still rolls back.",
@@ -452,18 +574,33 @@ impl Planner {
             return self.finish(Decision::Pause, flag, next_look);
         }
         if self.prev.phase == Phase::Paused {
-            self.event(EventType::Normal, "Resumed", format!("control.paused was cleared: stage {:?} goes on.", stage.name));
+            self.event(
+                EventType::Normal,
+                "Resumed",
+                format!(
+                    "control.paused was cleared: stage {:?} goes on.",
+                    stage.name
+                ),
+            );
         }
         self.next.phase = Phase::Progressing;
 
         // What keeps the stage from ending, besides time.
         let mut waits = Vec::new();
         let analysis = self.current_analysis().cloned();
-        let fresh = analysis.as_ref().filter(|a| a.at + valid.interval > self.now);
+        let fresh = analysis
+            .as_ref()
+            .filter(|a| a.at + valid.interval > self.now);
         if let Some(min) = stage.min_samples {
-            let seen = analysis.as_ref().and_then(|a| a.candidate_samples).unwrap_or(0);
+            let seen = analysis
+                .as_ref()
+                .and_then(|a| a.candidate_samples)
+                .unwrap_or(0);
             if seen < min {
-                waits.push(("WaitingForSamples", format!("{seen} of the {min} candidate samples the stage needs were seen")));
+                waits.push((
+                    "WaitingForSamples",
+                    format!("{seen} of the {min} candidate samples the stage needs were seen"),
+                ));
             }
         }
         // At 100% for everybody there is no baseline cohort left to compare with: only a
@@ -471,44 +608,84 @@ impl Planner {
         let comparable = stage.audience.is_some() || stage.weight < Weight::FULL;
         if valid.has_metrics && comparable && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
             let (reason, text) = match fresh {
-                None => ("WaitingForAnalysis", "waiting for a look at the metrics".to_owned()),
-                Some(a) if a.verdict == Verdict::Error && self.next.consecutive_errors >= valid.on_error.consecutive => (
-                    "AnalysisFailing",
+                None => (
+                    "WaitingForAnalysis",
+                    "waiting for a look at the metrics".to_owned(),
+                ),
+                Some(a)
+                    if a.verdict == Verdict::Error
+                        && self.next.consecutive_errors >= valid.on_error.consecutive =>
+                {
+                    (
+                        "AnalysisFailing",
+                        format!(
+                            "the analysis errored {} times in a row (onError: hold): {}",
+                            self.next.consecutive_errors,
+                            a.message.as_deref().unwrap_or("analysis error")
+                        ),
+                    )
+                }
+                Some(a) if a.verdict == Verdict::Error => (
+                    "AnalysisError",
                     format!(
-                        "the analysis errored {} times in a row (onError: hold): {}",
-                        self.next.consecutive_errors,
+                        "the analysis errored: {}",
                         a.message.as_deref().unwrap_or("analysis error")
                     ),
                 ),
-                Some(a) if a.verdict == Verdict::Error => {
-                    ("AnalysisError", format!("the analysis errored: {}", a.message.as_deref().unwrap_or("analysis error")))
-                }
                 Some(a) => (
                     "AnalysisInconclusive",
-                    format!("the analysis is inconclusive: {}", a.message.as_deref().unwrap_or("not enough data yet")),
+                    format!(
+                        "the analysis is inconclusive: {}",
+                        a.message.as_deref().unwrap_or("not enough data yet")
+                    ),
                 ),
             };
             waits.push((reason, text));
         }
         let failing = waits.iter().any(|(r, _)| *r == "AnalysisFailing");
-        let was_failing = self.prev.conditions.iter().any(|c| c.type_ == "Held" && c.reason == "AnalysisFailing");
+        let was_failing = self
+            .prev
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Held" && c.reason == "AnalysisFailing");
         if failing && !was_failing {
-            let text = waits.iter().find(|(r, _)| *r == "AnalysisFailing").map(|(_, t)| t.clone()).unwrap_or_default();
-            self.event(EventType::Warning, "AnalysisFailing", format!("Holding at stage {:?}: {text}.", stage.name));
+            let text = waits
+                .iter()
+                .find(|(r, _)| *r == "AnalysisFailing")
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default();
+            self.event(
+                EventType::Warning,
+                "AnalysisFailing",
+                format!("Holding at stage {:?}: {text}.", stage.name),
+            );
         }
 
         if self.now < ends || !waits.is_empty() {
             let mut parts: Vec<String> = Vec::new();
             if self.now < ends {
-                parts.push(format!("{} left of the stage's duration", short(ends.duration_since(self.now))));
+                parts.push(format!(
+                    "{} left of the stage's duration",
+                    short(ends.duration_since(self.now))
+                ));
             }
             parts.extend(waits.iter().map(|(_, t)| t.clone()));
-            let message = format!("Stage {:?} ({}): {}.", stage.name, exposure_text(stage), parts.join("; "));
+            let message = format!(
+                "Stage {:?} ({}): {}.",
+                stage.name,
+                exposure_text(stage),
+                parts.join("; ")
+            );
             // Held: something other than time keeps the stage from ending.
             let held = self.now >= ends || failing;
             let reason = waits.first().map_or("StageRunning", |(r, _)| *r);
             self.next.message = Some(message.clone());
-            self.set_condition("Held", held, if held { reason } else { "StageRunning" }, &message);
+            self.set_condition(
+                "Held",
+                held,
+                if held { reason } else { "StageRunning" },
+                &message,
+            );
             let next_look = self.next_look(valid, stage, started);
             return self.finish(Decision::Hold { reason: message }, flag, next_look);
         }
@@ -524,7 +701,9 @@ impl Planner {
             return self.finish(Decision::Promote, Some(FlagState::Promoted), None);
         }
         let upcoming = &valid.stages[index + 1];
-        if upcoming.approval == Approval::Required && spec.control.approve.as_deref() != Some(upcoming.name.as_str()) {
+        if upcoming.approval == Approval::Required
+            && spec.control.approve.as_deref() != Some(upcoming.name.as_str())
+        {
             let message = format!(
                 "Stage {:?} is done; stage {:?} waits for approval: set control.approve to {:?}.",
                 stage.name, upcoming.name, upcoming.name
@@ -536,15 +715,29 @@ impl Planner {
             self.next.message = Some(message.clone());
             self.set_condition("Held", true, "AwaitingApproval", &message);
             let next_look = self.analysis_look(valid);
-            return self.finish(Decision::AwaitApproval { stage: upcoming.name.clone() }, flag, next_look);
+            return self.finish(
+                Decision::AwaitApproval {
+                    stage: upcoming.name.clone(),
+                },
+                flag,
+                next_look,
+            );
         }
-        let decision = Decision::Advance { from: index as u32, to: index as u32 + 1 };
+        let decision = Decision::Advance {
+            from: index as u32,
+            to: index as u32 + 1,
+        };
         self.enter(valid, index + 1, decision, "StageAdvanced")
     }
 
     /// The next look while a stage runs: the next analysis, or the stage's end, whichever
     /// comes first.
-    fn next_look(&self, valid: &ValidSpec, stage: &ValidStage, started: Timestamp) -> Option<Timestamp> {
+    fn next_look(
+        &self,
+        valid: &ValidSpec,
+        stage: &ValidStage,
+        started: Timestamp,
+    ) -> Option<Timestamp> {
         let ends = started + stage.duration;
         let end = (ends > self.now).then_some(ends);
         match (self.analysis_look(valid), end) {
@@ -567,7 +760,10 @@ impl Planner {
 }
 
 fn split(stage: &ValidStage) -> FlagState {
-    FlagState::Split { candidate_weight: stage.weight.units(), audience: stage.audience.clone() }
+    FlagState::Split {
+        candidate_weight: stage.weight.units(),
+        audience: stage.audience.clone(),
+    }
 }
 
 fn weight_text(stage: &ValidStage) -> String {

@@ -1,0 +1,688 @@
+//! The rollout engine, scenario by scenario: stage timing, analysis, approvals, pause,
+//! abort, retry, promotion, spec changes and invalid specs. The properties that must hold
+//! for any spec and any sequence of events are in `engine_properties.rs`.
+
+use jiff::{SignedDuration, Timestamp};
+use sluice::crd::{AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, Verdict};
+use sluice::engine::{Decision, EventType, HISTORY_LIMIT, Observations, Plan, analysis_due, plan};
+use sluice::flagd::FlagState;
+
+fn spec(yaml: &str) -> FeatureRolloutSpec {
+    serde_yaml_ng::from_str(yaml).expect("test spec parses")
+}
+
+const TIMED: &str = r#"
+flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
+target: { file: { path: flags.json } }
+stages:
+  - { weight: 1, duration: 10m }
+  - { weight: 5, duration: 10m }
+  - { weight: 100 }
+"#;
+
+const ANALYSED: &str = r#"
+flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
+target: { file: { path: flags.json } }
+stages:
+  - { name: one, weight: 1, duration: 10m }
+  - { name: five, weight: 5, duration: 10m, minSamples: 100 }
+  - { name: quarter, weight: 25, duration: 10m, approval: required }
+  - { name: all, weight: 100 }
+analysis:
+  interval: 1m
+  metrics:
+    - name: errors
+      ratio: { errors: "e", requests: "r" }
+      maxIncrease: { relative: "10%" }
+"#;
+
+fn t0() -> Timestamp {
+    "2026-11-24T12:00:00Z".parse().unwrap()
+}
+
+fn at(minutes: i64) -> Timestamp {
+    t0() + SignedDuration::from_mins(minutes)
+}
+
+fn look(stage: u32, when: Timestamp, verdict: Verdict) -> Observations {
+    Observations {
+        analysis: Some(AnalysisStatus {
+            at: when,
+            stage,
+            verdict,
+            message: Some(format!("{verdict:?} at stage {stage}")),
+            candidate_samples: Some(1_000),
+            metrics: vec![],
+        }),
+        generation: Some(1),
+    }
+}
+
+fn nothing() -> Observations {
+    Observations {
+        analysis: None,
+        generation: Some(1),
+    }
+}
+
+/// Plans and checks that planning again from the same inputs gives the same plan.
+fn step(
+    spec: &FeatureRolloutSpec,
+    status: Option<&FeatureRolloutStatus>,
+    obs: &Observations,
+    now: Timestamp,
+) -> Plan {
+    let first = plan(spec, status, obs, now);
+    assert_eq!(
+        first,
+        plan(spec, status, obs, now),
+        "planning is not deterministic"
+    );
+    first
+}
+
+fn reasons(plan: &Plan) -> Vec<&'static str> {
+    plan.events.iter().map(|e| e.reason).collect()
+}
+
+fn split(percent: u32) -> Option<FlagState> {
+    Some(FlagState::Split {
+        candidate_weight: percent * 10_000,
+        audience: None,
+    })
+}
+
+#[test]
+fn a_new_rollout_starts_its_first_stage() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    assert_eq!(p.decision, Decision::Start);
+    assert_eq!(p.status.phase, Phase::Progressing);
+    assert_eq!(p.status.stage, Some(0));
+    assert_eq!(p.status.stage_name.as_deref(), Some("stage-1"));
+    assert_eq!(p.status.weight.as_deref(), Some("1%"));
+    assert_eq!(p.status.stage_started_at, Some(t0()));
+    assert_eq!(p.flag, split(1));
+    assert_eq!(reasons(&p), ["Started"]);
+    assert_eq!(
+        p.next_look,
+        Some(at(10)),
+        "without metrics the next look is the stage's end"
+    );
+    assert_eq!(p.status.history.len(), 1);
+}
+
+#[test]
+fn stages_advance_on_time_alone_without_metrics() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let held = step(&s, Some(&p.status), &nothing(), at(9));
+    assert!(matches!(held.decision, Decision::Hold { .. }));
+    assert_eq!(held.flag, split(1));
+    assert!(held.events.is_empty());
+    assert_eq!(held.status.history, p.status.history);
+    assert!(
+        held.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("1m0s left"),
+        "{:?}",
+        held.status.message
+    );
+
+    let advanced = step(&s, Some(&held.status), &nothing(), at(10));
+    assert_eq!(advanced.decision, Decision::Advance { from: 0, to: 1 });
+    assert_eq!(advanced.flag, split(5));
+    assert_eq!(advanced.status.stage_started_at, Some(at(10)));
+    assert_eq!(reasons(&advanced), ["StageAdvanced"]);
+
+    let promoted = step(&s, Some(&advanced.status), &nothing(), at(20));
+    assert_eq!(promoted.decision, Decision::Promote);
+    assert_eq!(promoted.status.phase, Phase::Promoted);
+    assert_eq!(
+        promoted.status.stage,
+        Some(2),
+        "the final stage is entered, not skipped"
+    );
+    assert_eq!(promoted.flag, Some(FlagState::Promoted));
+    assert_eq!(promoted.next_look, None);
+
+    let after = step(&s, Some(&promoted.status), &nothing(), at(500));
+    assert_eq!(after.decision, Decision::Finished);
+    assert_eq!(after.flag, Some(FlagState::Promoted));
+    assert!(after.events.is_empty());
+}
+
+#[test]
+fn a_stage_with_metrics_needs_a_fresh_passing_look_from_that_stage() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    assert_eq!(p.next_look, Some(t0()), "the first look is due at once");
+    assert!(analysis_due(&s, Some(&p.status), t0()));
+
+    // Duration over, but no look yet.
+    let p = step(&s, Some(&p.status), &nothing(), at(10));
+    assert!(matches!(p.decision, Decision::Hold { .. }));
+    let held = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Held")
+        .unwrap();
+    assert_eq!(
+        (held.status.as_str(), held.reason.as_str()),
+        ("True", "WaitingForAnalysis")
+    );
+
+    // A pass from 2 minutes ago is stale at a 1-minute interval.
+    let stale = step(&s, Some(&p.status), &look(0, at(8), Verdict::Pass), at(10));
+    assert!(
+        matches!(stale.decision, Decision::Hold { .. }),
+        "{:?}",
+        stale.decision
+    );
+
+    // A fresh pass ends the stage.
+    let p = step(&s, Some(&p.status), &look(0, at(10), Verdict::Pass), at(10));
+    assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
+    assert_eq!(p.flag, split(5));
+
+    // The pass from stage 0 does not count in stage 1.
+    let p = step(&s, Some(&p.status), &nothing(), at(20));
+    assert!(
+        matches!(p.decision, Decision::Hold { .. }),
+        "{:?}",
+        p.decision
+    );
+}
+
+#[test]
+fn inconclusive_and_errored_looks_hold_with_the_reason() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, at(10), Verdict::Inconclusive),
+        at(10),
+    );
+    assert!(matches!(p.decision, Decision::Hold { .. }));
+    assert_eq!(p.flag, split(1));
+    let message = p.status.message.clone().unwrap();
+    assert!(
+        message.contains("inconclusive") && message.contains("Inconclusive at stage 0"),
+        "{message}"
+    );
+    let held = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Held")
+        .unwrap();
+    assert_eq!(held.reason, "AnalysisInconclusive");
+
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, at(11), Verdict::Error),
+        at(11),
+    );
+    assert_eq!(p.status.consecutive_errors, 1);
+    assert!(p.events.is_empty());
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, at(12), Verdict::Error),
+        at(12),
+    );
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, at(13), Verdict::Error),
+        at(13),
+    );
+    assert_eq!(p.status.consecutive_errors, 3);
+    assert_eq!(reasons(&p), ["AnalysisFailing"]);
+    assert_eq!(p.events[0].type_, EventType::Warning);
+    assert_eq!(p.flag, split(1), "onError: hold keeps the exposure");
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, at(14), Verdict::Error),
+        at(14),
+    );
+    assert!(
+        p.events.is_empty(),
+        "the warning is emitted once, on the transition"
+    );
+    let p = step(&s, Some(&p.status), &look(0, at(15), Verdict::Pass), at(15));
+    assert_eq!(p.status.consecutive_errors, 0);
+    assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
+}
+
+#[test]
+fn errors_past_the_limit_roll_back_when_configured() {
+    let s = spec(&ANALYSED.replace(
+        "metrics:",
+        "onError: { consecutive: 2, action: rollback }\n  metrics:",
+    ));
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &look(0, at(1), Verdict::Error), at(1));
+    assert_eq!(p.status.phase, Phase::Progressing);
+    let p = step(&s, Some(&p.status), &look(0, at(2), Verdict::Error), at(2));
+    assert_eq!(p.status.phase, Phase::RolledBack);
+    assert_eq!(p.flag, Some(FlagState::Baseline));
+}
+
+#[test]
+fn a_failing_look_rolls_back_at_once_whatever_else_holds() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    let failed = step(&s, Some(&p.status), &look(0, at(1), Verdict::Fail), at(1));
+    assert!(matches!(failed.decision, Decision::Rollback { .. }));
+    assert_eq!(failed.flag, Some(FlagState::Baseline));
+    assert_eq!(failed.status.phase, Phase::RolledBack);
+    assert_eq!(failed.status.weight.as_deref(), Some("0%"));
+    assert_eq!(reasons(&failed), ["RolledBack"]);
+    assert_eq!(failed.events[0].type_, EventType::Warning);
+    assert_eq!(failed.next_look, None);
+
+    // Paused: still rolls back.
+    let mut paused = s.clone();
+    paused.control.paused = true;
+    let p2 = step(&paused, Some(&p.status), &nothing(), at(1));
+    assert_eq!(p2.status.phase, Phase::Paused);
+    let failed = step(
+        &paused,
+        Some(&p2.status),
+        &look(0, at(2), Verdict::Fail),
+        at(2),
+    );
+    assert_eq!(failed.flag, Some(FlagState::Baseline));
+
+    // Rolled back stays rolled back.
+    let later = step(&s, Some(&failed.status), &nothing(), at(60));
+    assert_eq!(later.decision, Decision::Finished);
+    assert_eq!(later.flag, Some(FlagState::Baseline));
+    assert!(later.events.is_empty());
+}
+
+#[test]
+fn minimum_samples_hold_the_stage() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &look(0, at(10), Verdict::Pass), at(10));
+    assert_eq!(p.status.stage, Some(1));
+    let mut few = look(1, at(20), Verdict::Pass);
+    few.analysis.as_mut().unwrap().candidate_samples = Some(40);
+    let held = step(&s, Some(&p.status), &few, at(20));
+    assert!(matches!(held.decision, Decision::Hold { .. }));
+    assert!(
+        held.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("40 of the 100 candidate samples")
+    );
+}
+
+#[test]
+fn an_approval_gate_waits_at_the_previous_exposure_until_approved() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &look(0, at(10), Verdict::Pass), at(10));
+    let p = step(&s, Some(&p.status), &look(1, at(20), Verdict::Pass), at(20));
+    assert_eq!(
+        p.decision,
+        Decision::AwaitApproval {
+            stage: "quarter".into()
+        }
+    );
+    assert_eq!(p.status.phase, Phase::WaitingForApproval);
+    assert_eq!(p.status.stage, Some(1));
+    assert_eq!(
+        p.flag,
+        split(5),
+        "the gated stage's exposure is not applied before approval"
+    );
+    assert_eq!(reasons(&p), ["AwaitingApproval"]);
+    assert_eq!(p.next_look, Some(at(21)), "analysis goes on while waiting");
+
+    // Still waiting, analysis goes on; a failing look still rolls back.
+    let waiting = step(&s, Some(&p.status), &look(1, at(21), Verdict::Pass), at(21));
+    assert_eq!(waiting.status.phase, Phase::WaitingForApproval);
+    assert!(waiting.events.is_empty());
+    let failed = step(
+        &s,
+        Some(&waiting.status),
+        &look(1, at(22), Verdict::Fail),
+        at(22),
+    );
+    assert_eq!(failed.flag, Some(FlagState::Baseline));
+
+    // Approved: the next stage starts.
+    let mut approved = s.clone();
+    approved.control.approve = Some("quarter".into());
+    let p = step(
+        &approved,
+        Some(&waiting.status),
+        &look(1, at(22), Verdict::Pass),
+        at(22),
+    );
+    assert_eq!(p.decision, Decision::Advance { from: 1, to: 2 });
+    assert_eq!(p.flag, split(25));
+}
+
+#[test]
+fn a_gated_first_stage_waits_on_the_baseline() {
+    let s = spec(&TIMED.replace(
+        "{ weight: 1, duration: 10m }",
+        "{ name: first, weight: 1, duration: 10m, approval: required }",
+    ));
+    let p = step(&s, None, &nothing(), t0());
+    assert_eq!(p.status.phase, Phase::WaitingForApproval);
+    assert_eq!(p.flag, Some(FlagState::Baseline));
+    assert_eq!(p.status.stage_started_at, None);
+    let mut approved = s.clone();
+    approved.control.approve = Some("first".into());
+    let p = step(&approved, Some(&p.status), &nothing(), at(5));
+    assert_eq!(p.decision, Decision::Start);
+    assert_eq!(p.status.stage_started_at, Some(at(5)));
+}
+
+#[test]
+fn pause_holds_and_resume_goes_on() {
+    let s = spec(TIMED);
+    let mut paused = s.clone();
+    paused.control.paused = true;
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&paused, Some(&p.status), &nothing(), at(3));
+    assert_eq!(p.decision, Decision::Pause);
+    assert_eq!(reasons(&p), ["Paused"]);
+    assert_eq!(p.flag, split(1));
+    let p = step(&paused, Some(&p.status), &nothing(), at(30));
+    assert_eq!(p.status.phase, Phase::Paused, "no stage ends while paused");
+    assert!(p.events.is_empty());
+    assert_eq!(
+        p.next_look, None,
+        "without metrics a paused rollout waits for a change"
+    );
+    let p = step(&s, Some(&p.status), &nothing(), at(31));
+    assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
+    assert_eq!(reasons(&p), ["Resumed", "StageAdvanced"]);
+}
+
+#[test]
+fn a_rollout_paused_from_the_start_does_not_start() {
+    let mut s = spec(TIMED);
+    s.control.paused = true;
+    let p = step(&s, None, &nothing(), t0());
+    assert_eq!(p.status.phase, Phase::Paused);
+    assert_eq!(p.flag, Some(FlagState::Baseline));
+}
+
+#[test]
+fn abort_rolls_back_and_retry_starts_over() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &nothing(), at(10));
+    let mut aborted = s.clone();
+    aborted.control.abort = true;
+    let p = step(&aborted, Some(&p.status), &nothing(), at(11));
+    assert!(matches!(p.decision, Decision::Rollback { .. }));
+    assert_eq!(reasons(&p), ["Aborted"]);
+    assert_eq!(p.flag, Some(FlagState::Baseline));
+
+    // Raising retry while abort is still set changes nothing.
+    let mut both = aborted.clone();
+    both.control.retry = 1;
+    let p = step(&both, Some(&p.status), &nothing(), at(12));
+    assert_eq!(p.status.phase, Phase::RolledBack);
+
+    // Clearing abort without raising retry changes nothing either.
+    let p = step(&s, Some(&p.status), &nothing(), at(13));
+    assert_eq!(p.status.phase, Phase::RolledBack);
+
+    let mut retried = s.clone();
+    retried.control.retry = 1;
+    let p = step(&retried, Some(&p.status), &nothing(), at(14));
+    assert_eq!(p.decision, Decision::Start);
+    assert_eq!(reasons(&p), ["Retried", "Started"]);
+    assert_eq!(p.status.stage, Some(0));
+    assert_eq!(p.flag, split(1));
+    assert_eq!(p.status.retries, 1);
+    let again = step(&retried, Some(&p.status), &nothing(), at(15));
+    assert!(
+        matches!(again.decision, Decision::Hold { .. }),
+        "a retry is acted on once"
+    );
+}
+
+#[test]
+fn a_retry_number_present_at_creation_is_not_a_retry() {
+    let mut s = spec(ANALYSED);
+    s.control.retry = 3;
+    let p = step(&s, None, &nothing(), t0());
+    assert_eq!(p.status.retries, 3);
+    let p = step(&s, Some(&p.status), &look(0, at(1), Verdict::Fail), at(1));
+    let p = step(&s, Some(&p.status), &nothing(), at(2));
+    assert_eq!(p.status.phase, Phase::RolledBack);
+}
+
+#[test]
+fn a_final_stage_with_a_duration_holds_at_full_exposure_then_promotes() {
+    let s = spec(&ANALYSED.replace(
+        "{ name: all, weight: 100 }",
+        "{ name: all, weight: 100, duration: 5m }",
+    ));
+    let mut status = step(&s, None, &nothing(), t0()).status;
+    for (stage, minute) in [(0, 10), (1, 20)] {
+        status = step(
+            &s,
+            Some(&status),
+            &look(stage, at(minute), Verdict::Pass),
+            at(minute),
+        )
+        .status;
+    }
+    let mut approved = s.clone();
+    approved.control.approve = Some("quarter".into());
+    let p = step(
+        &approved,
+        Some(&status),
+        &look(1, at(21), Verdict::Pass),
+        at(21),
+    );
+    let p = step(
+        &approved,
+        Some(&p.status),
+        &look(2, at(31), Verdict::Pass),
+        at(31),
+    );
+    assert_eq!(p.status.stage, Some(3));
+    assert_eq!(p.flag, split(100));
+    // No baseline cohort at 100%: the stage ends on time; a failing guard still rolls back.
+    let p2 = step(
+        &approved,
+        Some(&p.status),
+        &look(3, at(36), Verdict::Inconclusive),
+        at(36),
+    );
+    assert_eq!(p2.decision, Decision::Promote);
+    let p3 = step(
+        &approved,
+        Some(&p.status),
+        &look(3, at(33), Verdict::Fail),
+        at(33),
+    );
+    assert_eq!(p3.flag, Some(FlagState::Baseline));
+}
+
+#[test]
+fn changing_the_candidate_starts_over() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &nothing(), at(10));
+    assert_eq!(p.status.stage, Some(1));
+    let changed = spec(
+        &TIMED
+            .replace(
+                r#"variants: { "on": true, "off": false }"#,
+                r#"variants: { "on": true, "off": false, "v3": 3 }"#,
+            )
+            .replace(r#"candidate: "on""#, r#"candidate: "v3""#),
+    );
+    let p = step(&changed, Some(&p.status), &nothing(), at(11));
+    assert_eq!(reasons(&p), ["SpecChanged", "Started"]);
+    assert_eq!(p.status.stage, Some(0));
+    assert_eq!(p.flag, split(1));
+
+    // A promoted rollout with a new candidate is a new rollout too.
+    let p = step(&changed, Some(&p.status), &nothing(), at(21));
+    let p = step(&changed, Some(&p.status), &nothing(), at(31));
+    assert_eq!(p.status.phase, Phase::Promoted);
+    let p = step(&s, Some(&p.status), &nothing(), at(40));
+    assert_eq!(p.status.phase, Phase::Progressing);
+    assert_eq!(p.status.stage, Some(0));
+}
+
+#[test]
+fn editing_stages_mid_rollout_applies_to_the_current_stage() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &nothing(), at(10));
+    assert_eq!(p.flag, split(5));
+    // The current stage's weight is edited: the flag follows, the stage timer goes on.
+    let edited = spec(&TIMED.replace(
+        "{ weight: 5, duration: 10m }",
+        "{ weight: 3, duration: 20m }",
+    ));
+    let p = step(&edited, Some(&p.status), &nothing(), at(12));
+    assert_eq!(p.flag, split(3));
+    assert_eq!(p.status.stage_started_at, Some(at(10)));
+    assert!(matches!(p.decision, Decision::Hold { .. }));
+    // Stages removed under the current one: it becomes the last stage.
+    let shorter = spec(&TIMED.replace(
+        "  - { weight: 1, duration: 10m }\n  - { weight: 5, duration: 10m }\n",
+        "  - { weight: 1, duration: 10m }\n",
+    ));
+    let p = step(&shorter, Some(&p.status), &nothing(), at(13));
+    assert_eq!(p.status.stage, Some(1));
+    assert_eq!(p.flag, Some(FlagState::Promoted));
+}
+
+#[test]
+fn an_invalid_spec_leaves_the_flag_alone_until_fixed() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &nothing(), at(10));
+    let mut broken = s.clone();
+    broken.flag.candidate = "off".into();
+    let bad = step(&broken, Some(&p.status), &nothing(), at(11));
+    assert!(
+        matches!(&bad.decision, Decision::Invalid { problems } if problems[0].field == "spec.flag.candidate")
+    );
+    assert_eq!(bad.flag, None);
+    assert_eq!(bad.status.phase, Phase::Failed);
+    assert_eq!(bad.next_look, None);
+    assert_eq!(reasons(&bad), ["InvalidSpec"]);
+    let ready = bad
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert!(ready.message.contains("spec.flag.candidate"));
+    let again = step(&broken, Some(&bad.status), &nothing(), at(12));
+    assert!(again.events.is_empty(), "the same problem is reported once");
+
+    let fixed = step(&s, Some(&again.status), &nothing(), at(13));
+    assert_eq!(fixed.status.phase, Phase::Progressing);
+    assert_eq!(fixed.status.stage, Some(1), "it goes on where it was");
+    assert_eq!(fixed.flag, split(5));
+}
+
+#[test]
+fn conditions_change_transition_time_only_on_transitions() {
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let p1 = step(&s, Some(&p.status), &nothing(), at(1));
+    let p2 = step(&s, Some(&p1.status), &nothing(), at(2));
+    for c in &p2.status.conditions {
+        assert_eq!(
+            c.last_transition_time,
+            t0(),
+            "{} moved without a transition",
+            c.type_
+        );
+    }
+    let mut paused = s.clone();
+    paused.control.paused = true;
+    let p3 = step(&paused, Some(&p2.status), &nothing(), at(3));
+    let held = p3
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Held")
+        .unwrap();
+    assert_eq!(
+        (held.status.as_str(), held.last_transition_time),
+        ("True", at(3))
+    );
+}
+
+#[test]
+fn history_is_bounded() {
+    let s = spec(TIMED);
+    let mut paused = s.clone();
+    paused.control.paused = true;
+    let mut status = step(&s, None, &nothing(), t0()).status;
+    for minute in 1..=50 {
+        let which = if minute % 2 == 0 { &s } else { &paused };
+        status = step(
+            which,
+            Some(&status),
+            &nothing(),
+            t0() + SignedDuration::from_secs(minute),
+        )
+        .status;
+    }
+    assert_eq!(status.history.len(), HISTORY_LIMIT);
+    assert_eq!(
+        status.history.last().unwrap().at,
+        t0() + SignedDuration::from_secs(50)
+    );
+}
+
+#[test]
+fn analysis_is_due_once_per_interval_while_a_stage_runs() {
+    let s = spec(ANALYSED);
+    assert!(
+        !analysis_due(&s, None, t0()),
+        "nothing to analyse before the first stage"
+    );
+    let p = step(&s, None, &nothing(), t0());
+    assert!(analysis_due(&s, Some(&p.status), t0()));
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, t0(), Verdict::Inconclusive),
+        t0(),
+    );
+    assert!(!analysis_due(
+        &s,
+        Some(&p.status),
+        t0() + SignedDuration::from_secs(59)
+    ));
+    assert!(analysis_due(&s, Some(&p.status), at(1)));
+    assert_eq!(p.next_look, Some(at(1)));
+    assert!(
+        !analysis_due(&spec(TIMED), Some(&p.status), at(1)),
+        "no metrics, no analysis"
+    );
+}
