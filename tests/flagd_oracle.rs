@@ -198,17 +198,22 @@ fn run_oracle() -> Result<Oracle, String> {
         jobs.push(Value::Object(spec));
     };
 
-    // The plan, stage after stage, each merged into the previous document.
+    // The plan, stage after stage as the engine decides it, each merged into the previous
+    // document.
     let def = boolean_flag();
+    let (stage_states, promoted_state, rollback_state) = engine_states();
     let mut text = SHARED.to_owned();
-    for (name, weight, keys) in PLAN {
-        text = merge(&text, FLAG, render_flag(&def, &split(weight, None)));
+    for ((name, weight, keys), state) in PLAN.into_iter().zip(stage_states) {
+        if state != split(weight, None) {
+            return Err(format!("the engine planned {state:?} for stage {name}"));
+        }
+        text = merge(&text, FLAG, render_flag(&def, &state));
         documents.push((name.to_owned(), text.clone()));
         job(name, name, json!({ "flag": FLAG, "keys": keys }));
     }
     let after_plan = text.clone();
     // Promotion after the last stage; rollback from the 25 % stage.
-    let promoted = merge(&after_plan, FLAG, render_flag(&def, &FlagState::Promoted));
+    let promoted = merge(&after_plan, FLAG, render_flag(&def, &promoted_state));
     documents.push(("promoted".to_owned(), promoted));
     job(
         "promoted",
@@ -216,7 +221,7 @@ fn run_oracle() -> Result<Oracle, String> {
         json!({ "flag": FLAG, "keys": UNIFORM_KEYS }),
     );
     let split_25 = documents[3].1.clone();
-    let rollback = merge(&split_25, FLAG, render_flag(&def, &FlagState::Baseline));
+    let rollback = merge(&split_25, FLAG, render_flag(&def, &rollback_state));
     documents.push(("rollback".to_owned(), rollback));
     job(
         "rollback",
@@ -320,6 +325,46 @@ fn run_oracle() -> Result<Oracle, String> {
             .collect(),
         documents: documents.into_iter().collect(),
     })
+}
+
+/// The flag states the engine plans for a 0.1 % → 1 % → 5 % → 25 % → 100 % rollout: one
+/// per stage, then promotion; and the rollback state when aborted at the 25 % stage.
+fn engine_states() -> (Vec<FlagState>, FlagState, FlagState) {
+    use jiff::{SignedDuration, Timestamp};
+    use sluice::engine::{Observations, plan};
+    let spec: sluice::crd::FeatureRolloutSpec = serde_yaml_ng::from_str(&format!(
+        r#"
+flag: {{ key: {FLAG}, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
+target: {{ file: {{ path: flags.json }} }}
+stages:
+  - {{ weight: "0.1%", duration: 10m }}
+  - {{ weight: 1, duration: 10m }}
+  - {{ weight: 5, duration: 10m }}
+  - {{ weight: 25, duration: 10m }}
+  - {{ weight: 100, duration: 10m }}
+"#
+    ))
+    .expect("the oracle's spec parses");
+    let mut now: Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+    let mut status = None;
+    let mut states = Vec::new();
+    let mut rollback = None;
+    loop {
+        let p = plan(&spec, status.as_ref(), &Observations::default(), now);
+        let flag = p.flag.clone().expect("a valid spec plans a flag state");
+        if p.status.phase == sluice::crd::Phase::Promoted {
+            return (states, flag, rollback.expect("the 25 % stage was reached"));
+        }
+        if p.status.stage == Some(3) && rollback.is_none() {
+            let mut aborted = spec.clone();
+            aborted.control.abort = true;
+            let abort = plan(&aborted, Some(&p.status), &Observations::default(), now);
+            rollback = abort.flag;
+        }
+        states.push(flag);
+        status = Some(p.status);
+        now += SignedDuration::from_mins(10);
+    }
 }
 
 fn merge(document: &str, key: &str, flag: Value) -> String {
