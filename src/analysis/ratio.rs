@@ -132,18 +132,13 @@ pub fn test(
     target: f64,
 ) -> Option<SequentialTest> {
     let (effect, standard_error) = harm(baseline, candidate, tolerance)?;
-    let effective = effective_samples(baseline, candidate);
-    let z_boundary = mixture_boundary(effective, target, alpha);
-    let lower_bound = effect - z_boundary * standard_error;
-    Some(SequentialTest {
+    Some(sequential(
         effect,
-        lower_bound,
         standard_error,
-        z_boundary,
-        effective_samples: effective,
-        target_samples: target,
-        reject: lower_bound > 0.0,
-    })
+        effective_samples(baseline, candidate),
+        target,
+        alpha,
+    ))
 }
 
 /// The one-sample version for an absolute ceiling on the candidate's share: a lower
@@ -157,18 +152,33 @@ pub fn test_ceiling(
     let pc = candidate.share()?;
     let smoothed = (candidate.bad + 0.5) / (candidate.total + 1.0);
     let standard_error = (smoothed * (1.0 - smoothed) / candidate.total).sqrt();
-    let z_boundary = mixture_boundary(candidate.total, target, alpha);
-    let effect = pc - max;
+    Some(sequential(
+        pc - max,
+        standard_error,
+        candidate.total,
+        target,
+        alpha,
+    ))
+}
+
+fn sequential(
+    effect: f64,
+    standard_error: f64,
+    effective: f64,
+    target: f64,
+    alpha: f64,
+) -> SequentialTest {
+    let z_boundary = mixture_boundary(effective, target, alpha);
     let lower_bound = effect - z_boundary * standard_error;
-    Some(SequentialTest {
+    SequentialTest {
         effect,
         lower_bound,
         standard_error,
         z_boundary,
-        effective_samples: candidate.total,
+        effective_samples: effective,
         target_samples: target,
         reject: lower_bound > 0.0,
-    })
+    }
 }
 
 #[cfg(test)]
