@@ -4,3 +4,4 @@
 //! validation, [`engine`] the pure rollout decisions, [`flagd`] the flag documents.
 
 pub mod flagd;
+pub mod prometheus;

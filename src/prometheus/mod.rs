@@ -1,0 +1,21 @@
+//! Prometheus: the HTTP API client, per-cohort splitting of query results and the
+//! query templates of a `FeatureRollout`'s metrics.
+//!
+//! - [`client`]: [`PrometheusClient`] sends instant queries to anything that speaks the
+//!   Prometheus HTTP API (Prometheus, Thanos, Mimir, VictoriaMetrics) with a timeout per
+//!   request, bounded retries, auth read from files at request time and TLS with a
+//!   custom CA.
+//! - [`response`]: the parsed result of a query ([`QueryResult`]).
+//!
+//! Every failure is an [`Error`] with a
+//! bounded [`Error::category`] for metric labels and Event reasons. Secrets (tokens,
+//! passwords) never appear in `Debug` output, errors or logs: the client reads them from
+//! their files for each request and never keeps them.
+
+pub mod client;
+pub mod error;
+pub mod response;
+
+pub use client::{BasicAuth, ClientConfig, PrometheusClient, TlsConfig, ensure_crypto_provider};
+pub use error::Error;
+pub use response::{QueryResponse, QueryResult, Sample, Series};
