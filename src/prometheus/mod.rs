@@ -6,6 +6,9 @@
 //!   request, bounded retries, auth read from files at request time and TLS with a
 //!   custom CA.
 //! - [`response`]: the parsed result of a query ([`QueryResult`]).
+//! - [`cohort`]: splits one vector result into the baseline and candidate cohorts
+//!   ([`split_values`], [`split_buckets`]); a cohort without series is "no data", not
+//!   an error.
 //!
 //! Every failure is an [`Error`] with a
 //! bounded [`Error::category`] for metric labels and Event reasons. Secrets (tokens,
@@ -13,9 +16,14 @@
 //! their files for each request and never keeps them.
 
 pub mod client;
+pub mod cohort;
 pub mod error;
 pub mod response;
 
 pub use client::{BasicAuth, ClientConfig, PrometheusClient, TlsConfig, ensure_crypto_provider};
+pub use cohort::{
+    Bucket, Buckets, CohortSpec, DEFAULT_COHORT_LABEL, PerCohort, global_value, split_buckets,
+    split_values,
+};
 pub use error::Error;
 pub use response::{QueryResponse, QueryResult, Sample, Series};
