@@ -9,8 +9,10 @@
 //! - [`cohort`]: splits one vector result into the baseline and candidate cohorts
 //!   ([`split_values`], [`split_buckets`]); a cohort without series is "no data", not
 //!   an error.
+//! - [`template`]: `{{ name }}` placeholders, substituted with values escaped for the
+//!   PromQL context they land in.
 //!
-//! Every failure is an [`Error`] with a
+//! Every failure is an [`Error`] (or a [`TemplateError`] while validating a spec) with a
 //! bounded [`Error::category`] for metric labels and Event reasons. Secrets (tokens,
 //! passwords) never appear in `Debug` output, errors or logs: the client reads them from
 //! their files for each request and never keeps them.
@@ -19,6 +21,7 @@ pub mod client;
 pub mod cohort;
 pub mod error;
 pub mod response;
+pub mod template;
 
 pub use client::{BasicAuth, ClientConfig, PrometheusClient, TlsConfig, ensure_crypto_provider};
 pub use cohort::{
@@ -27,3 +30,4 @@ pub use cohort::{
 };
 pub use error::Error;
 pub use response::{QueryResponse, QueryResult, Sample, Series};
+pub use template::{BUILTIN_VARIABLES, Template, TemplateError, Variables};
