@@ -422,6 +422,7 @@ impl PrometheusClient {
                 reason,
             },
             Transient::Status(status, detail) => Error::ServerError {
+                url,
                 status: status.as_u16(),
                 attempts,
                 detail,

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Messages name the cause and what to check; they never contain a token or password
 /// (secret files are named by path only). [`Error::category`] gives a bounded string for
 /// metric labels and Event reasons.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The base URL cannot be used.
     #[error("invalid Prometheus address {url:?}: {reason}")]
@@ -117,10 +117,12 @@ pub enum Error {
 
     /// Prometheus kept answering with a server error (5xx) until the retries ran out.
     #[error(
-        "Prometheus answered HTTP {status} after {attempts} attempt(s){}",
+        "Prometheus at {url} answered HTTP {status} after {attempts} attempt(s){}",
         detail_suffix(detail)
     )]
     ServerError {
+        /// The endpoint queried.
+        url: String,
         /// The last HTTP status.
         status: u16,
         /// How many attempts were made.

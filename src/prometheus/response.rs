@@ -253,7 +253,8 @@ mod tests {
                 {"metric":{"feature_flag_result_variant":"on"},"value":[1700000000.5,"12.5"]},
                 {"metric":{"feature_flag_result_variant":"off"},"value":[1700000000.5,"NaN"]},
                 {"metric":{},"value":[1700000000.5,"+Inf"]},
-                {"metric":{},"value":[1700000000.5,"-Inf"]}]},
+                {"metric":{},"value":[1700000000.5,"-Inf"]},
+                {"metric":{},"value":[1700000000.5,"1e+06"]}]},
               "warnings":["partial response"]}"#,
         )
         .unwrap();
@@ -261,13 +262,15 @@ mod tests {
         let QueryResult::Vector(samples) = response.result else {
             panic!("expected a vector");
         };
-        assert_eq!(samples.len(), 4);
+        assert_eq!(samples.len(), 5);
         assert_eq!(samples[0].labels["feature_flag_result_variant"], "on");
         assert_eq!(samples[0].timestamp, 1_700_000_000.5);
         assert_eq!(samples[0].value, 12.5);
         assert!(samples[1].value.is_nan());
         assert_eq!(samples[2].value, f64::INFINITY);
         assert_eq!(samples[3].value, f64::NEG_INFINITY);
+        // Go formats large values with an exponent.
+        assert_eq!(samples[4].value, 1e6);
     }
 
     #[test]
