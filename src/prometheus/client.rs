@@ -33,8 +33,9 @@ const BODY_EXCERPT_CHARS: usize = 200;
 /// How to reach and authenticate to a Prometheus-compatible API.
 ///
 /// Credentials are files, read at every query, so a rotated Kubernetes Secret mounted as
-/// a volume takes effect without a restart; their content is never kept or shown.
-#[derive(Clone, Debug, PartialEq)]
+/// a volume takes effect without a restart; their content is never kept or shown. `Debug`
+/// shows extra headers by name only, in case one carries a key.
+#[derive(Clone, PartialEq)]
 pub struct ClientConfig {
     /// Base URL of the API, e.g. `http://prometheus.monitoring:9090` or, behind a path
     /// prefix, `https://mimir.example.com/prometheus`. `/api/v1/query` is appended.
@@ -75,6 +76,21 @@ impl ClientConfig {
             headers: BTreeMap::new(),
             tls: TlsConfig::default(),
         }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .field("max_retries", &self.max_retries)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("basic_auth", &self.basic_auth)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -725,6 +741,19 @@ mod tests {
         let long = "x".repeat(500);
         let short = excerpt(long.as_bytes());
         assert_eq!(short.chars().count(), BODY_EXCERPT_CHARS + 1);
+    }
+
+    #[test]
+    fn debug_shows_header_names_only() {
+        let mut config = ClientConfig::new("http://prom:9090");
+        config
+            .headers
+            .insert("X-Api-Key".into(), "key-material".into());
+        let text = format!("{config:?}");
+        assert!(text.contains("X-Api-Key"), "{text}");
+        assert!(!text.contains("key-material"), "{text}");
+        let client = PrometheusClient::new(config).unwrap();
+        assert!(!format!("{client:?}").contains("key-material"));
     }
 
     #[test]

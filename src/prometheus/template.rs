@@ -111,7 +111,8 @@ pub struct Variables {
     /// `{{ flag }}`: the flag key.
     pub flag: String,
     /// `{{ window }}`: how far back the query looks (the current stage so far), rendered
-    /// as a PromQL duration such as `5m` or `1h2m3s`.
+    /// as a PromQL duration such as `5m` or `1h2m3s`. A range selector needs it to be at
+    /// least a millisecond.
     pub window: Duration,
     /// `{{ namespace }}`: the rollout's namespace.
     pub namespace: String,
