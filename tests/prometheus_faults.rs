@@ -43,9 +43,9 @@ async fn a_server_that_never_answers_times_out_once() {
     );
     assert!(err.to_string().contains("within 500ms"), "{err}");
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
-    // Not retried: a retry would have taken another 500 ms.
-    assert!(elapsed < Duration::from_millis(950), "{elapsed:?}");
+    // Not retried (one request), and reported promptly.
     assert_eq!(server.requests(), 1);
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -215,7 +215,7 @@ async fn nothing_listening_is_unreachable() {
     println!("{err} after {:?}", started.elapsed());
     assert_eq!(err.category(), "unreachable");
     assert!(err.to_string().contains("Connection refused"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(2));
 
     // `.invalid` never resolves (RFC 2606); a generous timeout lets a slow resolver fail.
     let mut dns = config("http://prometheus.invalid:9090");
