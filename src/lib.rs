@@ -3,6 +3,7 @@
 //! The crate is organised by concern: [`crd`] holds the `FeatureRollout` resource and its
 //! validation, [`engine`] the pure rollout decisions, [`flagd`] the flag documents.
 
+pub mod analysis;
 pub mod cli;
 pub mod crd;
 pub mod engine;
