@@ -68,8 +68,24 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
-        Command::Analyze { file, name, prometheus, stage, elapsed, at, namespace } => {
-            let request = AnalyzeRequest { file, name, prometheus, stage, elapsed, at, namespace };
+        Command::Analyze {
+            file,
+            name,
+            prometheus,
+            stage,
+            elapsed,
+            at,
+            namespace,
+        } => {
+            let request = AnalyzeRequest {
+                file,
+                name,
+                prometheus,
+                stage,
+                elapsed,
+                at,
+                namespace,
+            };
             match analyze(request) {
                 Ok(analysis) => {
                     print!("{}", analysis_table(&analysis));
@@ -100,26 +116,41 @@ struct AnalyzeRequest {
 
 fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
     let shown = request.file.display();
-    let text = std::fs::read_to_string(&request.file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let text =
+        std::fs::read_to_string(&request.file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
     let documents = manifest::documents(&text).map_err(|p| format!("{shown}: {p}"))?;
     let document = documents
         .iter()
         .find(|d| match &request.name {
-            Some(name) => d.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name.as_str()),
+            Some(name) => {
+                d.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name.as_str())
+            }
             None => d.get("kind").and_then(|k| k.as_str()) == Some(manifest::KIND),
         })
-        .ok_or_else(|| format!("{shown}: no FeatureRollout {}", request.name.as_deref().unwrap_or("")))?;
+        .ok_or_else(|| {
+            format!(
+                "{shown}: no FeatureRollout {}",
+                request.name.as_deref().unwrap_or("")
+            )
+        })?;
     let rollout = manifest::check(document).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         format!("{shown}: invalid: {}", list.join("; "))
     })?;
     let valid = crd::validate(&rollout.spec).map_err(|_| format!("{shown}: invalid"))?;
     if !valid.has_metrics {
-        return Err(format!("{shown}: spec.analysis.metrics is empty: nothing to analyse"));
+        return Err(format!(
+            "{shown}: spec.analysis.metrics is empty: nothing to analyse"
+        ));
     }
     let stage = match request.stage.parse::<usize>() {
         Ok(index) if index < valid.stages.len() => index,
-        Ok(index) => return Err(format!("--stage {index}: the rollout has {} stages", valid.stages.len())),
+        Ok(index) => {
+            return Err(format!(
+                "--stage {index}: the rollout has {} stages",
+                valid.stages.len()
+            ));
+        }
         Err(_) => valid
             .stages
             .iter()
@@ -131,22 +162,40 @@ fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
         None if valid.stages[stage].duration.is_positive() => valid.stages[stage].duration,
         None => return Err("--elapsed is needed: the stage has no duration".into()),
     };
-    let mut prometheus_spec: PrometheusSpec =
-        rollout.spec.analysis.as_ref().and_then(|a| a.prometheus.clone()).unwrap_or_default();
+    let mut prometheus_spec: PrometheusSpec = rollout
+        .spec
+        .analysis
+        .as_ref()
+        .and_then(|a| a.prometheus.clone())
+        .unwrap_or_default();
     if let Some(address) = request.prometheus {
         prometheus_spec.address = address;
     }
     if prometheus_spec.address.is_empty() {
-        return Err("no Prometheus address: set spec.analysis.prometheus.address or pass --prometheus".into());
+        return Err(
+            "no Prometheus address: set spec.analysis.prometheus.address or pass --prometheus"
+                .into(),
+        );
     }
-    let config = client_config(&prometheus_spec).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
+    let config =
+        client_config(&prometheus_spec).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
     let client = PrometheusClient::new(config).map_err(|e| format!("Prometheus client: {e}"))?;
     let now = request.at.unwrap_or_else(jiff::Timestamp::now);
-    let namespace = request.namespace.or(rollout.metadata.namespace.clone()).unwrap_or_default();
+    let namespace = request
+        .namespace
+        .or(rollout.metadata.namespace.clone())
+        .unwrap_or_default();
     let name = rollout.metadata.name.clone().unwrap_or_default();
-    let at = LookAt { stage: stage as u32, stage_started_at: now - elapsed, now };
+    let at = LookAt {
+        stage: stage as u32,
+        stage_started_at: now - elapsed,
+        now,
+    };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
-    let rollout_ref = RolloutRef { namespace: &namespace, name: &name };
+    let rollout_ref = RolloutRef {
+        namespace: &namespace,
+        name: &name,
+    };
     Ok(runtime.block_on(look(&client, &rollout.spec, &valid, rollout_ref, at, None)))
 }
 
@@ -159,7 +208,11 @@ pub fn analysis_table(analysis: &AnalysisStatus) -> String {
         None => "no data".to_owned(),
     };
     let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:+.6}"));
-    let _ = writeln!(out, "{:<16} {:<13} {:<24} {:<24} {:>11} {:>11}", "METRIC", "VERDICT", "BASELINE", "CANDIDATE", "EFFECT", "BOUND");
+    let _ = writeln!(
+        out,
+        "{:<16} {:<13} {:<24} {:<24} {:>11} {:>11}",
+        "METRIC", "VERDICT", "BASELINE", "CANDIDATE", "EFFECT", "BOUND"
+    );
     for m in &analysis.metrics {
         let _ = writeln!(
             out,
@@ -191,10 +244,19 @@ pub fn analysis_table(analysis: &AnalysisStatus) -> String {
             100.0 * s.observed_share,
             100.0 * s.expected_share,
             s.p_value,
-            if s.mismatch { ": SAMPLE RATIO MISMATCH" } else { "" }
+            if s.mismatch {
+                ": SAMPLE RATIO MISMATCH"
+            } else {
+                ""
+            }
         );
     }
-    let _ = writeln!(out, "verdict: {:?}: {}", analysis.verdict, analysis.message.as_deref().unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "verdict: {:?}: {}",
+        analysis.verdict,
+        analysis.message.as_deref().unwrap_or_default()
+    );
     out
 }
 

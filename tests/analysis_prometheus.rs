@@ -43,27 +43,64 @@ const TRAFFIC: &[(&str, &str, &str, f64)] = &[
 ];
 
 /// Per-step increments of distinct users first seen: (flag, variant, increment).
-const USERS: &[(&str, &str, f64)] = &[("healthy", "off", 10.0), ("healthy", "on", 10.0), ("skewed", "off", 10.0), ("skewed", "on", 6.0)];
+const USERS: &[(&str, &str, f64)] = &[
+    ("healthy", "off", 10.0),
+    ("healthy", "on", 10.0),
+    ("skewed", "off", 10.0),
+    ("skewed", "on", 6.0),
+];
 
 fn data() -> OpenMetrics {
     let mut data = OpenMetrics::default();
     for (flag, variant, code, increment) in TRAFFIC {
-        let labels = [("job", "shop"), ("feature_flag_key", *flag), ("feature_flag_result_variant", *variant), ("code", *code)];
+        let labels = [
+            ("job", "shop"),
+            ("feature_flag_key", *flag),
+            ("feature_flag_result_variant", *variant),
+            ("code", *code),
+        ];
         data.counter("http_requests", &labels, START, STEP, POINTS, *increment);
     }
     for (flag, variant, increment) in USERS {
-        let labels = [("job", "shop"), ("feature_flag_key", *flag), ("feature_flag_result_variant", *variant)];
-        data.counter("feature_flag_users", &labels, START, STEP, POINTS, *increment);
+        let labels = [
+            ("job", "shop"),
+            ("feature_flag_key", *flag),
+            ("feature_flag_result_variant", *variant),
+        ];
+        data.counter(
+            "feature_flag_users",
+            &labels,
+            START,
+            STEP,
+            POINTS,
+            *increment,
+        );
     }
     // Latency: the "slow" flag's candidate is slower above 0.5 s.
     for (variant, buckets) in [
         ("off", [("0.1", 60.0), ("0.5", 95.0), ("+Inf", 100.0)]),
         ("on", [("0.1", 40.0), ("0.5", 80.0), ("+Inf", 100.0)]),
     ] {
-        let labels = [("job", "shop"), ("feature_flag_key", "slow"), ("feature_flag_result_variant", variant)];
-        data.histogram("http_request_duration_seconds", &labels, &buckets, START, STEP, POINTS);
+        let labels = [
+            ("job", "shop"),
+            ("feature_flag_key", "slow"),
+            ("feature_flag_result_variant", variant),
+        ];
+        data.histogram(
+            "http_request_duration_seconds",
+            &labels,
+            &buckets,
+            START,
+            STEP,
+            POINTS,
+        );
     }
-    data.gauge("container_memory_working_set_bytes", &[("pod", "shop-1")], 2.0e9, START + STEP * (POINTS as i64 - 1));
+    data.gauge(
+        "container_memory_working_set_bytes",
+        &[("pod", "shop-1")],
+        2.0e9,
+        START + STEP * (POINTS as i64 - 1),
+    );
     data
 }
 
@@ -110,10 +147,30 @@ fn end() -> Timestamp {
 
 async fn analyse(address: &str, spec: &FeatureRolloutSpec) -> AnalysisStatus {
     let valid = validate(spec).expect("test spec is valid");
-    let config = client_config(&PrometheusSpec { address: address.into(), timeout: Some("2s".into()), ..Default::default() }).unwrap();
+    let config = client_config(&PrometheusSpec {
+        address: address.into(),
+        timeout: Some("2s".into()),
+        ..Default::default()
+    })
+    .unwrap();
     let client = PrometheusClient::new(config).unwrap();
-    let at = LookAt { stage: 0, stage_started_at: end() - SignedDuration::from_mins(10), now: end() };
-    look(&client, spec, &valid, RolloutRef { namespace: "shop", name: "test" }, at, None).await
+    let at = LookAt {
+        stage: 0,
+        stage_started_at: end() - SignedDuration::from_mins(10),
+        now: end(),
+    };
+    look(
+        &client,
+        spec,
+        &valid,
+        RolloutRef {
+            namespace: "shop",
+            name: "test",
+        },
+        at,
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -127,36 +184,84 @@ async fn verdicts_follow_the_data() {
     assert_eq!(m.baseline.as_ref().unwrap().n, 4_000.0);
     assert_eq!(m.candidate.as_ref().unwrap().value, 0.01);
     assert!(m.bound.unwrap() < 0.0);
-    assert!(m.queries[0].contains(r#"feature_flag_key="healthy""#) && m.queries[0].contains("[10m]"), "{:?}", m.queries);
+    assert!(
+        m.queries[0].contains(r#"feature_flag_key="healthy""#) && m.queries[0].contains("[10m]"),
+        "{:?}",
+        m.queries
+    );
     assert!(!healthy.sample_ratio.as_ref().unwrap().mismatch);
     assert_eq!(healthy.candidate_samples, Some(4_000));
 
     let doubled = analyse(&url, &spec("doubled", ERROR_RATE, false)).await;
     assert_eq!(doubled.verdict, Verdict::Fail, "{doubled:#?}");
     assert!(doubled.metrics[0].bound.unwrap() > 0.0);
-    assert!(doubled.message.as_deref().unwrap().contains("worse than tolerated"), "{:?}", doubled.message);
+    assert!(
+        doubled
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("worse than tolerated"),
+        "{:?}",
+        doubled.message
+    );
 
     let skewed = analyse(&url, &spec("skewed", ERROR_RATE, true)).await;
     assert_eq!(skewed.verdict, Verdict::Inconclusive, "{skewed:#?}");
     let srm = skewed.sample_ratio.as_ref().unwrap();
     assert!(srm.mismatch && srm.p_value < 0.001, "{srm:?}");
-    assert!(skewed.message.as_deref().unwrap().contains("sample ratio mismatch"));
+    assert!(
+        skewed
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("sample ratio mismatch")
+    );
 
     let trickle = analyse(&url, &spec("trickle", ERROR_RATE, false)).await;
     assert_eq!(trickle.verdict, Verdict::Inconclusive, "{trickle:#?}");
-    assert!(trickle.message.as_deref().unwrap().contains("candidate events so far"), "{:?}", trickle.message);
+    assert!(
+        trickle
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("candidate events so far"),
+        "{:?}",
+        trickle.message
+    );
 
     let silent = analyse(&url, &spec("never-served", ERROR_RATE, false)).await;
     assert_eq!(silent.verdict, Verdict::Inconclusive);
-    assert!(silent.message.as_deref().unwrap().contains("during the whole stage"), "{:?}", silent.message);
+    assert!(
+        silent
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("during the whole stage"),
+        "{:?}",
+        silent.message
+    );
 
     let slow = analyse(&url, &spec("slow", SLOW, false)).await;
     assert_eq!(slow.verdict, Verdict::Fail, "{slow:#?}");
-    assert!(slow.metrics[0].shift.as_deref().unwrap().contains("Mann-Whitney"), "{:?}", slow.metrics[0].shift);
+    assert!(
+        slow.metrics[0]
+            .shift
+            .as_deref()
+            .unwrap()
+            .contains("Mann-Whitney"),
+        "{:?}",
+        slow.metrics[0].shift
+    );
 
     let memory = analyse(&url, &spec("healthy", MEMORY, false)).await;
     assert_eq!(memory.verdict, Verdict::Fail, "{memory:#?}");
-    assert!(memory.message.as_deref().unwrap().contains("above the guard's max"));
+    assert!(
+        memory
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("above the guard's max")
+    );
 }
 
 #[tokio::test]
@@ -166,10 +271,18 @@ async fn a_broken_prometheus_or_query_is_an_error_never_a_pass() {
     let broken = ERROR_RATE.replace("sum by (feature_flag_result_variant) (increase(http_requests_total{feature_flag_key=\"{{ flag }}\",code", "sum by (feature_flag_result_variant) (increase(http_requests_total{feature_flag_key=\"{{ flag }}\",,code");
     let syntax = analyse(&url, &spec("healthy", &broken, false)).await;
     assert_eq!(syntax.verdict, Verdict::Error, "{syntax:#?}");
-    assert!(syntax.message.as_deref().unwrap().contains("bad_data"), "{:?}", syntax.message);
+    assert!(
+        syntax.message.as_deref().unwrap().contains("bad_data"),
+        "{:?}",
+        syntax.message
+    );
 
     server.stop();
     let down = analyse(&url, &spec("healthy", ERROR_RATE, true)).await;
     assert_eq!(down.verdict, Verdict::Error, "{down:#?}");
-    assert!(down.message.as_deref().unwrap().contains("unreachable"), "{:?}", down.message);
+    assert!(
+        down.message.as_deref().unwrap().contains("unreachable"),
+        "{:?}",
+        down.message
+    );
 }

@@ -11,10 +11,13 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::judge::{self, Observed, StageLook};
 use crate::crd::validate::{ValidSpec, queries};
-use crate::crd::{AnalysisStatus, DEFAULT_COHORT_LABEL, FeatureRolloutSpec, MetricSpec, PrometheusSpec, parse_duration};
+use crate::crd::{
+    AnalysisStatus, DEFAULT_COHORT_LABEL, FeatureRolloutSpec, MetricSpec, PrometheusSpec,
+    parse_duration,
+};
 use crate::prometheus::{
-    self, BasicAuth, ClientConfig, CohortSpec, PerCohort, PrometheusClient, QueryResult, Template, TlsConfig,
-    Variables,
+    self, BasicAuth, ClientConfig, CohortSpec, PerCohort, PrometheusClient, QueryResult, Template,
+    TlsConfig, Variables,
 };
 
 /// Where the rollout lives, for the `{{ namespace }}` and `{{ rollout }}` variables.
@@ -42,16 +45,20 @@ pub fn client_config(spec: &PrometheusSpec) -> Result<ClientConfig, String> {
     let mut config = ClientConfig::new(spec.address.clone());
     if let Some(timeout) = &spec.timeout {
         let timeout = parse_duration(timeout)?;
-        config.timeout = Duration::try_from(timeout).map_err(|e| format!("timeout {timeout}: {e}"))?;
+        config.timeout =
+            Duration::try_from(timeout).map_err(|e| format!("timeout {timeout}: {e}"))?;
     }
     config.headers = spec.headers.clone();
     config.bearer_token_file = spec.bearer_token_file.as_ref().map(Into::into);
-    config.basic_auth = spec
-        .basic_auth
-        .as_ref()
-        .map(|b| BasicAuth { username: b.username.clone(), password_file: b.password_file.clone().into() });
+    config.basic_auth = spec.basic_auth.as_ref().map(|b| BasicAuth {
+        username: b.username.clone(),
+        password_file: b.password_file.clone().into(),
+    });
     if let Some(tls) = &spec.tls {
-        config.tls = TlsConfig { ca_file: tls.ca_file.as_ref().map(Into::into), insecure_skip_verify: tls.insecure_skip_verify };
+        config.tls = TlsConfig {
+            ca_file: tls.ca_file.as_ref().map(Into::into),
+            insecure_skip_verify: tls.insecure_skip_verify,
+        };
     }
     Ok(config)
 }
@@ -67,7 +74,10 @@ pub async fn look(
     previous: Option<&AnalysisStatus>,
 ) -> AnalysisStatus {
     let stage = &valid.stages[(at.stage as usize).min(valid.stages.len() - 1)];
-    let elapsed = at.now.duration_since(at.stage_started_at).max(SignedDuration::from_secs(1));
+    let elapsed = at
+        .now
+        .duration_since(at.stage_started_at)
+        .max(SignedDuration::from_secs(1));
     let elapsed_fraction = if stage.duration.is_zero() {
         1.0
     } else {
@@ -85,20 +95,29 @@ pub async fn look(
     let mut variables = Variables::new(&valid.flag.key, window, rollout.namespace, rollout.name);
     variables.user = analysis.variables.clone().into_iter().collect();
     let cohorts = CohortSpec {
-        label: analysis.cohort_label.clone().unwrap_or_else(|| DEFAULT_COHORT_LABEL.to_owned()),
+        label: analysis
+            .cohort_label
+            .clone()
+            .unwrap_or_else(|| DEFAULT_COHORT_LABEL.to_owned()),
         baseline: valid.flag.baseline.clone(),
         candidate: valid.flag.candidate.clone(),
     };
 
     let run = |query: &str| {
-        let rendered = Template::parse(query).and_then(|t| t.render(&variables));
+        let rendered = Template::parse(query)
+            .and_then(|t| t.render(&variables))
+            .map_err(|e| (query.to_owned(), e));
         async move {
             match rendered {
                 Ok(q) => {
-                    let result = client.query(&q, Some(at.now)).await.map(|r| r.result).map_err(|e| e.to_string());
+                    let result = client
+                        .query(&q, Some(at.now))
+                        .await
+                        .map(|r| r.result)
+                        .map_err(|e| e.to_string());
                     (q, result)
                 }
-                Err(e) => (query.to_owned(), Err(e.to_string())),
+                Err((source, e)) => (source, Err(e.to_string())),
             }
         }
     };
@@ -121,7 +140,9 @@ pub async fn look(
 
     let metrics: Vec<_> = observed
         .into_iter()
-        .map(|(metric, observed, queries)| judge::judge_metric(metric, &observed, &stage_look, previous, queries))
+        .map(|(metric, observed, queries)| {
+            judge::judge_metric(metric, &observed, &stage_look, previous, queries)
+        })
         .collect();
     let sample_ratio = users.and_then(|(_, result)| {
         let users = prometheus::split_values(&result.ok()?, &cohorts).ok()?;
@@ -129,31 +150,60 @@ pub async fn look(
     });
     let candidate_samples = metrics
         .iter()
-        .filter_map(|m| m.candidate.as_ref().filter(|_| m.test.as_deref() != Some("threshold")))
+        .filter_map(|m| {
+            m.candidate
+                .as_ref()
+                .filter(|_| m.test.as_deref() != Some("threshold"))
+        })
         .map(|c| c.n.max(0.0).round() as u64)
         .min();
-    judge::combine(&stage_look, at.now, metrics, sample_ratio, candidate_samples)
+    judge::combine(
+        &stage_look,
+        at.now,
+        metrics,
+        sample_ratio,
+        candidate_samples,
+    )
 }
 
 /// Turns a metric's answers into cohort values, or the first error.
-fn observe(metric: &MetricSpec, answers: &[(String, Result<QueryResult, String>)], cohorts: &CohortSpec) -> Observed {
-    let results: Result<Vec<&QueryResult>, String> =
-        answers.iter().map(|(q, r)| r.as_ref().map_err(|e| format!("query {q:?} failed: {e}"))).collect();
+fn observe(
+    metric: &MetricSpec,
+    answers: &[(String, Result<QueryResult, String>)],
+    cohorts: &CohortSpec,
+) -> Observed {
+    let results: Result<Vec<&QueryResult>, String> = answers
+        .iter()
+        .map(|(q, r)| r.as_ref().map_err(|e| format!("query {q:?} failed: {e}")))
+        .collect();
     let results = match results {
         Ok(results) => results,
         Err(message) => return Observed::Failed(message),
     };
     let split = |r: &QueryResult| prometheus::split_values(r, cohorts).map_err(|e| e.to_string());
     let observed = if metric.ratio.is_some() {
-        split(results[0]).and_then(|bad| Ok(Observed::Ratio { bad, total: split(results[1])? }))
+        split(results[0]).and_then(|bad| {
+            Ok(Observed::Ratio {
+                bad,
+                total: split(results[1])?,
+            })
+        })
     } else if metric.histogram.is_some() {
-        prometheus::split_buckets(results[0], cohorts).map(Observed::Histogram).map_err(|e| e.to_string())
+        prometheus::split_buckets(results[0], cohorts)
+            .map(Observed::Histogram)
+            .map_err(|e| e.to_string())
     } else {
         // A guard is split by cohort when its series carry the cohort label, else global.
         match split(results[0]) {
-            Ok(cohorts) if !cohorts.is_empty() => Ok(Observed::Guard { cohorts, global: None }),
+            Ok(cohorts) if !cohorts.is_empty() => Ok(Observed::Guard {
+                cohorts,
+                global: None,
+            }),
             _ => prometheus::global_value(results[0])
-                .map(|global| Observed::Guard { cohorts: PerCohort::default(), global })
+                .map(|global| Observed::Guard {
+                    cohorts: PerCohort::default(),
+                    global,
+                })
                 .map_err(|e| e.to_string()),
         }
     };
