@@ -286,3 +286,63 @@ async fn a_broken_prometheus_or_query_is_an_error_never_a_pass() {
         down.message
     );
 }
+
+#[tokio::test]
+async fn sluice_analyze_prints_the_verdict_table() {
+    let server = PrometheusServer::start(&data()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |flag: &str| {
+        let spec = serde_json::to_value(spec(flag, ERROR_RATE, true)).unwrap();
+        let doc = serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "FeatureRollout",
+            "metadata": { "name": flag, "namespace": "shop" },
+            "spec": spec,
+        });
+        let path = dir.path().join(format!("{flag}.yaml"));
+        std::fs::write(&path, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+        path
+    };
+    let run = |path: std::path::PathBuf| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("analyze")
+            .arg(path)
+            .args([
+                "--prometheus",
+                &server.base_url(),
+                "--at",
+                &end().to_string(),
+                "--elapsed",
+                "10m",
+            ])
+            .output()
+            .unwrap()
+    };
+
+    let healthy = run(manifest("healthy"));
+    let out = String::from_utf8_lossy(&healthy.stdout);
+    println!("{out}");
+    assert!(
+        healthy.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    assert!(
+        out.contains("error-rate") && out.contains("Pass") && out.contains("verdict: Pass"),
+        "{out}"
+    );
+    assert!(out.contains(r#"query: sum by (feature_flag_result_variant) (increase(http_requests_total{feature_flag_key="healthy""#), "{out}");
+    assert!(out.contains("users: baseline 400 candidate 400"), "{out}");
+
+    let doubled = run(manifest("doubled"));
+    let out = String::from_utf8_lossy(&doubled.stdout);
+    assert_eq!(doubled.status.code(), Some(1), "{out}");
+    assert!(out.contains("verdict: Fail"), "{out}");
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["analyze", "no-such-file.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-file.yaml: cannot read"));
+}
