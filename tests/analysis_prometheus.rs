@@ -13,6 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use sluice::analysis::look::{LookAt, RolloutRef, client_config, look};
 use sluice::crd::{AnalysisStatus, FeatureRolloutSpec, PrometheusSpec, Verdict, validate};
 use sluice::prometheus::PrometheusClient;
+use support::fake::{Behaviour, FakeServer};
 use support::openmetrics::OpenMetrics;
 use support::server::PrometheusServer;
 
@@ -191,6 +192,11 @@ async fn verdicts_follow_the_data() {
     );
     assert!(!healthy.sample_ratio.as_ref().unwrap().mismatch);
     assert_eq!(healthy.candidate_samples, Some(4_000));
+    let requests = healthy.request_share.as_ref().unwrap();
+    assert_eq!(
+        (requests.expected_share, requests.observed_share),
+        (0.5, 0.5)
+    );
 
     let doubled = analyse(&url, &spec("doubled", ERROR_RATE, false)).await;
     assert_eq!(doubled.verdict, Verdict::Fail, "{doubled:#?}");
@@ -285,6 +291,42 @@ async fn a_broken_prometheus_or_query_is_an_error_never_a_pass() {
         "{:?}",
         down.message
     );
+}
+
+#[tokio::test]
+async fn a_slow_failing_or_garbled_prometheus_is_an_error_never_a_pass() {
+    let cases = [
+        (Behaviour::Hang, "did not answer within 2s"),
+        (
+            Behaviour::Respond(vec![(
+                500,
+                r#"{"status":"error","errorType":"internal","error":"disk full"}"#.into(),
+            )]),
+            "500",
+        ),
+        (
+            Behaviour::Respond(vec![(200, "{not json".into())]),
+            "malformed",
+        ),
+    ];
+    for (behaviour, cause) in cases {
+        let server = FakeServer::start(behaviour).await;
+        let started = std::time::Instant::now();
+        let result = analyse(&server.url, &spec("healthy", ERROR_RATE, true)).await;
+        println!(
+            "{:?} after {:?}: {:?}",
+            result.verdict,
+            started.elapsed(),
+            result.message
+        );
+        assert_eq!(result.verdict, Verdict::Error, "{result:#?}");
+        let message = result.message.as_deref().unwrap();
+        assert!(message.contains(cause), "{cause:?} not in {message}");
+        assert!(
+            result.sample_ratio.is_none(),
+            "a failed users query is no sample ratio"
+        );
+    }
 }
 
 #[tokio::test]

@@ -54,6 +54,7 @@ fn look(stage: u32, when: Timestamp, verdict: Verdict) -> Observations {
             candidate_samples: Some(1_000),
             metrics: vec![],
             sample_ratio: None,
+            request_share: None,
         }),
         generation: Some(1),
     }

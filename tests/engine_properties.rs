@@ -216,6 +216,7 @@ fn observe(step: &Step, stage: u32, now: Timestamp) -> Observations {
         candidate_samples: Some(step.samples),
         metrics: vec![],
         sample_ratio: None,
+        request_share: None,
     });
     Observations {
         analysis,

@@ -6,11 +6,11 @@ use jiff::Timestamp;
 
 use super::histogram::{self, Continuity, MannWhitneyOutcome};
 use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
-use super::srm::{self, SrmOutcome};
+use super::srm::{self, RequestShareOutcome, SrmOutcome};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{
-    AnalysisStatus, CohortNumbers, FeatureRolloutSpec, MetricAnalysis, MetricSpec, SampleRatio,
-    Verdict, Weight, parse_percent,
+    AnalysisStatus, CohortNumbers, FeatureRolloutSpec, MetricAnalysis, MetricSpec, RequestShare,
+    SampleRatio, Verdict, Weight, parse_percent,
 };
 use crate::prometheus::{Buckets, PerCohort};
 
@@ -387,6 +387,28 @@ pub fn sample_ratio(users: &PerCohort<f64>, look: &StageLook) -> Option<SampleRa
     }
 }
 
+/// The candidate's share of requests in the first compared metric, for the report.
+pub fn request_share(metrics: &[MetricAnalysis], look: &StageLook) -> Option<RequestShare> {
+    if look.audience {
+        return None;
+    }
+    let compared = metrics.iter().find(|m| {
+        m.baseline.is_some() && m.candidate.is_some() && m.test.as_deref() != Some("threshold")
+    })?;
+    let (b, c) = (
+        compared.baseline.as_ref()?.n,
+        compared.candidate.as_ref()?.n,
+    );
+    match srm::request_share_deviation(b, c, look.weight.fraction()).ok()? {
+        RequestShareOutcome::Reported(r) => Some(RequestShare {
+            expected_share: r.configured_share,
+            observed_share: r.observed_share,
+            relative_deviation: r.relative_deviation,
+        }),
+        RequestShareOutcome::NotApplicable(_) => None,
+    }
+}
+
 /// Combines the metrics into the stage's verdict: any failure fails; then an error is an
 /// error; then a sample ratio mismatch or too little data is inconclusive; else pass.
 pub fn combine(
@@ -404,6 +426,7 @@ pub fn combine(
             .collect()
     };
     let srm = sample_ratio.as_ref().filter(|s| s.mismatch);
+    let request_share = request_share(&metrics, look);
     let (verdict, message) = if !named(Verdict::Fail).is_empty() {
         (Verdict::Fail, named(Verdict::Fail).join("; "))
     } else if !named(Verdict::Error).is_empty() {
@@ -434,5 +457,6 @@ pub fn combine(
         candidate_samples,
         metrics,
         sample_ratio,
+        request_share,
     }
 }

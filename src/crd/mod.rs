@@ -626,6 +626,22 @@ pub struct AnalysisStatus {
     /// set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_ratio: Option<SampleRatio>,
+    /// The candidate's share of requests against the stage's weight. Reported only, never
+    /// held on: a few heavy users make it differ even when assignment is perfect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_share: Option<RequestShare>,
+}
+
+/// The split of requests between the cohorts (reported, never held on).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestShare {
+    /// The candidate share the stage's weight calls for.
+    pub expected_share: f64,
+    /// The candidate's share of requests observed.
+    pub observed_share: f64,
+    /// `observed / expected − 1` (−0.3: 30% fewer requests than the weight).
+    pub relative_deviation: f64,
 }
 
 /// The sample-ratio check: distinct users per cohort against the configured weight.
