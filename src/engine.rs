@@ -161,7 +161,36 @@ pub fn analysis_due(
 
 /// The stable identity of what is rolled out: a change starts a new rollout.
 pub fn fingerprint(spec: &FeatureRolloutSpec) -> String {
-    let identity = serde_json::json!({ "flag": spec.flag, "target": spec.target });
+    digest(&serde_json::json!({ "flag": spec.flag, "target": spec.target }))
+}
+
+/// The stable identity of a stage's exposure: a change restarts the stage.
+fn stage_fingerprint(stage: &ValidStage) -> String {
+    digest(&serde_json::json!({ "weight": stage.weight.units(), "audience": stage.audience }))
+}
+
+/// Keys sorted at every level, so the order a user wrote them in does not matter.
+fn canonical(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(canonical).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn digest(value: &serde_json::Value) -> String {
+    let identity = canonical(value);
     // FNV-1a over the canonical JSON (maps are ordered): stable across versions and hosts.
     let hash = identity
         .to_string()
@@ -191,12 +220,46 @@ pub fn plan(
         next: prev,
         events: Vec::new(),
         observed_fail,
+        retry_token: spec.control.retry,
     };
     p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
 
     let valid = match validate(spec) {
         Ok(valid) => valid,
-        Err(problems) => return p.invalid(problems),
+        Err(problems) => {
+            // Rollback never waits: if the flag itself can be rendered, abort and a failing
+            // look still roll back, even while the rest of the spec is broken.
+            let flag_usable = !spec.flag.key.is_empty()
+                && spec.flag.variants.contains_key(&spec.flag.baseline)
+                && !problems.iter().any(|p| {
+                    p.field.starts_with("spec.flag") || p.field.starts_with("spec.target")
+                });
+            let wants_rollback = spec.control.abort || p.observed_fail.is_some();
+            if flag_usable && wants_rollback && !p.next.phase.is_finished() {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                let why = if spec.control.abort {
+                    "control.abort is set"
+                } else {
+                    "the analysis failed"
+                };
+                let reason = if spec.control.abort {
+                    "Aborted"
+                } else {
+                    "RolledBack"
+                };
+                p.set_condition(
+                    "Ready",
+                    false,
+                    "InvalidSpec",
+                    &format!("The spec is invalid: {}", list.join("; ")),
+                );
+                return p.rollback(
+                    reason,
+                    format!("{why} (the spec is also invalid: {}).", list.join("; ")),
+                );
+            }
+            return p.invalid(problems);
+        }
     };
     p.set_condition("Ready", true, "Valid", "The spec is valid.");
     if p.next.phase == Phase::Failed {
@@ -263,6 +326,8 @@ struct Planner {
     events: Vec<Event>,
     /// A failing look observed for this plan: it rolls back whatever else holds.
     observed_fail: Option<AnalysisStatus>,
+    /// `control.retry` in the spec being planned.
+    retry_token: u32,
 }
 
 impl Planner {
@@ -310,6 +375,7 @@ impl Planner {
         self.next.stage = None;
         self.next.stage_name = None;
         self.next.stage_started_at = None;
+        self.next.stage_fingerprint = None;
         self.next.consecutive_errors = 0;
         self.next.last_analysis = None;
         self.next.retries = retry;
@@ -441,6 +507,8 @@ impl Planner {
     }
 
     fn rollback(mut self, reason: &'static str, why: String) -> Plan {
+        // Only a retry raised after this rollback may undo it.
+        self.next.retries = self.next.retries.max(self.retry_token);
         let message = format!("Rolled back: everybody gets the baseline. {why}");
         self.next.phase = Phase::RolledBack;
         self.next.weight = Some(Weight::ZERO.to_string());
@@ -530,6 +598,7 @@ impl Planner {
         self.next.stage = Some(index as u32);
         self.next.stage_name = Some(stage.name.clone());
         self.next.stage_started_at = Some(self.now);
+        self.next.stage_fingerprint = Some(stage_fingerprint(stage));
         if last && stage.duration == SignedDuration::ZERO {
             return self.promote();
         }
@@ -550,12 +619,58 @@ impl Planner {
         started: Timestamp,
     ) -> Plan {
         let last_index = valid.stages.len() - 1;
-        let index = (self.next.stage.unwrap_or(0) as usize).min(last_index);
+        let index = self.next.stage.unwrap_or(0) as usize;
+        let replaced_by_promotion = index == last_index
+            && valid.stages[index].duration.is_zero()
+            && self
+                .prev
+                .stage_fingerprint
+                .as_ref()
+                .is_some_and(|f| *f != stage_fingerprint(&valid.stages[index]));
+        if index > last_index || replaced_by_promotion {
+            // The stages were shortened under the current one: never jump to a later
+            // stage's exposure without analysis; hold and leave the flag as it is.
+            let message = format!(
+                "Stage {} no longer exists as it was (the stages were shortened under it): the flag is left as it is; restore the stage, or abort.",
+                index + 1
+            );
+            if self.prev.message.as_deref() != Some(message.as_str()) {
+                self.event(EventType::Warning, "StageRemoved", message.clone());
+            }
+            self.next.message = Some(message.clone());
+            self.set_condition("Held", true, "StageRemoved", &message);
+            let next_look = self.analysis_look(valid);
+            return self.finish(Decision::Hold { reason: message }, None, next_look);
+        }
         let stage = &valid.stages[index];
-        self.next.stage = Some(index as u32);
         self.next.stage_name = Some(stage.name.clone());
         self.next.weight = Some(weight_text(stage));
         let flag = Some(split(stage));
+        let exposure = stage_fingerprint(stage);
+        let mut started = started;
+        if self
+            .prev
+            .stage_fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != exposure)
+        {
+            // The current stage's exposure was edited: it starts again, so the new
+            // exposure is analysed for the whole duration before the next stage.
+            started = self.now;
+            self.next.stage_started_at = Some(self.now);
+            self.next.last_analysis = None;
+            self.next.consecutive_errors = 0;
+            self.event(
+                EventType::Normal,
+                "StageChanged",
+                format!(
+                    "Stage {:?} was edited: it starts again at {}.",
+                    stage.name,
+                    exposure_text(stage)
+                ),
+            );
+        }
+        self.next.stage_fingerprint = Some(exposure);
         let ends = started + stage.duration;
 
         if spec.control.paused {
@@ -588,6 +703,12 @@ impl Planner {
             );
         }
         self.next.phase = Phase::Progressing;
+        let restarted = self.next.stage_started_at != self.prev.stage_started_at;
+        if self.prev.phase == Phase::WaitingForApproval && !restarted && index < last_index {
+            // The stage was done; it waits for the approval only, whatever later looks say
+            // (a failing one rolls back above).
+            return self.gate(valid, spec, index, flag);
+        }
 
         // What keeps the stage from ending, besides time.
         let mut waits = Vec::new();
@@ -607,10 +728,7 @@ impl Planner {
                 ));
             }
         }
-        // At 100% for everybody there is no baseline cohort left to compare with: only a
-        // failing look (a guard) can stop the stage, and it rolls back above.
-        let comparable = stage.audience.is_some() || stage.weight < Weight::FULL;
-        if valid.has_metrics && comparable && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
+        if valid.has_metrics && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
             let (reason, text) = match fresh {
                 None => (
                     "WaitingForAnalysis",
@@ -647,11 +765,7 @@ impl Planner {
             waits.push((reason, text));
         }
         let failing = waits.iter().any(|(r, _)| *r == "AnalysisFailing");
-        let was_failing = self
-            .prev
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Held" && c.reason == "AnalysisFailing");
+        let was_failing = self.prev.consecutive_errors >= valid.on_error.consecutive;
         if failing && !was_failing {
             let text = waits
                 .iter()
@@ -668,10 +782,7 @@ impl Planner {
         if self.now < ends || !waits.is_empty() {
             let mut parts: Vec<String> = Vec::new();
             if self.now < ends {
-                parts.push(format!(
-                    "{} left of the stage's duration",
-                    short(ends.duration_since(self.now))
-                ));
+                parts.push(format!("its duration ends at {ends}"));
             }
             parts.extend(waits.iter().map(|(_, t)| t.clone()));
             let message = format!(
@@ -698,6 +809,18 @@ impl Planner {
         if index == last_index {
             return self.promote();
         }
+        self.gate(valid, spec, index, flag)
+    }
+
+    /// After stage `index` is done: the next stage begins, unless it waits for approval.
+    fn gate(
+        mut self,
+        valid: &ValidSpec,
+        spec: &FeatureRolloutSpec,
+        index: usize,
+        flag: Option<FlagState>,
+    ) -> Plan {
+        let stage = &valid.stages[index];
         let upcoming = &valid.stages[index + 1];
         if upcoming.approval == Approval::Required
             && spec.control.approve.as_deref() != Some(upcoming.name.as_str())
@@ -775,14 +898,5 @@ fn exposure_text(stage: &ValidStage) -> String {
     match stage.audience {
         Some(_) => format!("{} of the audience on the candidate", stage.weight),
         None => format!("{} of users on the candidate", stage.weight),
-    }
-}
-
-fn short(d: SignedDuration) -> String {
-    let secs = d.as_secs().max(0);
-    match secs {
-        s if s >= 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
-        s => format!("{s}s"),
     }
 }

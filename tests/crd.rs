@@ -137,6 +137,8 @@ fn examples_are_valid_for_rust_and_cel() {
 enum Server {
     Cel,
     Schema,
+    /// Not refused by the API server; the controller reports an invalid spec instead.
+    RustOnly,
 }
 
 #[test]
@@ -237,7 +239,7 @@ fn invalid_specs_are_refused_with_the_field_named() {
                 stage(json!({"endsWith": [{"var": "email"}, "@x"]})),
             )]),
             "spec.stages[0].audience",
-            Server::Schema,
+            Server::RustOnly,
         ),
         (
             "audience that is not a rule",
@@ -313,10 +315,40 @@ fn invalid_specs_are_refused_with_the_field_named() {
             Server::Schema,
         ),
         (
-            "approval of no stage",
-            edited(&[("/spec/control", Some(json!({"approve": "half"})))]),
-            "spec.control.approve",
-            Server::Schema,
+            "guard min above max",
+            edited(&[("/spec/analysis/metrics/2/guard/min", Some(json!(2e9)))]),
+            "spec.analysis.metrics[2].guard.min",
+            Server::Cel,
+        ),
+        (
+            "minimum samples without metrics",
+            edited(&[("/spec/analysis/metrics", Some(json!([])))]),
+            "spec.stages[2].minSamples",
+            Server::Cel,
+        ),
+        (
+            "unknown template variable",
+            edited(&[(
+                "/spec/analysis/metrics/0/ratio/errors",
+                Some(json!("sum(x{job=\"{{ jobb }}\"}[{{ window }}])")),
+            )]),
+            "spec.analysis.metrics[0].ratio.errors",
+            Server::RustOnly,
+        ),
+        (
+            "malformed template",
+            edited(&[(
+                "/spec/analysis/metrics/1/histogram/buckets",
+                Some(json!("sum(x[{{ window ]))")),
+            )]),
+            "spec.analysis.metrics[1].histogram.buckets",
+            Server::RustOnly,
+        ),
+        (
+            "redefined built-in variable",
+            edited(&[("/spec/analysis/variables", Some(json!({"flag": "x"})))]),
+            "spec.analysis.variables.flag",
+            Server::RustOnly,
         ),
         (
             "guard without thresholds",

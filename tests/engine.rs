@@ -128,7 +128,7 @@ fn stages_advance_on_time_alone_without_metrics() {
             .message
             .as_deref()
             .unwrap()
-            .contains("1m0s left"),
+            .contains("ends at 2026-11-24T12:10:00Z"),
         "{:?}",
         held.status.message
     );
@@ -504,11 +504,26 @@ fn a_final_stage_with_a_duration_holds_at_full_exposure_then_promotes() {
     );
     assert_eq!(p.status.stage, Some(3));
     assert_eq!(p.flag, split(100));
-    // No baseline cohort at 100%: the stage ends on time; a failing guard still rolls back.
+    // At 100% the analysis judges guards and `max` only (comparisons do not apply), and
+    // the stage still needs a passing look: an inconclusive or errored one holds.
+    for verdict in [Verdict::Inconclusive, Verdict::Error] {
+        let held = step(
+            &approved,
+            Some(&p.status),
+            &look(3, at(36), verdict),
+            at(36),
+        );
+        assert!(
+            matches!(held.decision, Decision::Hold { .. }),
+            "{verdict:?}: {:?}",
+            held.decision
+        );
+        assert_eq!(held.flag, split(100));
+    }
     let p2 = step(
         &approved,
         Some(&p.status),
-        &look(3, at(36), Verdict::Inconclusive),
+        &look(3, at(36), Verdict::Pass),
         at(36),
     );
     assert_eq!(p2.decision, Decision::Promote);
@@ -555,23 +570,134 @@ fn editing_stages_mid_rollout_applies_to_the_current_stage() {
     let p = step(&s, None, &nothing(), t0());
     let p = step(&s, Some(&p.status), &nothing(), at(10));
     assert_eq!(p.flag, split(5));
-    // The current stage's weight is edited: the flag follows, the stage timer goes on.
+    // Only the current stage's duration is edited: the stage timer goes on.
+    let longer = spec(&TIMED.replace(
+        "{ weight: 5, duration: 10m }",
+        "{ weight: 5, duration: 20m }",
+    ));
+    let p = step(&longer, Some(&p.status), &nothing(), at(12));
+    assert_eq!(p.status.stage_started_at, Some(at(10)));
+    assert!(p.events.is_empty());
+    // Its weight is edited: the new exposure applies and the stage starts again, so the
+    // new exposure is watched for the whole duration before the next stage.
     let edited = spec(&TIMED.replace(
         "{ weight: 5, duration: 10m }",
         "{ weight: 3, duration: 20m }",
     ));
-    let p = step(&edited, Some(&p.status), &nothing(), at(12));
+    let p = step(&edited, Some(&p.status), &nothing(), at(13));
     assert_eq!(p.flag, split(3));
-    assert_eq!(p.status.stage_started_at, Some(at(10)));
-    assert!(matches!(p.decision, Decision::Hold { .. }));
-    // Stages removed under the current one: it becomes the last stage.
+    assert_eq!(p.status.stage_started_at, Some(at(13)));
+    assert_eq!(reasons(&p), ["StageChanged"]);
+    let p = step(&edited, Some(&p.status), &nothing(), at(30));
+    assert!(
+        matches!(p.decision, Decision::Hold { .. }),
+        "{:?}",
+        p.decision
+    );
+    // Stages removed under the current one: hold, flag untouched, never a jump to 100%.
     let shorter = spec(&TIMED.replace(
         "  - { weight: 1, duration: 10m }\n  - { weight: 5, duration: 10m }\n",
         "  - { weight: 1, duration: 10m }\n",
     ));
-    let p = step(&shorter, Some(&p.status), &nothing(), at(13));
+    let p = step(&shorter, Some(&p.status), &nothing(), at(31));
     assert_eq!(p.status.stage, Some(1));
-    assert_eq!(p.flag, Some(FlagState::Promoted));
+    assert_eq!(p.flag, None);
+    assert_eq!(reasons(&p), ["StageRemoved"]);
+    let again = step(&shorter, Some(&p.status), &nothing(), at(32));
+    assert!(again.events.is_empty());
+    assert_eq!(again.flag, None);
+}
+
+#[test]
+fn abort_and_failing_looks_roll_back_even_when_the_spec_is_invalid() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    let mut broken = s.clone();
+    broken.stages[1].duration = Some("0s".into());
+    let failed = step(
+        &broken,
+        Some(&p.status),
+        &look(0, at(1), Verdict::Fail),
+        at(1),
+    );
+    assert_eq!(failed.flag, Some(FlagState::Baseline));
+    assert_eq!(failed.status.phase, Phase::RolledBack);
+    broken.control.abort = true;
+    let aborted = step(&broken, Some(&p.status), &nothing(), at(1));
+    assert_eq!(aborted.flag, Some(FlagState::Baseline));
+    assert_eq!(reasons(&aborted), ["Aborted"]);
+    // A broken flag cannot be rendered: nothing is written.
+    broken.flag.baseline = "missing".into();
+    assert_eq!(step(&broken, Some(&p.status), &nothing(), at(1)).flag, None);
+}
+
+#[test]
+fn a_retry_raised_before_a_rollback_does_not_undo_it() {
+    let mut s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    s.control.retry = 1; // raised while progressing: nothing to retry yet
+    let p = step(&s, Some(&p.status), &nothing(), at(1));
+    let p = step(&s, Some(&p.status), &look(0, at(2), Verdict::Fail), at(2));
+    assert_eq!(p.status.phase, Phase::RolledBack);
+    let p = step(&s, Some(&p.status), &nothing(), at(3));
+    assert_eq!(
+        p.status.phase,
+        Phase::RolledBack,
+        "the earlier retry undid the rollback"
+    );
+    s.control.retry = 2;
+    let p = step(&s, Some(&p.status), &nothing(), at(4));
+    assert_eq!(p.decision, Decision::Start);
+}
+
+#[test]
+fn waiting_for_approval_does_not_flap_with_later_looks() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    let p = step(&s, Some(&p.status), &look(0, at(10), Verdict::Pass), at(10));
+    let mut p = step(&s, Some(&p.status), &look(1, at(20), Verdict::Pass), at(20));
+    assert_eq!(p.status.phase, Phase::WaitingForApproval);
+    let history = p.status.history.len();
+    for (minute, verdict) in
+        (21..30).zip([Verdict::Inconclusive, Verdict::Pass].into_iter().cycle())
+    {
+        p = step(
+            &s,
+            Some(&p.status),
+            &look(1, at(minute), verdict),
+            at(minute),
+        );
+        assert_eq!(p.status.phase, Phase::WaitingForApproval);
+        assert!(p.events.is_empty(), "{:?}", p.events);
+    }
+    assert_eq!(p.status.history.len(), history);
+}
+
+#[test]
+fn a_status_with_nothing_new_is_written_once() {
+    // Planning again a minute later changes nothing in status (no countdowns), so the
+    // shell can skip the write and does not wake itself up.
+    let s = spec(TIMED);
+    let p = step(&s, None, &nothing(), t0());
+    let p1 = step(&s, Some(&p.status), &nothing(), at(1));
+    let p2 = step(&s, Some(&p1.status), &nothing(), at(2));
+    assert_eq!(p1.status, p2.status);
+}
+
+#[test]
+fn reordering_object_keys_in_variants_is_not_a_new_rollout() {
+    let a = spec(&TIMED.replace(
+        r#"variants: { "on": true, "off": false }"#,
+        r#"variants: { "on": { "a": 1, "b": 2 }, "off": false }"#,
+    ));
+    let b = spec(&TIMED.replace(
+        r#"variants: { "on": true, "off": false }"#,
+        r#"variants: { "on": { "b": 2, "a": 1 }, "off": false }"#,
+    ));
+    assert_eq!(
+        sluice::engine::fingerprint(&a),
+        sluice::engine::fingerprint(&b)
+    );
 }
 
 #[test]

@@ -308,6 +308,43 @@ fn check_run(mut spec: FeatureRolloutSpec, steps: Vec<Step>) -> Result<(), TestC
             );
         }
 
+        // A stage ends only when its duration has passed, a fresh look of that stage passed
+        // (with metrics), and the next stage's approval is given.
+        if let sluice::engine::Decision::Advance { from, to } = p.decision {
+            let started = prev_started.expect("an advance comes from a running stage");
+            let stage = &spec.stages[from as usize];
+            let duration = stage
+                .duration
+                .as_deref()
+                .map(|d| sluice::crd::parse_duration(d).unwrap())
+                .unwrap_or_default();
+            prop_assert!(
+                now >= started + duration,
+                "stage {} ended before its duration",
+                from
+            );
+            if spec.analysis.is_some() && prev_phase != Phase::WaitingForApproval {
+                let passed = obs
+                    .analysis
+                    .as_ref()
+                    .or(status.as_ref().and_then(|s| s.last_analysis.as_ref()))
+                    .is_some_and(|a| {
+                        a.verdict == Verdict::Pass
+                            && a.stage == from
+                            && a.at + SignedDuration::from_mins(1) > now
+                    });
+                prop_assert!(passed, "stage {} ended without a fresh passing look", from);
+            }
+            let next_stage = &spec.stages[to as usize];
+            if next_stage.approval == Approval::Required {
+                prop_assert_eq!(
+                    spec.control.approve.as_ref(),
+                    next_stage.name.as_ref(),
+                    "entered a gated stage unapproved"
+                );
+            }
+        }
+
         // Exposure never exceeds the current stage's weight; the flag matches the phase.
         match &p.flag {
             Some(FlagState::Split {

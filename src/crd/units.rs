@@ -143,6 +143,7 @@ impl JsonSchema for Weight {
         json_schema!({
             "x-kubernetes-int-or-string": true,
             "anyOf": [{ "type": "integer" }, { "type": "string" }],
+            "maxLength": 12,
             "x-kubernetes-validations": [{
                 "rule": "string(self).matches('^(100(\\\\.0{1,4})?|[0-9]{1,2}(\\\\.[0-9]{1,4})?)%?$') && double(string(self).replace('%', '')) > 0.0",
                 "message": "weight must be above 0 and at most 100: a whole number of percent (5) or a string like \"0.5%\" with at most 4 decimals"
@@ -161,9 +162,23 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration, String> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        // digits, optionally `.digits`, then a unit: the schema's pattern exactly.
+        let whole = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if whole == 0 {
+            return Err(bad());
+        }
+        let mut number_len = whole;
+        if rest[whole..].starts_with('.') {
+            let decimals = rest[whole + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len() - whole - 1);
+            if decimals == 0 {
+                return Err(bad());
+            }
+            number_len = whole + 1 + decimals;
+        }
         let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
         rest = &rest[number_len..];
         let unit_len = rest
@@ -284,7 +299,19 @@ mod tests {
             SignedDuration::from_millis(250)
         );
         assert_eq!(parse_duration("0s").unwrap(), SignedDuration::ZERO);
-        for bad in ["", "10", "m", "10 minutes", "-5m", "1d", "5m3", "1..5s"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10 minutes",
+            "-5m",
+            "1d",
+            "5m3",
+            "1..5s",
+            "5.m",
+            ".5m",
+            "1h.5m",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
     }

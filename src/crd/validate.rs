@@ -139,14 +139,8 @@ pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
         .is_some_and(|a| !a.metrics.is_empty());
     let stages = check_stages(spec, has_metrics, &mut p);
     let (interval, confidence, on_error) = check_analysis(spec, &mut p);
-    if let Some(approve) = &spec.control.approve
-        && !stages.iter().any(|s| &s.name == approve)
-    {
-        p.add(
-            "spec.control.approve",
-            format!("names no stage: {approve:?} is not a stage name"),
-        );
-    }
+    // `control.approve` naming no stage is not an error: it approves nothing, and the
+    // waiting message names the stage that waits.
 
     if !p.0.is_empty() {
         return Err(p.0);
