@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{crd, manifest};
+use crate::{crd, manifest, simulate};
 
 /// Roll feature flags out in stages; roll back on harm.
 #[derive(Parser, Debug)]
@@ -29,6 +29,19 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the decision-quality benchmark of BENCHMARK.md (simulated rollouts, rules
+    /// modelled on today's tools) and print its report.
+    Simulate {
+        /// Simulated rollouts per case.
+        #[arg(long, default_value_t = simulate::DEFAULT_RUNS)]
+        runs: usize,
+        /// Base seed of the random streams.
+        #[arg(long, default_value_t = simulate::DEFAULT_SEED)]
+        seed: u64,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -39,6 +52,16 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
+        Command::Simulate {
+            runs,
+            seed,
+            threads,
+        } => {
+            let results = simulate::run(&simulate::Config::benchmark(runs, seed, threads));
+            print!("{}", simulate::report::render(&results));
+            println!("wall time: {:.1} s", results.elapsed.as_secs_f64());
+            ExitCode::SUCCESS
+        }
     }
 }
 

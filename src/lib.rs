@@ -8,3 +8,4 @@ pub mod crd;
 pub mod engine;
 pub mod flagd;
 pub mod manifest;
+pub mod simulate;
