@@ -5,9 +5,9 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test venv build lint crd clean-venv
+.PHONY: test venv prometheus build lint crd clean-venv
 
-test: venv
+test: venv prometheus
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	SLUICE_PYTHON=$(abspath $(PYTHON)) cargo test --locked
@@ -19,6 +19,10 @@ $(VENV)/.installed: tests/python/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) -r tests/python/requirements.txt
 	touch $@
+
+# A real Prometheus server (Debian's package) for the analysis tests.
+prometheus:
+	scripts/install-prometheus.sh
 
 build:
 	cargo build --locked --release

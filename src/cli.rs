@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
+use crate::crd::{AnalysisStatus, PrometheusSpec, Verdict, parse_duration};
+use crate::prometheus::PrometheusClient;
 use crate::{crd, manifest, simulate};
 
 /// Roll feature flags out in stages; roll back on harm.
@@ -29,6 +32,32 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run one analysis of a FeatureRollout against a live Prometheus and print the
+    /// verdict per metric: check the queries before rolling out. Exits 1 when the verdict
+    /// is Fail or Error.
+    Analyze {
+        /// The manifest (the first FeatureRollout in it, or the one named by --name).
+        file: PathBuf,
+        /// Which rollout in the file, by metadata.name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Prometheus base URL; overrides spec.analysis.prometheus.address.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// The stage to analyse, by index (0-based) or name.
+        #[arg(long, default_value = "0")]
+        stage: String,
+        /// How long the stage has run (the query window), e.g. 10m; defaults to the
+        /// stage's duration.
+        #[arg(long)]
+        elapsed: Option<String>,
+        /// Evaluation time (RFC 3339); defaults to now.
+        #[arg(long)]
+        at: Option<jiff::Timestamp>,
+        /// The namespace for {{ namespace }}; defaults to metadata.namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
     /// Run the decision-quality benchmark of BENCHMARK.md (simulated rollouts, rules
     /// modelled on today's tools) and print its report.
     Simulate {
@@ -52,6 +81,38 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
+        Command::Analyze {
+            file,
+            name,
+            prometheus,
+            stage,
+            elapsed,
+            at,
+            namespace,
+        } => {
+            let request = AnalyzeRequest {
+                file,
+                name,
+                prometheus,
+                stage,
+                elapsed,
+                at,
+                namespace,
+            };
+            match analyze(request) {
+                Ok(analysis) => {
+                    print!("{}", analysis_table(&analysis));
+                    match analysis.verdict {
+                        Verdict::Pass | Verdict::Inconclusive => ExitCode::SUCCESS,
+                        Verdict::Fail | Verdict::Error => ExitCode::FAILURE,
+                    }
+                }
+                Err(message) => {
+                    eprintln!("sluice analyze: {message}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Simulate {
             runs,
             seed,
@@ -63,6 +124,163 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// The arguments of `sluice analyze`.
+struct AnalyzeRequest {
+    file: PathBuf,
+    name: Option<String>,
+    prometheus: Option<String>,
+    stage: String,
+    elapsed: Option<String>,
+    at: Option<jiff::Timestamp>,
+    namespace: Option<String>,
+}
+
+fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
+    let shown = request.file.display();
+    let text =
+        std::fs::read_to_string(&request.file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let documents = manifest::documents(&text).map_err(|p| format!("{shown}: {p}"))?;
+    let document = documents
+        .iter()
+        .find(|d| match &request.name {
+            Some(name) => {
+                d.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name.as_str())
+            }
+            None => d.get("kind").and_then(|k| k.as_str()) == Some(manifest::KIND),
+        })
+        .ok_or_else(|| {
+            format!(
+                "{shown}: no FeatureRollout {}",
+                request.name.as_deref().unwrap_or("")
+            )
+        })?;
+    let rollout = manifest::check(document).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        format!("{shown}: invalid: {}", list.join("; "))
+    })?;
+    let valid = crd::validate(&rollout.spec).map_err(|_| format!("{shown}: invalid"))?;
+    if !valid.has_metrics {
+        return Err(format!(
+            "{shown}: spec.analysis.metrics is empty: nothing to analyse"
+        ));
+    }
+    let stage = match request.stage.parse::<usize>() {
+        Ok(index) if index < valid.stages.len() => index,
+        Ok(index) => {
+            return Err(format!(
+                "--stage {index}: the rollout has {} stages",
+                valid.stages.len()
+            ));
+        }
+        Err(_) => valid
+            .stages
+            .iter()
+            .position(|s| s.name == request.stage)
+            .ok_or_else(|| format!("--stage {:?}: no stage has that name", request.stage))?,
+    };
+    let elapsed = match &request.elapsed {
+        Some(text) => parse_duration(text).map_err(|e| format!("--elapsed: {e}"))?,
+        None if valid.stages[stage].duration.is_positive() => valid.stages[stage].duration,
+        None => return Err("--elapsed is needed: the stage has no duration".into()),
+    };
+    let mut prometheus_spec: PrometheusSpec = rollout
+        .spec
+        .analysis
+        .as_ref()
+        .and_then(|a| a.prometheus.clone())
+        .unwrap_or_default();
+    if let Some(address) = request.prometheus {
+        prometheus_spec.address = address;
+    }
+    if prometheus_spec.address.is_empty() {
+        return Err(
+            "no Prometheus address: set spec.analysis.prometheus.address or pass --prometheus"
+                .into(),
+        );
+    }
+    let config =
+        client_config(&prometheus_spec).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
+    let client = PrometheusClient::new(config).map_err(|e| format!("Prometheus client: {e}"))?;
+    let now = request.at.unwrap_or_else(jiff::Timestamp::now);
+    let namespace = request
+        .namespace
+        .or(rollout.metadata.namespace.clone())
+        .unwrap_or_default();
+    let name = rollout.metadata.name.clone().unwrap_or_default();
+    let at = LookAt {
+        stage: stage as u32,
+        stage_started_at: now - elapsed,
+        now,
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
+    let rollout_ref = RolloutRef {
+        namespace: &namespace,
+        name: &name,
+    };
+    Ok(runtime.block_on(look(&client, &rollout.spec, &valid, rollout_ref, at, None)))
+}
+
+/// The verdict table `sluice analyze` prints.
+pub fn analysis_table(analysis: &AnalysisStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let cohort = |c: &Option<crd::CohortNumbers>| match c {
+        Some(c) => format!("{:.6} (n={})", c.value, c.n),
+        None => "no data".to_owned(),
+    };
+    let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:+.6}"));
+    let _ = writeln!(
+        out,
+        "{:<16} {:<13} {:<24} {:<24} {:>11} {:>11}",
+        "METRIC", "VERDICT", "BASELINE", "CANDIDATE", "EFFECT", "BOUND"
+    );
+    for m in &analysis.metrics {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<13} {:<24} {:<24} {:>11} {:>11}",
+            m.name,
+            format!("{:?}", m.verdict),
+            cohort(&m.baseline),
+            cohort(&m.candidate),
+            number(m.effect),
+            number(m.bound)
+        );
+        let _ = writeln!(out, "  {}", m.reason.as_deref().unwrap_or_default());
+        if let Some(test) = &m.test {
+            let _ = writeln!(out, "  test: {test}");
+        }
+        if let Some(shift) = &m.shift {
+            let _ = writeln!(out, "  {shift}");
+        }
+        for query in &m.queries {
+            let _ = writeln!(out, "  query: {query}");
+        }
+    }
+    if let Some(s) = &analysis.sample_ratio {
+        let _ = writeln!(
+            out,
+            "users: baseline {} candidate {}: candidate share {:.4}% (expected {:.4}%), p = {:.3e}{}",
+            s.baseline_users,
+            s.candidate_users,
+            100.0 * s.observed_share,
+            100.0 * s.expected_share,
+            s.p_value,
+            if s.mismatch {
+                ": SAMPLE RATIO MISMATCH"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "verdict: {:?}: {}",
+        analysis.verdict,
+        analysis.message.as_deref().unwrap_or_default()
+    );
+    out
 }
 
 fn validate_files(files: &[PathBuf]) -> ExitCode {

@@ -507,6 +507,16 @@ impl Planner {
         self.enter(valid, 0, Decision::Start, "Started")
     }
 
+    fn promote(mut self) -> Plan {
+        self.next.phase = Phase::Promoted;
+        self.next.weight = Some(Weight::FULL.to_string());
+        let message = "Promoted: the candidate is the default for everybody.".to_owned();
+        self.next.message = Some(message.clone());
+        self.event(EventType::Normal, "Promoted", message.clone());
+        self.set_condition("Held", false, "Promoted", &message);
+        self.finish(Decision::Promote, Some(FlagState::Promoted), None)
+    }
+
     /// Begins stage `index` now (or promotes, for a final stage without a duration).
     fn enter(
         mut self,
@@ -521,13 +531,7 @@ impl Planner {
         self.next.stage_name = Some(stage.name.clone());
         self.next.stage_started_at = Some(self.now);
         if last && stage.duration == SignedDuration::ZERO {
-            self.next.phase = Phase::Promoted;
-            self.next.weight = Some(Weight::FULL.to_string());
-            let message = "Promoted: the candidate is the default for everybody.".to_owned();
-            self.next.message = Some(message.clone());
-            self.event(EventType::Normal, "Promoted", message.clone());
-            self.set_condition("Held", false, "Promoted", &message);
-            return self.finish(Decision::Promote, Some(FlagState::Promoted), None);
+            return self.promote();
         }
         self.next.phase = Phase::Progressing;
         self.next.weight = Some(weight_text(stage));
@@ -692,13 +696,7 @@ impl Planner {
 
         // The stage is done.
         if index == last_index {
-            self.next.phase = Phase::Promoted;
-            self.next.weight = Some(Weight::FULL.to_string());
-            let message = "Promoted: the candidate is the default for everybody.".to_owned();
-            self.next.message = Some(message.clone());
-            self.event(EventType::Normal, "Promoted", message.clone());
-            self.set_condition("Held", false, "Promoted", &message);
-            return self.finish(Decision::Promote, Some(FlagState::Promoted), None);
+            return self.promote();
         }
         let upcoming = &valid.stages[index + 1];
         if upcoming.approval == Approval::Required

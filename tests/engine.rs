@@ -53,6 +53,8 @@ fn look(stage: u32, when: Timestamp, verdict: Verdict) -> Observations {
             message: Some(format!("{verdict:?} at stage {stage}")),
             candidate_samples: Some(1_000),
             metrics: vec![],
+            sample_ratio: None,
+            request_share: None,
         }),
         generation: Some(1),
     }

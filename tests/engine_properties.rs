@@ -206,6 +206,24 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step, 1..60)
 }
 
+/// The look a step brings, made in `stage` at `now`.
+fn observe(step: &Step, stage: u32, now: Timestamp) -> Observations {
+    let analysis = step.verdict.map(|verdict| AnalysisStatus {
+        at: now,
+        stage,
+        verdict,
+        message: None,
+        candidate_samples: Some(step.samples),
+        metrics: vec![],
+        sample_ratio: None,
+        request_share: None,
+    });
+    Observations {
+        analysis,
+        generation: Some(1),
+    }
+}
+
 fn stage_weight(spec: &FeatureRolloutSpec, index: u32) -> Weight {
     spec.stages[index as usize].weight
 }
@@ -228,18 +246,7 @@ fn check_run(mut spec: FeatureRolloutSpec, steps: Vec<Step>) -> Result<(), TestC
             spec.control.approve = spec.stages.get(i).and_then(|s| s.name.clone());
         }
         let current_stage = status.as_ref().and_then(|s| s.stage).unwrap_or(0);
-        let analysis = step.verdict.map(|verdict| AnalysisStatus {
-            at: now,
-            stage: current_stage,
-            verdict,
-            message: None,
-            candidate_samples: Some(step.samples),
-            metrics: vec![],
-        });
-        let obs = Observations {
-            analysis,
-            generation: Some(1),
-        };
+        let obs = observe(&step, current_stage, now);
 
         let p = plan(&spec, status.as_ref(), &obs, now);
         prop_assert_eq!(
@@ -381,23 +388,7 @@ fn random_runs_reach_every_phase() {
                 .as_ref()
                 .and_then(|s: &FeatureRolloutStatus| s.stage)
                 .unwrap_or(0);
-            let analysis = step.verdict.map(|verdict| AnalysisStatus {
-                at: now,
-                stage,
-                verdict,
-                message: None,
-                candidate_samples: Some(step.samples),
-                metrics: vec![],
-            });
-            let p = plan(
-                &spec,
-                status.as_ref(),
-                &Observations {
-                    analysis,
-                    generation: None,
-                },
-                now,
-            );
+            let p = plan(&spec, status.as_ref(), &observe(&step, stage, now), now);
             seen.insert(format!("{:?}", p.status.phase));
             status = Some(p.status);
         }

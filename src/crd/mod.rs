@@ -273,6 +273,13 @@ pub struct AnalysisSpec {
     /// Extra template variables for the queries, used as `{{ name }}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
+    /// PromQL returning the number of distinct users (targeting keys) per cohort over
+    /// `{{ window }}`, for the sample-ratio check: when the observed split disagrees with
+    /// the stage's weight (chi-square, p < 0.001) the cohorts are not comparable and the
+    /// stage holds. Request counts are no basis for this check (heavy users skew them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8192))]
+    pub users: Option<String>,
     /// The metrics that matter. Names are unique.
     #[serde(default)]
     #[schemars(length(max = 16))]
@@ -615,6 +622,44 @@ pub struct AnalysisStatus {
     /// Per-metric results.
     #[serde(default)]
     pub metrics: Vec<MetricAnalysis>,
+    /// The split of distinct users against the stage's weight, when `analysis.users` is
+    /// set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_ratio: Option<SampleRatio>,
+    /// The candidate's share of requests against the stage's weight. Reported only, never
+    /// held on: a few heavy users make it differ even when assignment is perfect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_share: Option<RequestShare>,
+}
+
+/// The split of requests between the cohorts (reported, never held on).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestShare {
+    /// The candidate share the stage's weight calls for.
+    pub expected_share: f64,
+    /// The candidate's share of requests observed.
+    pub observed_share: f64,
+    /// `observed / expected − 1` (−0.3: 30% fewer requests than the weight).
+    pub relative_deviation: f64,
+}
+
+/// The sample-ratio check: distinct users per cohort against the configured weight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SampleRatio {
+    /// Distinct users seen on the baseline in the window.
+    pub baseline_users: f64,
+    /// Distinct users seen on the candidate in the window.
+    pub candidate_users: f64,
+    /// The candidate share the stage's weight calls for.
+    pub expected_share: f64,
+    /// The candidate share observed.
+    pub observed_share: f64,
+    /// The chi-square test's p-value.
+    pub p_value: f64,
+    /// Whether the split is a mismatch (p < 0.001): the stage holds.
+    pub mismatch: bool,
 }
 
 /// The result for one metric at one look.
@@ -641,6 +686,13 @@ pub struct MetricAnalysis {
     /// The test used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<String>,
+    /// The effective sample size the sequential boundary is tuned for, fixed at the
+    /// stage's first look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_samples: Option<f64>,
+    /// For histogram metrics: how the candidate's distribution moved (Mann-Whitney).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<String>,
     /// The metric's verdict.
     pub verdict: Verdict,
     /// Why, in a sentence.

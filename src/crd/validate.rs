@@ -16,6 +16,7 @@ use super::{
     OnError, Weight,
 };
 use crate::flagd::FlagDefinition;
+use crate::prometheus::template::{BUILTIN_VARIABLES, Template, check_variable_name};
 
 /// Most stages a rollout may have.
 pub const MAX_STAGES: usize = 32;
@@ -456,8 +457,30 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
             ),
         );
     }
+    for name in analysis.variables.keys() {
+        if let Err(e) = check_variable_name(name) {
+            p.add(format!("spec.analysis.variables.{name}"), e.to_string());
+        } else if BUILTIN_VARIABLES.contains(&name.as_str()) {
+            p.add(
+                format!("spec.analysis.variables.{name}"),
+                format!("{name:?} is a built-in variable and cannot be redefined"),
+            );
+        }
+    }
+    let user_variables: Vec<&str> = analysis.variables.keys().map(String::as_str).collect();
+    if let Some(users) = &analysis.users {
+        check_template("spec.analysis.users".into(), users, &user_variables, p);
+    }
     let mut names = BTreeSet::new();
     for (i, metric) in analysis.metrics.iter().enumerate() {
+        for (field, query) in queries(metric) {
+            check_template(
+                format!("spec.analysis.metrics[{i}].{field}"),
+                query,
+                &user_variables,
+                p,
+            );
+        }
         if !names.insert(metric.name.as_str()) {
             p.add(
                 format!("spec.analysis.metrics[{i}].name"),
@@ -477,6 +500,31 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
         );
     }
     (interval, confidence, on_error)
+}
+
+/// The query templates of a metric, with their field names.
+pub fn queries(metric: &MetricSpec) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    if let Some(ratio) = &metric.ratio {
+        out.push(("ratio.errors", ratio.errors.as_str()));
+        out.push(("ratio.requests", ratio.requests.as_str()));
+    }
+    if let Some(histogram) = &metric.histogram {
+        out.push(("histogram.buckets", histogram.buckets.as_str()));
+    }
+    if let Some(guard) = &metric.guard {
+        out.push(("guard.query", guard.query.as_str()));
+    }
+    out
+}
+
+/// A query template must parse and use only built-in or declared variables.
+fn check_template(field: String, query: &str, user_variables: &[&str], p: &mut Problems) {
+    let checked =
+        Template::parse(query).and_then(|t| t.check_variables(user_variables.iter().copied()));
+    if let Err(e) = checked {
+        p.add(field, e.to_string());
+    }
 }
 
 fn check_metric(i: usize, metric: &MetricSpec, p: &mut Problems) {
