@@ -451,3 +451,62 @@ fn agreement_with_anchors_accounts_for_both_errors() {
     assert_eq!(compare_median((11, 10, 11), 10), Agreement::Reproduced);
     assert_eq!(compare_median((14, 13, 14), 10), Agreement::Differs);
 }
+
+#[test]
+fn sluice_rule_drives_the_analysis_module() {
+    use sluice::simulate::sluice_rule::SluiceRule;
+    let schedule = Schedule::benchmark();
+    let rule = SluiceRule::benchmark(&schedule);
+    // 1 − 0.95 split over the four analysed stages and the one test (maxIncrease).
+    assert!(close(rule.alpha(), 0.0125, 1e-15));
+    assert_eq!(rule.spec().stages.len(), 5);
+
+    // Healthy traffic never rolls back.
+    let quiet = rollout_with(&[]);
+    assert_eq!(rollback_minute(Box::new(rule.clone()), &quiet, 0), None);
+
+    // 10 % candidate errors against 1 % from minute 12 on, in the 5 % stage: rolled back
+    // within that stage.
+    let bad: Vec<(u32, Cohorts)> = (12..=20)
+        .map(|m| (m, minute((150, 15), (2850, 28))))
+        .collect();
+    let minutes = rollout_with(&bad);
+    let mut rules: Vec<Box<dyn Rule>> = vec![Box::new(rule)];
+    let outcome = judge_rollout(&mut rules, &schedule, 11, &minutes)[0];
+    let at = outcome.rollback_minute.expect("a rollback");
+    assert!((12..=20).contains(&at), "rolled back at minute {at}");
+}
+
+#[test]
+fn sluice_rule_keeps_the_stage_tuning_like_the_controller() {
+    use sluice::simulate::sluice_rule::SluiceRule;
+    let schedule = Schedule::benchmark();
+    let mut rule = SluiceRule::benchmark(&schedule);
+    let minutes = rollout_with(&[]);
+    let look = |index: usize, stage_total: Cohorts| Look {
+        minute: index as u32 + 1,
+        stage: 0,
+        minute_in_stage: index as u32 + 1,
+        exposure: 0.01,
+        last_minute: minutes[index],
+        stage_total,
+        rollout_total: stage_total,
+        history: &minutes[..=index],
+        schedule: &schedule,
+    };
+    let first = minute((100, 0), (2900, 29));
+    assert_eq!(rule.judge(&look(0, first)), Judgement::Continue);
+    let target = |rule: &SluiceRule| {
+        let status = rule.last_analysis().expect("a status");
+        assert_eq!(status.stage, 0);
+        status.metrics[0].target_samples.expect("a tuned target")
+    };
+    let tuned = target(&rule);
+    let mut second = first;
+    second += first;
+    assert_eq!(rule.judge(&look(1, second)), Judgement::Continue);
+    // The boundary's target is fixed at the stage's first look and kept.
+    assert_eq!(target(&rule), tuned);
+    rule.reset();
+    assert!(rule.last_analysis().is_none());
+}

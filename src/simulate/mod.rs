@@ -5,19 +5,21 @@
 //!   error model, regression);
 //! - [`rules`] holds the [`Rule`] trait, the data of one [`Look`], and the anchor rules
 //!   modelled on today's tools;
+//! - [`sluice_rule`] runs Sluice's own analysis as one more rule;
 //! - [`report`] turns outcomes into BENCHMARK.md's figures and prints them.
 //!
 //! Every rollout draws its traffic from its own ChaCha stream, keyed by the base seed, the
 //! case and the run index, so the figures do not depend on the number of threads or on
 //! their scheduling.
 //!
-//! Sluice's own rule plugs in like the anchors: a type implementing [`Rule`] whose
-//! [`judge`](Rule::judge) calls the real analysis code (the pure functions the controller
-//! uses, fed with the look's counts, with no simulation-only logic), added to the list that
-//! [`benchmark_rules`] returns.
+//! Sluice's own rule plugs in like the anchors: [`sluice_rule::SluiceRule`] implements [`Rule`]
+//! by calling the real analysis code (the pure judgement the controller uses, fed with the
+//! look's counts, with no simulation-only statistics); [`benchmark_rules`] lists it after
+//! the anchors.
 
 pub mod report;
 pub mod rules;
+pub mod sluice_rule;
 pub mod traffic;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,10 +96,8 @@ pub fn benchmark_cases() -> Vec<Case> {
 }
 
 /// The rules the benchmark compares on a case: the anchors of BENCHMARK.md, configured
-/// for the case's plan and traffic as BENCHMARK.md describes them.
-///
-/// Sluice's own rule (an adapter over the analysis module's ratio-metric judgement) belongs
-/// at the end of this list.
+/// for the case's plan and traffic as BENCHMARK.md describes them, then Sluice's own
+/// analysis ([`sluice_rule::SluiceRule`], `confidence: 0.95`, `maxIncrease: 0%`).
 pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
     let stage_minutes = case.schedule.stages.first().map_or(0, |s| s.minutes);
     vec![
@@ -110,6 +110,7 @@ pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
             case.traffic.expected_requests(stage_minutes),
         )),
         Box::new(rules::Msprt::new(0.05, case.traffic.error_rate / 2.0)),
+        Box::new(sluice_rule::SluiceRule::benchmark(&case.schedule)),
     ]
 }
 

@@ -498,6 +498,79 @@ fn write_comparison(out: &mut String, results: &Results) {
     }
 }
 
+/// BENCHMARK.md's goals (`confidence: 0.95`), all to be met at once.
+fn write_goals(out: &mut String, results: &Results) {
+    let _ = writeln!(
+        out,
+        "\n## Goals (BENCHMARK.md): false rollback ≤ 5 % on S1 A/A and on S2; m=2 median ≤ 12 \
+         min; m=1.5 caught before promotion ≥ 97 %; m=5 from min 15 excess errors ≤ 15\n\
+         Each cell: our figure, then yes/no (the point estimate against the goal)."
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} | {:<14} | {:<14} | {:<14} | {:<14} | {:<14} | all four",
+        "rule", "S1 A/A", "S2 A/A", "m=2 median", "m=1.5 caught", "m=5@15 excess"
+    );
+    let Some(first) = results.cases.first() else {
+        return;
+    };
+    let cases = [
+        find(results, "S1", 1.0, 0),
+        find(results, "S2", 1.0, 0),
+        find(results, "S1", 2.0, 0),
+        find(results, "S1", 1.5, 0),
+        find(results, "S1", 5.0, 15),
+    ];
+    for (rule, _) in &first.rules {
+        let summary = |i: usize| cases[i].and_then(|c| rule_summary(c, rule));
+        let yes = |ok: bool| if ok { "yes" } else { "no" };
+        let mut met = [false; 5];
+        let mut cells = Vec::new();
+        for (i, goal) in [(0, 0.05), (1, 0.05)] {
+            cells.push(summary(i).map_or_else(
+                || "—".to_owned(),
+                |s| {
+                    let v = s.rollback_share().value;
+                    met[i] = v <= goal;
+                    format!("{:.1} % {}", v * 100.0, yes(met[i]))
+                },
+            ));
+        }
+        cells.push(summary(2).and_then(|s| s.median_minutes()).map_or_else(
+            || "—".to_owned(),
+            |(m, _, _)| {
+                met[2] = m <= 12;
+                format!("{m} {}", yes(met[2]))
+            },
+        ));
+        cells.push(summary(3).map_or_else(
+            || "—".to_owned(),
+            |s| {
+                let v = s.rollback_share().value;
+                met[3] = v >= 0.97;
+                format!("{:.1} % {}", v * 100.0, yes(met[3]))
+            },
+        ));
+        cells.push(summary(4).and_then(|s| s.mean_excess_errors()).map_or_else(
+            || "—".to_owned(),
+            |(m, _)| {
+                met[4] = m <= 15.0;
+                format!("{m:.1} {}", yes(met[4]))
+            },
+        ));
+        let _ = writeln!(
+            out,
+            "{rule:<20} | {:<14} | {:<14} | {:<14} | {:<14} | {:<14} | {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            yes(met.iter().all(|m| *m))
+        );
+    }
+}
+
 /// The full report: parameters, rules, oracle, per-case figures and the comparison with
 /// the anchors.
 pub fn render(results: &Results) -> String {
@@ -548,5 +621,6 @@ pub fn render(results: &Results) -> String {
         write_case(&mut out, case);
     }
     write_comparison(&mut out, results);
+    write_goals(&mut out, results);
     out
 }
