@@ -130,7 +130,8 @@ impl Rule for SluiceRule {
     fn describe(&self) -> String {
         format!(
             "the analysis module's judgement (analysis::judge) of a FeatureRollout with one \
-             ratio metric, maxIncrease {:?}, confidence {}: α = {} per stage; roll back on Fail",
+             ratio metric, maxIncrease {:?}, confidence {}: α = {:.4} per stage; roll back on \
+             Fail",
             self.metric
                 .max_increase
                 .as_ref()
