@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
 use crate::crd::{AnalysisStatus, PrometheusSpec, Verdict, parse_duration};
 use crate::prometheus::PrometheusClient;
-use crate::{crd, manifest};
+use crate::{crd, manifest, simulate};
 
 /// Roll feature flags out in stages; roll back on harm.
 #[derive(Parser, Debug)]
@@ -58,6 +58,19 @@ pub enum Command {
         #[arg(long)]
         namespace: Option<String>,
     },
+    /// Run the decision-quality benchmark of BENCHMARK.md (simulated rollouts, rules
+    /// modelled on today's tools) and print its report.
+    Simulate {
+        /// Simulated rollouts per case.
+        #[arg(long, default_value_t = simulate::DEFAULT_RUNS)]
+        runs: usize,
+        /// Base seed of the random streams.
+        #[arg(long, default_value_t = simulate::DEFAULT_SEED)]
+        seed: u64,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -99,6 +112,16 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Simulate {
+            runs,
+            seed,
+            threads,
+        } => {
+            let results = simulate::run(&simulate::Config::benchmark(runs, seed, threads));
+            print!("{}", simulate::report::render(&results));
+            println!("wall time: {:.1} s", results.elapsed.as_secs_f64());
+            ExitCode::SUCCESS
         }
     }
 }

@@ -11,3 +11,4 @@ pub mod engine;
 pub mod flagd;
 pub mod manifest;
 pub mod prometheus;
+pub mod simulate;

@@ -1,0 +1,334 @@
+//! The decision-quality benchmark (`sluice simulate`): simulated rollouts, look by look, on
+//! the scenarios of BENCHMARK.md, judged by several rollback rules on identical traffic.
+//!
+//! - [`traffic`] draws the per-minute cohort counts of one rollout (schedule, request and
+//!   error model, regression);
+//! - [`rules`] holds the [`Rule`] trait, the data of one [`Look`], and the anchor rules
+//!   modelled on today's tools;
+//! - [`sluice_rule`] runs Sluice's own analysis as one more rule;
+//! - [`report`] turns outcomes into BENCHMARK.md's figures and prints them.
+//!
+//! Every rollout draws its traffic from its own ChaCha stream, keyed by the base seed, the
+//! case and the run index, so the figures do not depend on the number of threads or on
+//! their scheduling.
+//!
+//! Sluice's own rule plugs in like the anchors: [`sluice_rule::SluiceRule`] implements [`Rule`]
+//! by calling the real analysis code (the pure judgement the controller uses, fed with the
+//! look's counts, with no simulation-only statistics); [`benchmark_rules`] lists it after
+//! the anchors.
+
+pub mod report;
+pub mod rules;
+pub mod sluice_rule;
+pub mod traffic;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub use rules::{Judgement, Look, Rule};
+pub use traffic::{Cohorts, Counts, Regression, Schedule, Stage, Traffic};
+
+/// The seed used when none is given.
+pub const DEFAULT_SEED: u64 = 20_260_501;
+
+/// Rollouts simulated per case when no number is given (BENCHMARK.md asks for at least
+/// 10,000).
+pub const DEFAULT_RUNS: usize = 10_000;
+
+/// One case of the benchmark: a scenario (schedule and traffic) and a regression.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Case {
+    /// Scenario name, e.g. `S1`.
+    pub scenario: String,
+    /// The stage plan.
+    pub schedule: Schedule,
+    /// Traffic and error model.
+    pub traffic: Traffic,
+    /// The candidate's harm and when it starts.
+    pub regression: Regression,
+}
+
+impl Case {
+    /// A label unique within the benchmark, e.g. `S1 m=2 from minute 15`.
+    pub fn label(&self) -> String {
+        let m = self.regression.multiplier;
+        if m == 1.0 {
+            format!("{} A/A (m=1)", self.scenario)
+        } else if self.regression.onset_minute == 0 {
+            format!("{} m={m} from the start", self.scenario)
+        } else {
+            format!(
+                "{} m={m} from minute {}",
+                self.scenario, self.regression.onset_minute
+            )
+        }
+    }
+
+    /// The excess error probability of the candidate once the regression has started.
+    pub fn excess_error_rate(&self) -> f64 {
+        (self.regression.multiplier - 1.0) * self.traffic.error_rate
+    }
+}
+
+/// BENCHMARK.md's cases: S1 A/A; S1 with `m` = 1.5, 2, 5 from the start and from minute
+/// 15; S2 A/A.
+pub fn benchmark_cases() -> Vec<Case> {
+    let case = |scenario: &str, traffic: Traffic, multiplier: f64, onset_minute: u32| Case {
+        scenario: scenario.to_owned(),
+        schedule: Schedule::benchmark(),
+        traffic,
+        regression: Regression {
+            multiplier,
+            onset_minute,
+        },
+    };
+    let mut cases = vec![case("S1", Traffic::s1(), 1.0, 0)];
+    for onset in [0, 15] {
+        for m in [1.5, 2.0, 5.0] {
+            cases.push(case("S1", Traffic::s1(), m, onset));
+        }
+    }
+    cases.push(case("S2", Traffic::s2(), 1.0, 0));
+    cases
+}
+
+/// The rules the benchmark compares on a case: the anchors of BENCHMARK.md, configured
+/// for the case's plan and traffic as BENCHMARK.md describes them, then Sluice's own
+/// analysis ([`sluice_rule::SluiceRule`], `confidence: 0.95`, `maxIncrease: 0%`).
+pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
+    let stage_minutes = case.schedule.stages.first().map_or(0, |s| s.minutes);
+    vec![
+        Box::new(rules::FlaggerStyle::anchor()),
+        Box::new(rules::ArgoStyle::anchor()),
+        Box::new(rules::KayentaStyle::anchor()),
+        Box::new(rules::ZTestEveryLook::anchor()),
+        Box::new(rules::AsymptoticCs::new(
+            0.05,
+            case.traffic.expected_requests(stage_minutes),
+        )),
+        Box::new(rules::Msprt::new(0.05, case.traffic.error_rate / 2.0)),
+        Box::new(sluice_rule::SluiceRule::benchmark(&case.schedule)),
+    ]
+}
+
+/// What one rule did in one simulated rollout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The look (minutes since the start) at which the rule rolled back; `None` when the
+    /// candidate was promoted.
+    pub rollback_minute: Option<u32>,
+    /// Candidate requests served from the regression's onset until the rollout ended
+    /// (through the rollback minute, or the last minute when promoted).
+    pub candidate_requests_since_onset: u64,
+}
+
+/// Runs every rule over one rollout's per-minute counts, look by look, and returns each
+/// rule's outcome (in the order of `rules`). Rules are reset first.
+pub fn judge_rollout(
+    rules: &mut [Box<dyn Rule>],
+    schedule: &Schedule,
+    onset_minute: u32,
+    minutes: &[Cohorts],
+) -> Vec<Outcome> {
+    for rule in rules.iter_mut() {
+        rule.reset();
+    }
+    let mut outcomes = vec![Outcome::default(); rules.len()];
+    let mut active = vec![true; rules.len()];
+    let mut stage_total = Cohorts::default();
+    let mut rollout_total = Cohorts::default();
+    let mut since_onset = 0;
+    let mut current_stage = None;
+    for (index, counts) in minutes.iter().enumerate() {
+        let Some((stage, in_stage)) = schedule.locate(index as u32) else {
+            break;
+        };
+        if current_stage != Some(stage) {
+            stage_total = Cohorts::default();
+            current_stage = Some(stage);
+        }
+        stage_total += *counts;
+        rollout_total += *counts;
+        if index as u32 >= onset_minute {
+            since_onset += counts.candidate.requests;
+        }
+        let look = Look {
+            minute: index as u32 + 1,
+            stage,
+            minute_in_stage: in_stage + 1,
+            exposure: schedule.stages[stage].exposure,
+            last_minute: *counts,
+            stage_total,
+            rollout_total,
+            history: &minutes[..=index],
+            schedule,
+        };
+        for ((rule, outcome), on) in rules.iter_mut().zip(&mut outcomes).zip(&mut active) {
+            if !*on {
+                continue;
+            }
+            outcome.candidate_requests_since_onset = since_onset;
+            if rule.judge(&look) == Judgement::RollBack {
+                outcome.rollback_minute = Some(look.minute);
+                *on = false;
+            }
+        }
+        if !active.iter().any(|on| *on) {
+            break;
+        }
+    }
+    outcomes
+}
+
+/// The random number generator of one simulated rollout: ChaCha8 keyed by the base seed,
+/// on a stream made of the case's key and the run index.
+pub fn rollout_rng(seed: u64, case: &Case, run: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream((u64::from(case_key(case)) << 32) | (run as u64 & 0xffff_ffff));
+    rng
+}
+
+/// A stable 32-bit key of a case (FNV-1a of its label), so adding or reordering cases
+/// leaves the traffic of the others unchanged.
+fn case_key(case: &Case) -> u32 {
+    case.label().bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Simulates `runs` rollouts of `case` on `threads` threads and returns, for each rule (in
+/// the order of `rules`), its outcome in every run (in run order).
+pub fn simulate_case(
+    case: &Case,
+    rules: &[Box<dyn Rule>],
+    runs: usize,
+    seed: u64,
+    threads: usize,
+) -> Vec<Vec<Outcome>> {
+    const CHUNK: usize = 64;
+    let next = AtomicUsize::new(0);
+    let threads = threads.max(1);
+    let per_thread: Vec<Vec<(usize, Vec<Outcome>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut rules: Vec<Box<dyn Rule>> = rules.iter().map(|r| r.boxed_clone()).collect();
+                let next = &next;
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let start = next.fetch_add(CHUNK, Ordering::Relaxed);
+                        if start >= runs {
+                            break;
+                        }
+                        for run in start..(start + CHUNK).min(runs) {
+                            let mut rng = rollout_rng(seed, case, run);
+                            let minutes = traffic::simulate_rollout(
+                                &mut rng,
+                                &case.schedule,
+                                &case.traffic,
+                                &case.regression,
+                            );
+                            let outcomes = judge_rollout(
+                                &mut rules,
+                                &case.schedule,
+                                case.regression.onset_minute,
+                                &minutes,
+                            );
+                            done.push((run, outcomes));
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("a simulation worker panicked"))
+            .collect()
+    });
+    let mut by_rule = vec![vec![Outcome::default(); runs]; rules.len()];
+    for (run, outcomes) in per_thread.into_iter().flatten() {
+        for (rule, outcome) in outcomes.into_iter().enumerate() {
+            by_rule[rule][run] = outcome;
+        }
+    }
+    by_rule
+}
+
+/// What to simulate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Rollouts per case.
+    pub runs: usize,
+    /// Base seed.
+    pub seed: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// The cases.
+    pub cases: Vec<Case>,
+}
+
+impl Config {
+    /// BENCHMARK.md's cases with the given runs, seed and threads (`None`: all cores).
+    pub fn benchmark(runs: usize, seed: u64, threads: Option<usize>) -> Self {
+        Config {
+            runs,
+            seed,
+            threads: threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
+            cases: benchmark_cases(),
+        }
+    }
+}
+
+/// The outcomes of one case.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    /// The case.
+    pub case: Case,
+    /// The rules' names and descriptions, in the order of `outcomes`.
+    pub rules: Vec<(String, String)>,
+    /// Per rule, the outcome of every run.
+    pub outcomes: Vec<Vec<Outcome>>,
+}
+
+/// Everything one benchmark run produced.
+#[derive(Clone, Debug)]
+pub struct Results {
+    /// What was simulated.
+    pub config: Config,
+    /// One entry per case, in the order of `config.cases`.
+    pub cases: Vec<CaseResult>,
+    /// Wall time of the simulation.
+    pub elapsed: Duration,
+}
+
+/// Simulates every case of `config` with [`benchmark_rules`].
+pub fn run(config: &Config) -> Results {
+    let started = Instant::now();
+    let cases = config
+        .cases
+        .iter()
+        .map(|case| {
+            let rules = benchmark_rules(case);
+            let outcomes = simulate_case(case, &rules, config.runs, config.seed, config.threads);
+            CaseResult {
+                case: case.clone(),
+                rules: rules
+                    .iter()
+                    .map(|r| (r.name().to_owned(), r.describe()))
+                    .collect(),
+                outcomes,
+            }
+        })
+        .collect();
+    Results {
+        config: config.clone(),
+        cases,
+        elapsed: started.elapsed(),
+    }
+}
