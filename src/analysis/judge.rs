@@ -39,6 +39,32 @@ impl StageLook {
     }
 }
 
+impl StageLook {
+    /// The look at stage `index` after the stage has run for `elapsed`, with the budget
+    /// of [`alpha_per_test`]: what every caller (controller, standalone, `sluice
+    /// analyze`, `sluice simulate`) judges with.
+    pub fn new(
+        spec: &FeatureRolloutSpec,
+        valid: &ValidSpec,
+        index: u32,
+        elapsed: jiff::SignedDuration,
+    ) -> StageLook {
+        let stage = &valid.stages[(index as usize).min(valid.stages.len() - 1)];
+        let elapsed_fraction = if stage.duration.is_zero() {
+            1.0
+        } else {
+            (elapsed.as_secs_f64() / stage.duration.as_secs_f64()).clamp(0.0, 1.0)
+        };
+        StageLook {
+            stage: index,
+            weight: stage.weight,
+            audience: stage.audience.is_some(),
+            elapsed_fraction,
+            alpha: alpha_per_test(spec, valid),
+        }
+    }
+}
+
 /// The budget of one sequential test: `1 − confidence` split evenly over the stages
 /// that are analysed (all but a final stage without duration) and over the tests each
 /// stage runs (`maxIncrease` and `max` of every ratio and histogram metric).

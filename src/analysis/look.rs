@@ -73,23 +73,11 @@ pub async fn look(
     at: LookAt,
     previous: Option<&AnalysisStatus>,
 ) -> AnalysisStatus {
-    let stage = &valid.stages[(at.stage as usize).min(valid.stages.len() - 1)];
     let elapsed = at
         .now
         .duration_since(at.stage_started_at)
         .max(SignedDuration::from_secs(1));
-    let elapsed_fraction = if stage.duration.is_zero() {
-        1.0
-    } else {
-        (elapsed.as_secs_f64() / stage.duration.as_secs_f64()).min(1.0)
-    };
-    let stage_look = StageLook {
-        stage: at.stage,
-        weight: stage.weight,
-        audience: stage.audience.is_some(),
-        elapsed_fraction,
-        alpha: judge::alpha_per_test(spec, valid),
-    };
+    let stage_look = StageLook::new(spec, valid, at.stage, elapsed);
     let analysis = spec.analysis.clone().unwrap_or_default();
     let window = Duration::try_from(elapsed).unwrap_or(Duration::from_secs(1));
     let mut variables = Variables::new(&valid.flag.key, window, rollout.namespace, rollout.name);

@@ -3,7 +3,7 @@
 //! [`judge::combine`]), on a real, validated `FeatureRollout` spec of the benchmark's plan.
 //!
 //! The adapter only does what [`crate::analysis::look`] does around its queries: it builds
-//! the [`StageLook`] from the spec (stage, weight, elapsed share of the stage, the budget
+//! the [`StageLook`] with [`StageLook::new`] as the controller does (stage, weight, elapsed share of the stage, the budget
 //! of [`judge::alpha_per_test`]), hands the stage's cumulative counts over as the error-rate
 //! query's answer, and keeps the previous look's status as the controller keeps it in
 //! `status.lastAnalysis`. A `Fail` verdict rolls back, as in the engine. No statistics
@@ -147,22 +147,11 @@ impl Rule for SluiceRule {
     }
 
     fn judge(&mut self, look: &Look<'_>) -> Judgement {
-        let Some(stage) = self.valid.stages.get(look.stage) else {
+        if look.stage >= self.valid.stages.len() {
             return Judgement::Continue;
-        };
-        let elapsed = f64::from(look.minute_in_stage) * 60.0;
-        let elapsed_fraction = if stage.duration.is_zero() {
-            1.0
-        } else {
-            (elapsed / stage.duration.as_secs_f64()).min(1.0)
-        };
-        let stage_look = StageLook {
-            stage: look.stage as u32,
-            weight: stage.weight,
-            audience: stage.audience.is_some(),
-            elapsed_fraction,
-            alpha: self.alpha,
-        };
+        }
+        let elapsed = jiff::SignedDuration::from_mins(i64::from(look.minute_in_stage));
+        let stage_look = StageLook::new(&self.spec, &self.valid, look.stage as u32, elapsed);
         let (bad_c, total_c) = answer(look.stage_total.candidate);
         let (bad_b, total_b) = answer(look.stage_total.baseline);
         let observed = Observed::Ratio {
