@@ -35,29 +35,7 @@ pub enum Command {
     /// Run one analysis of a FeatureRollout against a live Prometheus and print the
     /// verdict per metric: check the queries before rolling out. Exits 1 when the verdict
     /// is Fail or Error.
-    Analyze {
-        /// The manifest (the first FeatureRollout in it, or the one named by --name).
-        file: PathBuf,
-        /// Which rollout in the file, by metadata.name.
-        #[arg(long)]
-        name: Option<String>,
-        /// Prometheus base URL; overrides spec.analysis.prometheus.address.
-        #[arg(long)]
-        prometheus: Option<String>,
-        /// The stage to analyse, by index (0-based) or name.
-        #[arg(long, default_value = "0")]
-        stage: String,
-        /// How long the stage has run (the query window), e.g. 10m; defaults to the
-        /// stage's duration.
-        #[arg(long)]
-        elapsed: Option<String>,
-        /// Evaluation time (RFC 3339); defaults to now.
-        #[arg(long)]
-        at: Option<jiff::Timestamp>,
-        /// The namespace for {{ namespace }}; defaults to metadata.namespace.
-        #[arg(long)]
-        namespace: Option<String>,
-    },
+    Analyze(AnalyzeRequest),
     /// Run the decision-quality benchmark of BENCHMARK.md (simulated rollouts, rules
     /// modelled on today's tools) and print its report.
     Simulate {
@@ -81,38 +59,19 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
-        Command::Analyze {
-            file,
-            name,
-            prometheus,
-            stage,
-            elapsed,
-            at,
-            namespace,
-        } => {
-            let request = AnalyzeRequest {
-                file,
-                name,
-                prometheus,
-                stage,
-                elapsed,
-                at,
-                namespace,
-            };
-            match analyze(request) {
-                Ok(analysis) => {
-                    print!("{}", analysis_table(&analysis));
-                    match analysis.verdict {
-                        Verdict::Pass | Verdict::Inconclusive => ExitCode::SUCCESS,
-                        Verdict::Fail | Verdict::Error => ExitCode::FAILURE,
-                    }
-                }
-                Err(message) => {
-                    eprintln!("sluice analyze: {message}");
-                    ExitCode::from(2)
+        Command::Analyze(request) => match analyze(request) {
+            Ok(analysis) => {
+                print!("{}", analysis_table(&analysis));
+                match analysis.verdict {
+                    Verdict::Pass | Verdict::Inconclusive => ExitCode::SUCCESS,
+                    Verdict::Fail | Verdict::Error => ExitCode::FAILURE,
                 }
             }
-        }
+            Err(message) => {
+                eprintln!("sluice analyze: {message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Simulate {
             runs,
             seed,
@@ -127,14 +86,29 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// The arguments of `sluice analyze`.
-struct AnalyzeRequest {
-    file: PathBuf,
-    name: Option<String>,
-    prometheus: Option<String>,
-    stage: String,
-    elapsed: Option<String>,
-    at: Option<jiff::Timestamp>,
-    namespace: Option<String>,
+#[derive(clap::Args, Debug)]
+pub struct AnalyzeRequest {
+    /// The manifest (the first FeatureRollout in it, or the one named by --name).
+    pub file: PathBuf,
+    /// Which rollout in the file, by metadata.name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Prometheus base URL; overrides spec.analysis.prometheus.address.
+    #[arg(long)]
+    pub prometheus: Option<String>,
+    /// The stage to analyse, by index (0-based) or name.
+    #[arg(long, default_value = "0")]
+    pub stage: String,
+    /// How long the stage has run (the query window), e.g. 10m; defaults to the
+    /// stage's duration.
+    #[arg(long)]
+    pub elapsed: Option<String>,
+    /// Evaluation time (RFC 3339); defaults to now.
+    #[arg(long)]
+    pub at: Option<jiff::Timestamp>,
+    /// The namespace for {{ namespace }}; defaults to metadata.namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
