@@ -214,6 +214,14 @@ pub struct Stage {
     pub approval: Approval,
 }
 
+fn string_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": { "type": "string", "maxLength": 1024 }
+    })
+}
+
 fn variants_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
@@ -274,6 +282,7 @@ pub struct AnalysisSpec {
     pub cohort_label: Option<String>,
     /// Extra template variables for the queries, used as `{{ name }}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "string_map_schema")]
     pub variables: BTreeMap<String, String>,
     /// PromQL returning the number of distinct users (targeting keys) per cohort over
     /// `{{ window }}`, for the sample-ratio check: when the observed split disagrees with
@@ -305,9 +314,11 @@ pub struct PrometheusSpec {
     pub timeout: Option<String>,
     /// Extra HTTP headers, e.g. `X-Scope-OrgID` for Mimir or Cortex tenants.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "string_map_schema")]
     pub headers: BTreeMap<String, String>,
     /// A file holding a bearer token (e.g. a mounted Secret); read at every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
     pub bearer_token_file: Option<String>,
     /// HTTP basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,8 +333,10 @@ pub struct PrometheusSpec {
 #[serde(rename_all = "camelCase")]
 pub struct BasicAuth {
     /// The user name.
+    #[schemars(length(min = 1, max = 256))]
     pub username: String,
     /// A file holding the password (e.g. a mounted Secret).
+    #[schemars(length(min = 1, max = 4096))]
     pub password_file: String,
 }
 
@@ -331,8 +344,9 @@ pub struct BasicAuth {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// A PEM file of CA certificates to trust besides the system's.
+    /// A PEM file of CA certificates to trust instead of the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
     pub ca_file: Option<String>,
     /// Skip certificate verification. Never do this outside a test.
     #[serde(default)]

@@ -451,6 +451,10 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
             ),
         );
     }
+    check_string_map("spec.analysis.variables", &analysis.variables, p);
+    if let Some(prom) = &analysis.prometheus {
+        check_string_map("spec.analysis.prometheus.headers", &prom.headers, p);
+    }
     for name in analysis.variables.keys() {
         if let Err(e) = check_variable_name(name) {
             p.add(format!("spec.analysis.variables.{name}"), e.to_string());
@@ -494,6 +498,25 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
         );
     }
     (interval, confidence, on_error)
+}
+
+/// Most entries, and longest value, of `variables` and `headers` (as the schema says).
+fn check_string_map(
+    field: &str,
+    map: &std::collections::BTreeMap<String, String>,
+    p: &mut Problems,
+) {
+    if map.len() > 32 {
+        p.add(
+            field,
+            format!("has {} entries; at most 32 are allowed", map.len()),
+        );
+    }
+    for (name, value) in map {
+        if value.len() > 1024 {
+            p.add(format!("{field}.{name}"), "is longer than 1024 characters");
+        }
+    }
 }
 
 /// The query templates of a metric, with their field names.
