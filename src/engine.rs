@@ -150,7 +150,12 @@ pub fn analysis_due(
         status.phase,
         Phase::Progressing | Phase::WaitingForApproval | Phase::Paused
     );
-    if !valid.has_metrics || !active || status.stage_started_at.is_none() {
+    let exists = status
+        .stage
+        .is_some_and(|i| (i as usize) < valid.stages.len());
+    if !valid.has_metrics || !active || status.stage_started_at.is_none() || !exists {
+        // A stage removed under the rollout holds loudly (`StageRemoved`) without looks:
+        // its exposure is no longer in the spec to judge it against.
         return false;
     }
     match &status.last_analysis {
