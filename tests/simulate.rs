@@ -19,15 +19,7 @@ fn close(actual: f64, expected: f64, tolerance: f64) -> bool {
 }
 
 fn case(scenario: &str, traffic: Traffic, multiplier: f64, onset_minute: u32) -> Case {
-    Case {
-        scenario: scenario.to_owned(),
-        schedule: Schedule::benchmark(),
-        traffic,
-        regression: Regression {
-            multiplier,
-            onset_minute,
-        },
-    }
+    Case::benchmark(scenario, traffic, multiplier, onset_minute)
 }
 
 fn minute(candidate: (u64, u64), baseline: (u64, u64)) -> Cohorts {

@@ -29,6 +29,13 @@ impl Counts {
     pub fn share(self) -> Option<f64> {
         (self.total > 0.0).then(|| self.bad / self.total)
     }
+
+    /// The variance of the share's estimate, with the share smoothed by half an event
+    /// (`(x + ½)/(n + 1)`) so a cohort with no bad events yet still has a positive one.
+    fn share_variance(self) -> f64 {
+        let smoothed = (self.bad + 0.5) / (self.total + 1.0);
+        smoothed * (1.0 - smoothed) / self.total
+    }
 }
 
 /// The harm tolerated before rolling back.
@@ -76,9 +83,7 @@ pub fn harm(baseline: Counts, candidate: Counts, tolerance: Tolerance) -> Option
         Tolerance::Relative(r) => (1.0 + r, 0.0),
         Tolerance::Absolute(a) => (1.0, a),
     };
-    let smoothed = |c: Counts| (c.bad + 0.5) / (c.total + 1.0);
-    let (sb, sc) = (smoothed(baseline), smoothed(candidate));
-    let variance = sc * (1.0 - sc) / candidate.total + k * k * sb * (1.0 - sb) / baseline.total;
+    let variance = candidate.share_variance() + k * k * baseline.share_variance();
     Some((pc - k * pb - a, variance.sqrt()))
 }
 
@@ -150,8 +155,7 @@ pub fn test_ceiling(
     target: f64,
 ) -> Option<SequentialTest> {
     let pc = candidate.share()?;
-    let smoothed = (candidate.bad + 0.5) / (candidate.total + 1.0);
-    let standard_error = (smoothed * (1.0 - smoothed) / candidate.total).sqrt();
+    let standard_error = candidate.share_variance().sqrt();
     Some(sequential(
         pc - max,
         standard_error,

@@ -73,18 +73,26 @@ impl Case {
     }
 }
 
+impl Case {
+    /// A case on BENCHMARK.md's plan: the candidate's error rate is `multiplier` times the
+    /// baseline's from `onset_minute` on.
+    pub fn benchmark(scenario: &str, traffic: Traffic, multiplier: f64, onset_minute: u32) -> Case {
+        Case {
+            scenario: scenario.to_owned(),
+            schedule: Schedule::benchmark(),
+            traffic,
+            regression: Regression {
+                multiplier,
+                onset_minute,
+            },
+        }
+    }
+}
+
 /// BENCHMARK.md's cases: S1 A/A; S1 with `m` = 1.5, 2, 5 from the start and from minute
 /// 15; S2 A/A.
 pub fn benchmark_cases() -> Vec<Case> {
-    let case = |scenario: &str, traffic: Traffic, multiplier: f64, onset_minute: u32| Case {
-        scenario: scenario.to_owned(),
-        schedule: Schedule::benchmark(),
-        traffic,
-        regression: Regression {
-            multiplier,
-            onset_minute,
-        },
-    };
+    let case = Case::benchmark;
     let mut cases = vec![case("S1", Traffic::s1(), 1.0, 0)];
     for onset in [0, 15] {
         for m in [1.5, 2.0, 5.0] {
