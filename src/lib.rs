@@ -11,4 +11,5 @@ pub mod engine;
 pub mod flagd;
 pub mod manifest;
 pub mod prometheus;
+pub mod rbac;
 pub mod simulate;
