@@ -610,9 +610,17 @@ impl Planner {
         self.next.phase = Phase::Progressing;
         self.next.weight = Some(weight_text(stage));
         let message = format!("Stage {:?} began: {}.", stage.name, exposure_text(stage));
-        self.next.message = Some(message.clone());
         self.event(EventType::Normal, reason, message.clone());
-        self.set_condition("Held", false, "StageRunning", &message);
+        // The status says what the next plans will say while the stage runs, so the
+        // reconcile after this one has nothing to write.
+        let running = format!(
+            "Stage {:?} ({}): its duration ends at {}.",
+            stage.name,
+            exposure_text(stage),
+            self.now + stage.duration
+        );
+        self.next.message = Some(running.clone());
+        self.set_condition("Held", false, "StageRunning", &running);
         let next_look = self.next_look(valid, stage, self.now);
         self.finish(decision, Some(split(stage)), next_look)
     }

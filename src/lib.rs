@@ -12,4 +12,5 @@ pub mod flagd;
 pub mod manifest;
 pub mod prometheus;
 pub mod rbac;
+pub mod reconcile;
 pub mod simulate;

@@ -1,0 +1,443 @@
+//! One reconcile of one rollout, the same in the Kubernetes controller and in standalone
+//! mode: observe (look at the metrics when a look is due), decide ([`engine::plan`]),
+//! then act in the order that keeps the flag safe:
+//!
+//! 1. write the flag document (skipped when it already says the same),
+//! 2. write the status that claims it (skipped when it did not change),
+//! 3. publish the plan's events and one audit line per flag change.
+//!
+//! The two modes differ only in their [`Shell`]: where the flag document and the status
+//! live and where events go. A crash between two steps is repaired by the next reconcile:
+//! the plan is a pure function of the persisted status, so it renders the same flag.
+//!
+//! When the flag cannot be written (a document that is not flagd's, a failing API), the
+//! status does not move to what the plan wanted: it keeps the stage it had, records the
+//! look (so a failing verdict still rolls back at the next attempt, even when the next
+//! look is inconclusive) and says why in the `Ready` condition.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::analysis::judge::{self, StageLook};
+use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
+use crate::crd::validate::ValidSpec;
+use crate::crd::{
+    AnalysisStatus, Condition, FeatureRolloutSpec, FeatureRolloutStatus, Phase, PrometheusSpec,
+    validate,
+};
+use crate::engine::{self, Decision, Event, EventType, Observations};
+use crate::flagd::{FlagDefinition, FlagState, FlagdError, render_flag};
+use crate::prometheus::PrometheusClient;
+
+/// Why writing the flag failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagWriteError {
+    /// The document holds something Sluice must not overwrite: it is left alone until
+    /// somebody fixes it.
+    #[error("the flag document cannot be changed safely: {0}")]
+    Document(#[from] FlagdError),
+    /// The target could not be read or written (API error, conflicts past the retries,
+    /// a file system error); worth another attempt later.
+    #[error("{message}")]
+    Unavailable {
+        /// A bounded label for metrics (`conflict`, `api`, `io`, ...).
+        category: &'static str,
+        /// What failed, without secrets.
+        message: String,
+    },
+}
+
+impl FlagWriteError {
+    /// A bounded name for metrics labels and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            FlagWriteError::Document(e) => e.category(),
+            FlagWriteError::Unavailable { category, .. } => category,
+        }
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The flag could not be written; the status says so.
+    #[error("writing the flag failed: {0}")]
+    WriteFlag(#[source] FlagWriteError),
+    /// The status could not be written.
+    #[error("writing the status failed: {message}")]
+    WriteStatus {
+        /// A bounded label for metrics.
+        category: &'static str,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl Error {
+    /// A bounded name for metrics labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::WriteFlag(e) => e.category(),
+            Error::WriteStatus { category, .. } => category,
+        }
+    }
+
+    /// Whether waiting for a change of the inputs is the only cure (a foreign flag
+    /// document); otherwise the reconcile is worth retrying with backoff.
+    pub fn needs_fix(&self) -> bool {
+        matches!(self, Error::WriteFlag(FlagWriteError::Document(_)))
+    }
+}
+
+/// Where one rollout's flag and status live: the part of a reconcile that differs
+/// between the controller and standalone mode.
+pub trait Shell {
+    /// Writes `flag` under `flags[key]` of the rollout's flag document, keeping every other
+    /// flag and member, with optimistic concurrency. Returns whether the document changed
+    /// (false when it already held this flag: no write was made).
+    fn write_flag(
+        &self,
+        key: &str,
+        flag: &Value,
+    ) -> impl Future<Output = Result<bool, FlagWriteError>> + Send;
+
+    /// Writes the rollout's status. Only called when it changed.
+    fn write_status(
+        &self,
+        status: &FeatureRolloutStatus,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Publishes an event. Best effort: a lost event never fails a reconcile.
+    fn publish(&self, event: &Event) -> impl Future<Output = ()> + Send;
+}
+
+/// What a reconcile shares across rollouts: Prometheus clients (one per distinct
+/// configuration, so connections are reused) and the default Prometheus.
+#[derive(Debug, Default)]
+pub struct Context {
+    default_prometheus: Option<PrometheusSpec>,
+    clients: Mutex<HashMap<String, PrometheusClient>>,
+}
+
+impl Context {
+    /// A context whose rollouts without `spec.analysis.prometheus` use `default` (if any).
+    pub fn new(default_prometheus: Option<PrometheusSpec>) -> Self {
+        Context {
+            default_prometheus,
+            clients: Mutex::default(),
+        }
+    }
+
+    fn client(&self, spec: &FeatureRolloutSpec) -> Result<PrometheusClient, String> {
+        let settings = spec
+            .analysis
+            .as_ref()
+            .and_then(|a| a.prometheus.as_ref())
+            .or(self.default_prometheus.as_ref())
+            .ok_or(
+                "no Prometheus is configured: set spec.analysis.prometheus.address (or start Sluice with --default-prometheus)",
+            )?;
+        let key = serde_json::to_string(settings).map_err(|e| e.to_string())?;
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let config =
+            client_config(settings).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
+        let client =
+            PrometheusClient::new(config).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// One rollout as the shell read it.
+#[derive(Clone, Debug)]
+pub struct Rollout<'a> {
+    /// Namespace (empty in standalone mode) and name.
+    pub id: RolloutRef<'a>,
+    /// The spec.
+    pub spec: &'a FeatureRolloutSpec,
+    /// The persisted status, if any.
+    pub status: Option<&'a FeatureRolloutStatus>,
+    /// `metadata.generation`, if the store has one.
+    pub generation: Option<i64>,
+}
+
+/// What a reconcile did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The engine's decision.
+    pub decision: Decision,
+    /// The status now persisted (unchanged when nothing was written).
+    pub status: FeatureRolloutStatus,
+    /// Whether the flag document changed.
+    pub flag_changed: bool,
+    /// Whether the status was written.
+    pub status_written: bool,
+    /// When to reconcile again; `None` waits for a change of the rollout.
+    pub next_look: Option<Timestamp>,
+    /// How long the look at the metrics took, when one was made.
+    pub analysis_took: Option<Duration>,
+}
+
+/// Observes, decides and acts for one rollout at `now`.
+pub async fn reconcile<S: Shell>(
+    shell: &S,
+    context: &Context,
+    rollout: Rollout<'_>,
+    now: Timestamp,
+) -> Result<Outcome, Error> {
+    let spec = rollout.spec;
+    let mut analysis = None;
+    let mut analysis_took = None;
+    if engine::analysis_due(spec, rollout.status, now)
+        && let (Ok(valid), Some(status)) = (validate(spec), rollout.status)
+        && let (Some(stage), Some(started)) = (status.stage, status.stage_started_at)
+    {
+        let at = LookAt {
+            stage,
+            stage_started_at: started,
+            now,
+        };
+        let began = Instant::now();
+        let previous = status.last_analysis.as_ref();
+        analysis = Some(match context.client(spec) {
+            Ok(client) => look(&client, spec, &valid, rollout.id.clone(), at, previous).await,
+            Err(reason) => unreachable_look(spec, &valid, at, reason),
+        });
+        analysis_took = Some(began.elapsed());
+    }
+
+    let observations = Observations {
+        analysis,
+        generation: rollout.generation,
+    };
+    let plan = engine::plan(spec, rollout.status, &observations, now);
+    let previous = rollout.status.cloned().unwrap_or_default();
+
+    // 1. The flag, before the status that claims it.
+    let mut flag_changed = false;
+    if let Some(state) = &plan.flag {
+        let definition = definition(spec);
+        let flag = render_flag(&definition, state);
+        match shell.write_flag(&definition.key, &flag).await {
+            Ok(changed) => flag_changed = changed,
+            Err(error) => {
+                hold_on_write_failure(shell, &previous, &plan.status, &error, now).await?;
+                return Err(Error::WriteFlag(error));
+            }
+        }
+    }
+
+    // 2. The status, only when it changed (no write, no watch event, no wake-up).
+    let status_written = plan.status != previous || rollout.status.is_none();
+    if status_written {
+        shell.write_status(&plan.status).await?;
+    }
+
+    // 3. Events and the audit trail.
+    for event in &plan.events {
+        shell.publish(event).await;
+    }
+    if flag_changed {
+        audit(&rollout, &previous, &plan.status, &plan.decision);
+    }
+
+    Ok(Outcome {
+        decision: plan.decision,
+        status: plan.status,
+        flag_changed,
+        status_written,
+        next_look: plan.next_look,
+        analysis_took,
+    })
+}
+
+/// The flag state to leave behind when a rollout is deleted: the baseline, unless the
+/// rollout was promoted (then the promoted flag stays) or never started (then Sluice
+/// never wrote the flag and has nothing to undo).
+pub fn state_on_delete(status: Option<&FeatureRolloutStatus>) -> Option<FlagState> {
+    let status = status?;
+    // The engine sets `weight` whenever it writes the flag.
+    if status.phase == Phase::Promoted || status.weight.is_none() {
+        return None;
+    }
+    Some(FlagState::Baseline)
+}
+
+/// Leaves the flag safe before a rollout goes away ([`state_on_delete`]). Returns
+/// whether the document changed.
+pub async fn release<S: Shell>(
+    shell: &S,
+    spec: &FeatureRolloutSpec,
+    status: Option<&FeatureRolloutStatus>,
+) -> Result<bool, FlagWriteError> {
+    let Some(state) = state_on_delete(status) else {
+        return Ok(false);
+    };
+    let definition = definition(spec);
+    if definition.validate().is_err() {
+        // A flag that cannot be rendered was never written by Sluice.
+        return Ok(false);
+    }
+    let changed = shell
+        .write_flag(&definition.key, &render_flag(&definition, &state))
+        .await?;
+    if changed {
+        tracing::info!(
+            target: "sluice::audit",
+            flag = %definition.key,
+            from_weight = status.and_then(|s| s.weight.as_deref()).unwrap_or("0%"),
+            to_weight = "0%",
+            reason = "deleted",
+            "flag changed: the rollout was deleted, everybody gets the baseline"
+        );
+    }
+    Ok(changed)
+}
+
+/// The flag as the spec defines it (also for a spec that fails other checks).
+pub fn definition(spec: &FeatureRolloutSpec) -> FlagDefinition {
+    FlagDefinition {
+        key: spec.flag.key.clone(),
+        variants: spec.flag.variants.clone().into_iter().collect(),
+        baseline: spec.flag.baseline.clone(),
+        candidate: spec.flag.candidate.clone(),
+    }
+}
+
+/// A look that could not reach Prometheus at all: every metric is an `Error`.
+fn unreachable_look(
+    spec: &FeatureRolloutSpec,
+    valid: &ValidSpec,
+    at: LookAt,
+    reason: String,
+) -> AnalysisStatus {
+    let elapsed = at
+        .now
+        .duration_since(at.stage_started_at)
+        .max(jiff::SignedDuration::from_secs(1));
+    let stage_look = StageLook::new(spec, valid, at.stage, elapsed);
+    let metrics = spec
+        .analysis
+        .iter()
+        .flat_map(|a| &a.metrics)
+        .map(|m| judge::failed(&m.name, String::new(), reason.clone()))
+        .collect();
+    judge::combine(&stage_look, at.now, metrics, None, None)
+}
+
+/// The status written when the flag could not be: the previous stage and exposure, the
+/// look just made (a failing one rolls back at the next attempt), and `Ready=False`
+/// saying what to fix. One Warning event when that condition appears.
+async fn hold_on_write_failure<S: Shell>(
+    shell: &S,
+    previous: &FeatureRolloutStatus,
+    planned: &FeatureRolloutStatus,
+    error: &FlagWriteError,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let (reason, message) = match error {
+        FlagWriteError::Document(e) => (
+            "FlagDocumentInvalid",
+            format!(
+                "The flag document is not one Sluice can change, so the flag is left as it is: {e}. Fix or remove the document."
+            ),
+        ),
+        FlagWriteError::Unavailable { message, .. } => (
+            "FlagWriteFailed",
+            format!("Writing the flag failed; retrying: {message}"),
+        ),
+    };
+    let mut held = previous.clone();
+    held.last_analysis = planned.last_analysis.clone();
+    held.consecutive_errors = planned.consecutive_errors;
+    held.observed_generation = planned.observed_generation;
+    held.fingerprint = held.fingerprint.or(planned.fingerprint.clone());
+    let appeared = !held
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason);
+    set_condition(&mut held, "Ready", "False", reason, &message, now);
+    if appeared {
+        shell
+            .publish(&Event {
+                type_: EventType::Warning,
+                reason,
+                message: message.clone(),
+            })
+            .await;
+    }
+    if held != *previous {
+        shell.write_status(&held).await?;
+    }
+    Ok(())
+}
+
+fn set_condition(
+    status: &mut FeatureRolloutStatus,
+    type_: &str,
+    value: &str,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) {
+    let generation = status.observed_generation;
+    let transition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == value)
+        .map_or(now, |c| c.last_transition_time);
+    let condition = Condition {
+        type_: type_.into(),
+        status: value.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: transition,
+        observed_generation: generation,
+    };
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(old) => *old = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+/// One structured line per flag change, on its own target (`sluice::audit`).
+fn audit(
+    rollout: &Rollout<'_>,
+    previous: &FeatureRolloutStatus,
+    next: &FeatureRolloutStatus,
+    decision: &Decision,
+) {
+    let verdict = next
+        .last_analysis
+        .as_ref()
+        .map(|a| {
+            format!(
+                "{:?}: {}",
+                a.verdict,
+                a.message.as_deref().unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|| "no analysis".to_owned());
+    tracing::info!(
+        target: "sluice::audit",
+        namespace = rollout.id.namespace,
+        rollout = rollout.id.name,
+        flag = %rollout.spec.flag.key,
+        from_weight = previous.weight.as_deref().unwrap_or("0%"),
+        to_weight = next.weight.as_deref().unwrap_or("0%"),
+        phase = ?next.phase,
+        stage = next.stage_name.as_deref().unwrap_or_default(),
+        reason = decision.kind(),
+        verdict = %verdict,
+        "flag changed: {}",
+        next.message.as_deref().unwrap_or_default()
+    );
+}

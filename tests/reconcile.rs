@@ -1,0 +1,326 @@
+//! The reconcile step shared by the controller and standalone mode, against an in-memory
+//! shell: the order of writes, skipped writes, foreign documents, failed writes that must
+//! not lose a rollback, and what deletion leaves behind.
+
+use std::sync::Mutex;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+use sluice::analysis::look::RolloutRef;
+use sluice::crd::{
+    AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, Verdict, Weight,
+};
+use sluice::engine::{Decision, Event};
+use sluice::flagd::{FlagState, flag_in_document, merge_flag};
+use sluice::reconcile::{
+    Context, Error, FlagWriteError, Rollout, Shell, reconcile, release, state_on_delete,
+};
+
+const TIMED: &str = r#"
+flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
+target: { file: { path: flags.json } }
+stages:
+  - { weight: 1, duration: 10m }
+  - { weight: 5, duration: 10m }
+  - { weight: 100 }
+"#;
+
+const ANALYSED: &str = r#"
+flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
+target: { file: { path: flags.json } }
+stages:
+  - { weight: 1, duration: 10m }
+  - { weight: 100 }
+analysis:
+  interval: 1m
+  metrics:
+    - name: errors
+      ratio: { errors: "e", requests: "r" }
+      maxIncrease: { relative: "10%" }
+"#;
+
+fn spec(yaml: &str) -> FeatureRolloutSpec {
+    serde_yaml_ng::from_str(yaml).expect("test spec parses")
+}
+
+fn at(minutes: i64) -> Timestamp {
+    "2026-11-24T12:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes)
+}
+
+/// What the shell saw, in order.
+#[derive(Clone, Debug, PartialEq)]
+enum Op {
+    Flag(String),
+    Status(Phase),
+    Event(&'static str),
+}
+
+/// A flag document, a status and an event log in memory; the flag write can be made to
+/// fail.
+#[derive(Default)]
+struct MemoryShell {
+    document: Mutex<Option<String>>,
+    status: Mutex<Option<FeatureRolloutStatus>>,
+    ops: Mutex<Vec<Op>>,
+    unavailable: Mutex<bool>,
+}
+
+impl MemoryShell {
+    fn with_document(text: &str) -> Self {
+        let shell = MemoryShell::default();
+        *shell.document.lock().unwrap() = Some(text.to_owned());
+        shell
+    }
+
+    fn document(&self) -> Option<String> {
+        self.document.lock().unwrap().clone()
+    }
+
+    fn status(&self) -> Option<FeatureRolloutStatus> {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn take_ops(&self) -> Vec<Op> {
+        std::mem::take(&mut self.ops.lock().unwrap())
+    }
+
+    fn served(&self) -> Value {
+        flag_in_document(&self.document().expect("a document"), "checkout")
+            .unwrap()
+            .expect("the flag")
+    }
+}
+
+impl Shell for MemoryShell {
+    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
+        if *self.unavailable.lock().unwrap() {
+            return Err(FlagWriteError::Unavailable {
+                category: "api",
+                message: "the API server is away".into(),
+            });
+        }
+        let mut document = self.document.lock().unwrap();
+        let merged = merge_flag(document.as_deref(), key, flag.clone())?;
+        if document.as_deref() == Some(merged.as_str()) {
+            return Ok(false);
+        }
+        self.ops.lock().unwrap().push(Op::Flag(merged.clone()));
+        *document = Some(merged);
+        Ok(true)
+    }
+
+    async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), Error> {
+        self.ops.lock().unwrap().push(Op::Status(status.phase));
+        *self.status.lock().unwrap() = Some(status.clone());
+        Ok(())
+    }
+
+    async fn publish(&self, event: &Event) {
+        self.ops.lock().unwrap().push(Op::Event(event.reason));
+    }
+}
+
+async fn run(
+    shell: &MemoryShell,
+    spec: &FeatureRolloutSpec,
+    now: Timestamp,
+) -> Result<sluice::reconcile::Outcome, Error> {
+    let status = shell.status();
+    let rollout = Rollout {
+        id: RolloutRef {
+            namespace: "shop",
+            name: "checkout",
+        },
+        spec,
+        status: status.as_ref(),
+        generation: Some(1),
+    };
+    reconcile(shell, &Context::default(), rollout, now).await
+}
+
+#[tokio::test]
+async fn the_first_reconcile_writes_the_flag_before_the_status_and_then_nothing_changes() {
+    let shell = MemoryShell::default();
+    let spec = spec(TIMED);
+    let outcome = run(&shell, &spec, at(0)).await.unwrap();
+    assert_eq!(outcome.decision, Decision::Start);
+    assert!(outcome.flag_changed && outcome.status_written);
+    let ops = shell.take_ops();
+    assert!(matches!(ops[0], Op::Flag(_)), "flag first: {ops:?}");
+    assert_eq!(ops[1], Op::Status(Phase::Progressing));
+    assert!(ops[2..].iter().all(|op| matches!(op, Op::Event(_))));
+    assert_eq!(
+        shell.served()["targeting"]["fractional"][0],
+        serde_json::json!(["on", 10_000])
+    );
+
+    // Same inputs a minute later: no write of any kind.
+    let before = shell.status();
+    let outcome = run(&shell, &spec, at(1)).await.unwrap();
+    pretty_assertions::assert_eq!(before, Some(outcome.status.clone()));
+    assert!(!outcome.flag_changed && !outcome.status_written);
+    assert_eq!(shell.take_ops(), vec![]);
+    assert_eq!(outcome.next_look, Some(at(10)));
+}
+
+#[tokio::test]
+async fn stages_advance_one_at_a_time_to_promotion() {
+    let shell = MemoryShell::default();
+    let spec = spec(TIMED);
+    run(&shell, &spec, at(0)).await.unwrap();
+    let outcome = run(&shell, &spec, at(10)).await.unwrap();
+    assert_eq!(outcome.decision, Decision::Advance { from: 0, to: 1 });
+    assert_eq!(
+        shell.served()["targeting"]["fractional"][0],
+        serde_json::json!(["on", 50_000])
+    );
+    let outcome = run(&shell, &spec, at(20)).await.unwrap();
+    assert_eq!(outcome.decision, Decision::Promote);
+    assert_eq!(shell.served()["defaultVariant"], "on");
+    assert!(shell.served().get("targeting").is_none());
+    assert_eq!(shell.status().unwrap().phase, Phase::Promoted);
+}
+
+#[tokio::test]
+async fn a_foreign_document_is_left_alone_and_said_once() {
+    let shell = MemoryShell::with_document("flags = [not json");
+    let spec = spec(TIMED);
+    let error = run(&shell, &spec, at(0)).await.unwrap_err();
+    assert!(error.needs_fix(), "{error}");
+    assert_eq!(shell.document().unwrap(), "flags = [not json");
+    let status = shell.status().expect("a status saying why");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "FlagDocumentInvalid")
+    );
+    assert!(
+        ready.message.contains("not valid JSON"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.stage, None, "no stage is claimed without its flag");
+    assert_eq!(
+        shell.take_ops(),
+        vec![Op::Event("FlagDocumentInvalid"), Op::Status(Phase::Pending)]
+    );
+
+    // Again: the same condition, no new event, no write.
+    run(&shell, &spec, at(1)).await.unwrap_err();
+    assert_eq!(shell.take_ops(), vec![]);
+
+    // Fixed by its owner: the rollout starts, and the condition clears.
+    *shell.document.lock().unwrap() = Some(r#"{"flags": {}}"#.into());
+    run(&shell, &spec, at(2)).await.unwrap();
+    let status = shell.status().unwrap();
+    assert_eq!(status.phase, Phase::Progressing);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True");
+}
+
+fn failing_look(stage: u32, when: Timestamp) -> AnalysisStatus {
+    AnalysisStatus {
+        at: when,
+        stage,
+        verdict: Verdict::Fail,
+        message: Some("errors: candidate 3% vs baseline 1%".into()),
+        candidate_samples: Some(5_000),
+        metrics: vec![],
+        sample_ratio: None,
+        request_share: None,
+    }
+}
+
+#[tokio::test]
+async fn a_rollback_whose_flag_write_fails_is_not_lost() {
+    let shell = MemoryShell::default();
+    let spec = spec(ANALYSED);
+    run(&shell, &spec, at(0)).await.unwrap();
+    // The look made in this stage failed (as persisted by an earlier reconcile).
+    let mut status = shell.status().unwrap();
+    status.last_analysis = Some(failing_look(0, at(1)));
+    *shell.status.lock().unwrap() = Some(status);
+    shell.take_ops();
+
+    *shell.unavailable.lock().unwrap() = true;
+    let error = run(&shell, &spec, at(1)).await.unwrap_err();
+    assert!(!error.needs_fix());
+    assert_eq!(error.category(), "api");
+    let held = shell.status().unwrap();
+    assert_eq!(
+        held.phase,
+        Phase::Progressing,
+        "no rollback claimed before it is served"
+    );
+    assert_eq!(held.last_analysis.as_ref().unwrap().verdict, Verdict::Fail);
+    let ready = held.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(ready.reason, "FlagWriteFailed");
+    assert_eq!(
+        shell.take_ops(),
+        vec![Op::Event("FlagWriteFailed"), Op::Status(Phase::Progressing)]
+    );
+
+    // The API comes back: the rollback happens, flag before status.
+    *shell.unavailable.lock().unwrap() = false;
+    let outcome = run(&shell, &spec, at(1)).await.unwrap();
+    assert!(matches!(outcome.decision, Decision::Rollback { .. }));
+    let ops = shell.take_ops();
+    assert!(matches!(ops[0], Op::Flag(_)), "{ops:?}");
+    assert_eq!(ops[1], Op::Status(Phase::RolledBack));
+    assert!(shell.served().get("targeting").is_none());
+    assert_eq!(shell.served()["defaultVariant"], "off");
+}
+
+#[tokio::test]
+async fn a_look_without_prometheus_is_an_error_that_holds() {
+    let shell = MemoryShell::default();
+    let spec = spec(ANALYSED);
+    run(&shell, &spec, at(0)).await.unwrap();
+    let outcome = run(&shell, &spec, at(1)).await.unwrap();
+    let look = outcome.status.last_analysis.expect("a look was due");
+    assert_eq!(look.verdict, Verdict::Error);
+    assert!(
+        look.message
+            .unwrap()
+            .contains("no Prometheus is configured"),
+        "the message says what to set"
+    );
+    assert!(outcome.analysis_took.is_some());
+    assert_eq!(outcome.status.phase, Phase::Progressing);
+    assert_eq!(outcome.status.consecutive_errors, 1);
+}
+
+#[tokio::test]
+async fn deletion_restores_the_baseline_unless_promoted() {
+    let spec = spec(TIMED);
+    let shell = MemoryShell::default();
+    run(&shell, &spec, at(0)).await.unwrap();
+    let status = shell.status();
+    assert_eq!(state_on_delete(status.as_ref()), Some(FlagState::Baseline));
+    assert!(release(&shell, &spec, status.as_ref()).await.unwrap());
+    assert!(shell.served().get("targeting").is_none());
+    assert_eq!(shell.served()["defaultVariant"], "off");
+    // Twice is harmless: nothing changes.
+    assert!(!release(&shell, &spec, status.as_ref()).await.unwrap());
+
+    // Never started: nothing to undo, nothing written.
+    assert_eq!(state_on_delete(None), None);
+    let fresh = FeatureRolloutStatus::default();
+    assert_eq!(state_on_delete(Some(&fresh)), None);
+
+    // Promoted: the candidate stays the default.
+    let promoted = FeatureRolloutStatus {
+        phase: Phase::Promoted,
+        weight: Some(Weight::FULL.to_string()),
+        ..Default::default()
+    };
+    assert_eq!(state_on_delete(Some(&promoted)), None);
+}
