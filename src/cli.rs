@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
 use crate::crd::{AnalysisStatus, PrometheusSpec, Verdict, parse_duration};
 use crate::prometheus::PrometheusClient;
-use crate::{crd, manifest, simulate};
+use crate::{crd, manifest, simulate, standalone};
 
 /// Roll feature flags out in stages; roll back on harm.
 #[derive(Parser, Debug)]
@@ -49,6 +49,11 @@ pub enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Run rollouts without a cluster: FeatureRollout YAML files in a directory, status
+    /// in a state directory, flags in flagd JSON files, with a live view.
+    Standalone(standalone::Options),
+    /// Steer a running `sluice standalone`: status, pause, resume, approve, abort, retry.
+    Ctl(standalone::ctl::CtlArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -82,6 +87,24 @@ pub fn run(cli: Cli) -> ExitCode {
             println!("wall time: {:.1} s", results.elapsed.as_secs_f64());
             ExitCode::SUCCESS
         }
+        Command::Standalone(options) => match standalone::run(options) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("sluice standalone: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Ctl(args) => match standalone::ctl::run(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice ctl: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -14,3 +14,4 @@ pub mod prometheus;
 pub mod rbac;
 pub mod reconcile;
 pub mod simulate;
+pub mod standalone;

@@ -1,0 +1,608 @@
+//! Standalone mode: the same engine and analysis as the controller, without a cluster.
+//!
+//! `sluice standalone --rollouts DIR --state DIR` reads `FeatureRollout` YAML files from
+//! `DIR` (new, changed and removed files are picked up by polling), keeps each rollout's
+//! status in `STATE/<name>.status.json` and writes its flag into a flagd JSON file, every
+//! write an atomic replace. Each rollout runs in its own task, reconciled at the engine's
+//! `next_look` and whenever its file or its controls change, with a timeout: a slow or
+//! failing rollout never blocks the others.
+//!
+//! - **Controls**: `sluice ctl` writes `STATE/<name>.control.json`, per-field overrides of
+//!   `spec.control` ([`store::ControlOverride`]) read at the next poll, so nobody edits the
+//!   user's YAML.
+//! - **Removed files**: a rollout missing from the directory for two polls in a row is
+//!   released ([`reconcile::release`]: the baseline unless promoted) and its status and
+//!   controls are forgotten, as deleting the object does in the cluster. A file that
+//!   fails to parse keeps its rollouts running on their last good spec.
+//! - **Restarts** continue from the status files.
+//! - **Events** go to the log (stderr, or `STATE/sluice.log` while the live table owns the
+//!   terminal) and to `STATE/events.log` (JSON lines), with every flag write.
+
+pub mod ctl;
+pub mod source;
+pub mod store;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::analysis::look::RolloutRef;
+use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, PrometheusSpec, Verdict};
+use crate::reconcile::{self, Context, Rollout};
+
+use source::{FileProblem, Source};
+use store::{ControlOverride, FileShell, LogLine, StateDir};
+use view::{Mode, ViewMsg};
+
+/// Why standalone mode (or `sluice ctl`) could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file of the state directory could not be read or written.
+    #[error("{}: {message}", path.display())]
+    State {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The command line asked for something impossible.
+    #[error("{0}")]
+    Usage(String),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(String),
+}
+
+impl Error {
+    /// A bounded name for metrics labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::State { .. } => "state",
+            Error::Usage(_) => "usage",
+            Error::Runtime(_) => "runtime",
+        }
+    }
+}
+
+/// The options of `sluice standalone`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Options {
+    /// The directory of FeatureRollout YAML files (`*.yaml`, `*.yml`).
+    #[arg(long)]
+    pub rollouts: PathBuf,
+    /// The state directory: status, controls and the events log (created if missing).
+    #[arg(long)]
+    pub state: PathBuf,
+    /// Reconcile every rollout once, print where each stands and exit (1 if any file or
+    /// rollout has a problem).
+    #[arg(long)]
+    pub once: bool,
+    /// The Prometheus base URL for rollouts without spec.analysis.prometheus.
+    #[arg(long, value_name = "URL")]
+    pub default_prometheus: Option<String>,
+    /// Plain log lines instead of the live table (the default without a terminal).
+    #[arg(long)]
+    pub plain: bool,
+    /// How often the rollouts directory and the controls are read (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_poll)]
+    pub poll: Duration,
+    /// The longest one reconcile (with its look at the metrics) may take before it is
+    /// abandoned and retried (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = parse_poll)]
+    pub reconcile_timeout: Duration,
+}
+
+fn parse_poll(text: &str) -> Result<Duration, String> {
+    let duration = crate::crd::parse_duration(text).map_err(|e| e.to_string())?;
+    let duration = Duration::try_from(duration).map_err(|e| e.to_string())?;
+    if duration < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(duration)
+}
+
+/// What a rollout's task works from: the spec with the controls in force, and where its
+/// flag lives.
+#[derive(Clone, Debug, PartialEq)]
+struct Input {
+    spec: FeatureRolloutSpec,
+    flag_path: PathBuf,
+    removed: bool,
+}
+
+/// A rollout's task, seen from the supervisor.
+struct Running {
+    tx: watch::Sender<Input>,
+    handle: JoinHandle<()>,
+    /// Polls in a row the rollout was missing from the directory.
+    missing: u32,
+    /// The controls last applied (kept when the control file becomes unreadable).
+    overrides: ControlOverride,
+    control_problem: Option<String>,
+}
+
+/// Polls in a row a rollout must be missing before it is released (an editor that saves
+/// by rename makes a file vanish for an instant).
+const MISSING_POLLS: u32 = 2;
+
+/// Runs standalone mode until Ctrl-C or SIGTERM (or once, with `--once`). Returns whether
+/// everything was fine (for `--once`'s exit code).
+pub fn run(options: Options) -> Result<bool, Error> {
+    if !options.rollouts.is_dir() {
+        return Err(Error::Usage(format!(
+            "--rollouts {}: is not a directory",
+            options.rollouts.display()
+        )));
+    }
+    let state = StateDir::open(&options.state)?;
+    let mode = if options.plain || options.once || !std::io::stdout().is_terminal() {
+        Mode::Plain
+    } else {
+        Mode::Table
+    };
+    init_logging(mode, &state);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(e.to_string()))?;
+    runtime.block_on(async move {
+        let default_prometheus = options
+            .default_prometheus
+            .clone()
+            .map(|address| PrometheusSpec {
+                address,
+                ..PrometheusSpec::default()
+            });
+        let context = Arc::new(Context::new(default_prometheus));
+        if options.once {
+            Ok(run_once(&options, &state, &context).await)
+        } else {
+            supervise(options, state, context, mode).await;
+            Ok(true)
+        }
+    })
+}
+
+/// Logs to stderr; while the live table owns the terminal, to `STATE/sluice.log`.
+/// (A minimal init of its own: the shared telemetry module is not there yet.)
+fn init_logging(mode: Mode, state: &StateDir) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let log_file = (mode == Mode::Table)
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(state.path().join("sluice.log"))
+                .ok()
+        })
+        .flatten();
+    let _ = match log_file {
+        Some(file) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init(),
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+}
+
+async fn run_once(options: &Options, state: &StateDir, context: &Arc<Context>) -> bool {
+    let mut source = Source::new(&options.rollouts);
+    let scan = source.scan();
+    let mut fine = scan.problems.is_empty();
+    for problem in &scan.problems {
+        report_problem(state, problem);
+    }
+    let (view_tx, _view_rx) = mpsc::unbounded_channel();
+    let tasks = scan.rollouts.values().map(|found| {
+        let overrides = state.read_control(&found.name);
+        let context = context.clone();
+        let state = state.clone();
+        let view_tx = view_tx.clone();
+        let limit = options.reconcile_timeout;
+        async move {
+            let overrides = match overrides {
+                Ok(o) => o,
+                Err(e) => return (found.name.clone(), None, Some(e.to_string())),
+            };
+            let mut spec = found.spec.clone();
+            spec.control = overrides.apply(&spec.control);
+            let input = Input {
+                spec,
+                flag_path: found.flag_path.clone(),
+                removed: false,
+            };
+            let mut status = match state.read_status(&found.name) {
+                Ok(status) => status,
+                Err(e) => return (found.name.clone(), None, Some(e.to_string())),
+            };
+            let result = step(
+                &found.name,
+                &state,
+                context.as_ref(),
+                &input,
+                &mut status,
+                &view_tx,
+                limit,
+            )
+            .await;
+            (found.name.clone(), status, result.err())
+        }
+    });
+    for (name, status, problem) in futures::future::join_all(tasks).await {
+        let mut line = view::summary_line(&name, status.as_ref());
+        if let Some(problem) = problem {
+            fine = false;
+            line.push_str(&format!(" | problem: {problem}"));
+        }
+        println!("{line}");
+    }
+    fine
+}
+
+async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mode: Mode) {
+    let (view_tx, view_rx) = mpsc::unbounded_channel();
+    let view = tokio::spawn(view::run(view_rx, mode));
+    let mut source = Source::new(&options.rollouts);
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let mut last_problems: Vec<FileProblem> = Vec::new();
+    let mut first = true;
+    let mut poll = tokio::time::interval(options.poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    tracing::info!(
+        rollouts = %options.rollouts.display(),
+        state = %state.path().display(),
+        "sluice standalone started"
+    );
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = poll.tick() => {}
+        }
+        let scan = source.scan();
+        if scan.problems != last_problems {
+            for problem in scan.problems.iter().filter(|p| !last_problems.contains(p)) {
+                report_problem(&state, problem);
+            }
+            let _ = view_tx.send(ViewMsg::Problems(scan.problems.clone()));
+            last_problems = scan.problems.clone();
+        }
+        if first {
+            first = false;
+            for name in state.names().unwrap_or_default() {
+                if !scan.rollouts.contains_key(&name) {
+                    tracing::warn!(
+                        rollout = %name,
+                        "has a status in {} but no rollout file in {}: its flag is left as it is (delete {} to forget it)",
+                        state.path().display(),
+                        options.rollouts.display(),
+                        state.status_path(&name).display()
+                    );
+                }
+            }
+        }
+        for (name, found) in &scan.rollouts {
+            let overrides = state.read_control(name);
+            if let Some(entry) = running.get_mut(name) {
+                if entry.tx.borrow().removed {
+                    continue; // still releasing; started again once that is done
+                }
+                entry.missing = 0;
+                match overrides {
+                    Ok(o) => {
+                        entry.overrides = o;
+                        entry.control_problem = None;
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if entry.control_problem.as_ref() != Some(&message) {
+                            tracing::error!(rollout = %name, "the controls cannot be read, the last good ones stay in force: {message}");
+                            entry.control_problem = Some(message);
+                        }
+                    }
+                }
+                let input = input(found, &entry.overrides);
+                if *entry.tx.borrow() != input {
+                    entry.tx.send_replace(input);
+                }
+                continue;
+            }
+            let overrides = overrides.unwrap_or_else(|e| {
+                tracing::error!(rollout = %name, "the controls cannot be read and are ignored until fixed: {e}");
+                ControlOverride::default()
+            });
+            let (tx, rx) = watch::channel(input(found, &overrides));
+            let handle = tokio::spawn(rollout_task(
+                name.clone(),
+                state.clone(),
+                context.clone(),
+                rx,
+                view_tx.clone(),
+                options.reconcile_timeout,
+            ));
+            tracing::info!(rollout = %name, file = %found.file.display(), flag_file = %found.flag_path.display(), "rollout found");
+            running.insert(
+                name.clone(),
+                Running {
+                    tx,
+                    handle,
+                    missing: 0,
+                    overrides,
+                    control_problem: None,
+                },
+            );
+        }
+        running.retain(|name, entry| {
+            if entry.handle.is_finished() {
+                return false;
+            }
+            if !scan.rollouts.contains_key(name) && !entry.tx.borrow().removed {
+                entry.missing += 1;
+                if entry.missing >= MISSING_POLLS {
+                    tracing::info!(rollout = %name, "the rollout file is gone: releasing the flag");
+                    entry.tx.send_modify(|i| i.removed = true);
+                }
+            }
+            true
+        });
+    }
+    tracing::info!("stopping: finishing the writes in hand");
+    let handles: Vec<JoinHandle<()>> = running.into_values().map(|r| r.handle).collect();
+    let _ = tokio::time::timeout(
+        options.reconcile_timeout,
+        futures::future::join_all(handles),
+    )
+    .await;
+    drop(view_tx);
+    let _ = view.await;
+}
+
+fn input(found: &source::Found, overrides: &ControlOverride) -> Input {
+    let mut spec = found.spec.clone();
+    spec.control = overrides.apply(&spec.control);
+    Input {
+        spec,
+        flag_path: found.flag_path.clone(),
+        removed: false,
+    }
+}
+
+fn report_problem(state: &StateDir, problem: &FileProblem) {
+    tracing::error!("{problem}");
+    state.append_event(&LogLine {
+        at: Timestamp::now(),
+        rollout: String::new(),
+        type_: "Error".into(),
+        reason: "InvalidRolloutFile".into(),
+        message: problem.to_string(),
+        serves: None,
+    });
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// One rollout, until its sender goes away (shutdown) or it is removed.
+async fn rollout_task(
+    name: String,
+    state: StateDir,
+    context: Arc<Context>,
+    mut rx: watch::Receiver<Input>,
+    view: mpsc::UnboundedSender<ViewMsg>,
+    limit: Duration,
+) {
+    let mut status: Option<FeatureRolloutStatus> = None;
+    let mut loaded = false;
+    let mut wake: Option<Instant> = Some(Instant::now());
+    let mut failures: u32 = 0;
+    let mut last_problem: Option<String> = None;
+    loop {
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            () = sleep => {}
+        }
+        let input = rx.borrow_and_update().clone();
+        if !loaded {
+            match state.read_status(&name) {
+                Ok(found) => {
+                    status = found;
+                    loaded = true;
+                }
+                Err(e) => {
+                    // Starting over would expose users again: refuse until it is fixed.
+                    let message =
+                        format!("{e}; the rollout waits until the file is fixed or removed");
+                    if last_problem.as_ref() != Some(&message) {
+                        tracing::error!(rollout = %name, "{message}");
+                    }
+                    let _ = view.send(ViewMsg::Rollout {
+                        name: name.clone(),
+                        status: None,
+                        problem: Some(message.clone()),
+                    });
+                    last_problem = Some(message);
+                    wake = Some(Instant::now() + Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let shell = shell(&name, &state, &input, &view);
+        if input.removed {
+            match reconcile::release(&shell, &input.spec, status.as_ref()).await {
+                Ok(_) => {
+                    if let Err(e) = state.forget(&name) {
+                        tracing::error!(rollout = %name, "{e}");
+                    }
+                    tracing::info!(rollout = %name, "released and forgotten");
+                }
+                Err(e) => tracing::error!(
+                    rollout = %name,
+                    "the rollout file is gone but the flag could not be put back to the baseline: {e}; the status stays in {}",
+                    state.status_path(&name).display()
+                ),
+            }
+            let _ = view.send(ViewMsg::Removed { name });
+            return;
+        }
+        let result = step(&name, &state, &context, &input, &mut status, &view, limit).await;
+        match result {
+            Ok(next) => {
+                failures = 0;
+                last_problem = None;
+                wake = next.map(|next| {
+                    let wait = next.duration_since(Timestamp::now());
+                    let wait = Duration::try_from(wait).unwrap_or_default();
+                    Instant::now() + wait.max(Duration::from_millis(50))
+                });
+            }
+            Err(message) => {
+                failures += 1;
+                if last_problem.as_ref() != Some(&message) {
+                    tracing::error!(rollout = %name, "{message}");
+                    state.append_event(&LogLine {
+                        at: Timestamp::now(),
+                        rollout: name.clone(),
+                        type_: "Error".into(),
+                        reason: "ReconcileFailed".into(),
+                        message: message.clone(),
+                        serves: None,
+                    });
+                }
+                last_problem = Some(message);
+                let backoff =
+                    Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
+                wake = Some(Instant::now() + backoff);
+            }
+        }
+    }
+}
+
+fn shell(
+    name: &str,
+    state: &StateDir,
+    input: &Input,
+    view: &mpsc::UnboundedSender<ViewMsg>,
+) -> FileShell {
+    FileShell {
+        name: name.to_owned(),
+        flag_path: input.flag_path.clone(),
+        baseline: input.spec.flag.baseline.clone(),
+        candidate: input.spec.flag.candidate.clone(),
+        state: state.clone(),
+        view: Some(view.clone()),
+    }
+}
+
+/// One reconcile with a timeout; updates `status` and the view. Returns when to look
+/// again, or what went wrong.
+async fn step(
+    name: &str,
+    state: &StateDir,
+    context: &Context,
+    input: &Input,
+    status: &mut Option<FeatureRolloutStatus>,
+    view: &mpsc::UnboundedSender<ViewMsg>,
+    limit: Duration,
+) -> Result<Option<Timestamp>, String> {
+    let shell = shell(name, state, input, view);
+    let previous_error = analysis_error(status.as_ref());
+    let rollout = Rollout {
+        id: RolloutRef {
+            namespace: "",
+            name,
+        },
+        spec: &input.spec,
+        status: status.as_ref(),
+        generation: None,
+    };
+    let result = tokio::time::timeout(
+        limit,
+        reconcile::reconcile(&shell, context, rollout, Timestamp::now()),
+    )
+    .await;
+    let outcome = match result {
+        Ok(Ok(outcome)) => {
+            *status = Some(outcome.status);
+            Ok(outcome.next_look)
+        }
+        Ok(Err(e)) => {
+            // A failed flag write still records the look (and why) in the status.
+            if let Ok(Some(persisted)) = state.read_status(name) {
+                *status = Some(persisted);
+            }
+            Err(format!("{e} (category {})", e.category()))
+        }
+        Err(_) => Err(format!(
+            "the reconcile took longer than {}s and was abandoned; retrying",
+            limit.as_secs()
+        )),
+    };
+    let now_error = analysis_error(status.as_ref());
+    if now_error.is_some() && now_error != previous_error {
+        tracing::warn!(
+            rollout = %name,
+            "the look at the metrics failed (the stage holds): {}",
+            now_error.unwrap_or_default()
+        );
+    }
+    let _ = view.send(ViewMsg::Rollout {
+        name: name.to_owned(),
+        status: status.clone(),
+        problem: outcome.as_ref().err().cloned(),
+    });
+    outcome
+}
+
+/// The reasons of an errored look, to log them once when they appear.
+fn analysis_error(status: Option<&FeatureRolloutStatus>) -> Option<String> {
+    let analysis = status?.last_analysis.as_ref()?;
+    if analysis.verdict != Verdict::Error {
+        return None;
+    }
+    let reasons: Vec<String> = analysis
+        .metrics
+        .iter()
+        .filter(|m| m.verdict == Verdict::Error)
+        .map(|m| format!("{}: {}", m.name, m.reason.as_deref().unwrap_or("error")))
+        .collect();
+    Some(reasons.join("; "))
+}
