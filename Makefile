@@ -5,12 +5,19 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test venv prometheus build lint crd clean-venv
+.PHONY: test demo venv prometheus build lint crd clean-venv
 
 test: venv prometheus
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	SLUICE_PYTHON=$(abspath $(PYTHON)) cargo test --locked
+
+# The end-to-end demo: a Python service, Prometheus, load and `sluice standalone` rolling
+# two flags out side by side (one promoted, one rolled back); about a minute. A debug build,
+# shared with `make test`. CARGO_TARGET_DIR is honoured.
+demo: venv prometheus
+	cargo build --locked
+	$(PYTHON) examples/demo/demo.py --sluice $${CARGO_TARGET_DIR:-target}/debug/sluice
 
 # The real OpenFeature Python SDK and flagd provider, which read what Sluice writes.
 venv: $(VENV)/.installed

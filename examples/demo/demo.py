@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Sluice's end-to-end demo: two flag rollouts side by side on one machine, no cluster.
+
+    make demo                      # builds sluice, prepares .venv and Prometheus, runs this
+    .venv/bin/python examples/demo/demo.py --sluice target/debug/sluice [--quick]
+
+It starts, in a temporary directory:
+
+* Prometheus, scraping the service every second (``--scrape-interval``);
+* the example Python service (``examples/python-service/service.py``), which evaluates
+  the flags ``new-checkout`` (route ``/checkout``) and ``new-search`` (``/search``) from
+  a flagd file with the OpenFeature SDK, and whose ``new-search`` candidate path starts
+  failing (a share of its requests answer 500) partway through the rollout;
+* ``sluice standalone`` over copies of ``examples/demo/*.yaml`` (a live table on a
+  terminal, plain lines otherwise);
+* the load generator: Poisson arrivals from a heavy-tailed crowd of users.
+
+It waits until both rollouts are finished (``new-checkout`` promoted, ``new-search``
+rolled back), asks the service which path users now get, and prints a summary: each
+rollout's timeline and, for the broken one, the seconds from the first failing request
+(the service records when it served it) to the flag file serving only the baseline
+(Sluice's events log records every flag write). Every process it started is stopped on
+the way out, also on Ctrl-C. ``--quick`` halves the stages and looks (the end-to-end
+test runs that); ``--summary-json`` writes the figures for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+ROLLOUTS = ("new-checkout", "new-search")
+BROKEN = "new-search"
+ROUTES = {"new-checkout": "/checkout", "new-search": "/search"}
+FINISHED = ("Promoted", "RolledBack")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(text: str) -> None:
+    print(f"demo: {text}", flush=True)
+
+
+def get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def alive(process: subprocess.Popen, log: Path) -> bool:
+    """True while the process runs; stops the demo with its log's tail when it died."""
+    if process.poll() is None:
+        return True
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    raise SystemExit(f"demo: {process.args[0]} exited with {process.returncode}:\n{tail}")
+
+
+def wait(what: str, deadline: float, check, every: float = 0.2):
+    """Polls ``check`` until it returns something truthy or the deadline passes."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            value = check()
+        except (OSError, ValueError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise SystemExit(f"demo: gave up after {deadline:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+class Processes:
+    """Every process the demo starts, stopped in reverse order (TERM, then KILL)."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(args, **kwargs)
+        self.running.append((name, process))
+        return process
+
+    def stop(self, name: str) -> None:
+        for entry in [e for e in self.running if e[0] == name]:
+            self._stop(*entry)
+            self.running.remove(entry)
+
+    def stop_all(self) -> None:
+        while self.running:
+            self._stop(*self.running.pop())
+
+    @staticmethod
+    def _stop(name: str, process: subprocess.Popen) -> None:
+        if process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def scaled_rollout(text: str, scale: float, interval: str | None) -> str:
+    """The rollout with its stage durations scaled and its interval replaced."""
+
+    def duration(match: re.Match) -> str:
+        seconds = max(2, round(int(match.group(1)) * scale))
+        return f"duration: {seconds}s"
+
+    text = re.sub(r"duration: (\d+)s", duration, text)
+    if interval:
+        text = re.sub(r"interval: \S+", f"interval: {interval}", text)
+    return text
+
+
+def initial_flags() -> dict:
+    """The flag document before any rollout: both flags exist and serve the baseline."""
+    flag = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    return {
+        "$schema": "https://flagd.dev/schema/v0/flags.json",
+        "flags": {key: dict(flag) for key in ROLLOUTS},
+    }
+
+
+def read_status(state: Path, name: str) -> dict | None:
+    try:
+        return json.loads((state / f"{name}.status.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_events(state: Path) -> list[dict]:
+    try:
+        lines = (state / "events.log").read_text().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            pass
+    return events
+
+
+def unix(timestamp: str) -> float:
+    """RFC 3339 (as Sluice writes it, UTC with up to nanoseconds) to unix seconds."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z", timestamp)
+    if not match:
+        raise ValueError(f"not a UTC timestamp: {timestamp!r}")
+    whole = float(calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")))
+    return whole + float(match.group(2) or 0.0)
+
+
+def first_fault(service_url: str) -> float | None:
+    """When the service served its first injected failure (its own metric)."""
+    status, body = get(f"{service_url}/metrics")
+    if status != 200:
+        return None
+    for line in body.decode().splitlines():
+        if line.startswith("fault_first_injected_timestamp_seconds") and BROKEN in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def probe(service_url: str, flag: str, users: int = 200) -> dict:
+    """Which path the service serves now to ``users`` fresh users."""
+    counts = {"candidate": 0, "baseline": 0, "errors": 0}
+    for i in range(users):
+        status, body = get(f"{service_url}{ROUTES[flag]}?user=probe-{i}")
+        try:
+            counts[json.loads(body)["path"]] += 1
+        except (ValueError, KeyError):
+            counts["errors"] += 1
+        if status >= 500:
+            counts["errors"] += 1
+    return counts
+
+
+def timeline(status: dict, start: float) -> list[str]:
+    lines = []
+    for entry in status.get("history", []):
+        at = unix(entry["at"]) - start
+        stage = entry.get("stage")
+        lines.append(
+            f"  +{at:6.1f}s  {entry['from']:>18} -> {entry['to']:<12} "
+            f"stage {'-' if stage is None else stage + 1}  weight {entry['weight']:>5}  "
+            f"{entry['reason']}"
+        )
+    return lines
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sluice", default=str(REPO / "target" / "debug" / "sluice"))
+    parser.add_argument("--prometheus", default=shutil.which("prometheus") or "prometheus")
+    parser.add_argument("--service-dir", default=str(REPO / "examples" / "python-service"))
+    parser.add_argument("--workdir", help="keep everything here (default: a temp dir, removed)")
+    parser.add_argument("--quick", action="store_true", help="half-length stages, 2s looks")
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    parser.add_argument("--errors", type=float, default=0.3,
+                        help="share of the broken candidate's requests that fail")
+    parser.add_argument("--fault-after", type=float,
+                        help="seconds after the service starts (default 25, quick 14)")
+    parser.add_argument("--scrape-interval", type=float, default=1.0)
+    parser.add_argument("--deadline", type=float, default=240.0,
+                        help="give up when the rollouts are not finished after this long")
+    parser.add_argument("--plain", action="store_true", help="no live table")
+    parser.add_argument("--sluice-log", help="send sluice's output here instead of the terminal")
+    parser.add_argument("--summary-json", help="write the figures here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    processes = Processes()
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sluice-demo-"))
+    try:
+        return run(args, processes, workdir)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    finally:
+        processes.stop_all()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        say("stopped every process it started")
+
+
+def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
+    sluice = Path(args.sluice)
+    if not sluice.exists():
+        raise SystemExit(f"demo: no sluice binary at {sluice} (cargo build, or pass --sluice)")
+    if not shutil.which(args.prometheus) and not Path(args.prometheus).exists():
+        raise SystemExit(
+            "demo: Prometheus is not installed: run scripts/install-prometheus.sh "
+            "(Debian/Ubuntu) or put `prometheus` 2.x on PATH (https://prometheus.io/download/)"
+        )
+    scale, interval = (0.5, "2s") if args.quick else (1.0, None)
+    fault_after = args.fault_after if args.fault_after is not None else (14.0 if args.quick else 25.0)
+    if workdir.exists() and any(workdir.iterdir()):
+        raise SystemExit(f"demo: --workdir {workdir} is not empty (a new run needs a fresh one)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    rollouts, state, logs = workdir / "rollouts", workdir / "state", workdir / "logs"
+    for d in (rollouts, state, logs):
+        d.mkdir(exist_ok=True)
+    for name in ROLLOUTS:
+        text = (HERE / f"{name}.yaml").read_text()
+        (rollouts / f"{name}.yaml").write_text(scaled_rollout(text, scale, interval))
+    flags = rollouts / "flags.json"
+    flags.write_text(json.dumps(initial_flags(), indent=2) + "\n")
+    say(f"working in {workdir}")
+
+    # The service, on a port it picks.
+    port_file = workdir / "service.port"
+    python = sys.executable
+    service_log = open(logs / "service.log", "w")
+    service = processes.start(
+        "service",
+        [python, str(Path(args.service_dir) / "service.py"), "--flags", str(flags),
+         "--port", "0", "--port-file", str(port_file), "--seed", "7",
+         "--route", "/checkout=new-checkout", "--route", "/search=new-search",
+         "--fault", f"{BROKEN}:errors={args.errors},after={fault_after}s"],
+        stdout=service_log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    service_port = wait("the service's port", 30, lambda: alive(service, logs / "service.log")
+                        and port_file.read_text().strip())
+    service_url = f"http://127.0.0.1:{service_port}"
+    wait("the service", 30, lambda: get(f"{service_url}/healthz")[0] == 200)
+    say(f"service on {service_url} ({BROKEN}'s candidate fails {args.errors:.0%} of requests "
+        f"from {fault_after:.0f}s after start)")
+
+    # Prometheus, scraping the service.
+    prometheus_port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n"
+        f"  scrape_interval: {round(args.scrape_interval * 1000)}ms\n"
+        f"  evaluation_interval: {round(args.scrape_interval * 1000)}ms\n"
+        "scrape_configs:\n"
+        "  - job_name: demo\n"
+        "    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{service_port}']\n"
+    )
+    prometheus = processes.start(
+        "prometheus",
+        [args.prometheus, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
+        stdout=open(logs / "prometheus.log", "w"), stderr=subprocess.STDOUT,
+    )
+    prometheus_url = f"http://127.0.0.1:{prometheus_port}"
+    wait("Prometheus", 60, lambda: alive(prometheus, logs / "prometheus.log")
+         and get(f"{prometheus_url}/-/ready")[0] == 200)
+    say(f"Prometheus on {prometheus_url}, scraping every {args.scrape_interval:g}s")
+
+    # Load, then Sluice.
+    processes.start(
+        "load",
+        [python, str(Path(args.service_dir) / "loadgen.py"), "--url", service_url,
+         "--rate", str(args.rate), "--duration", str(args.deadline), "--seed", "1",
+         "--path", "/checkout=1", "--path", "/search=1"],
+        stdout=open(logs / "load.log", "w"), stderr=subprocess.STDOUT,
+    )
+    plain = args.plain or args.sluice_log is not None or not sys.stdout.isatty()
+    sluice_out = open(args.sluice_log, "w") if args.sluice_log else None
+    say(f"load: {args.rate:g} requests/s, Poisson arrivals, heavy-tailed users")
+    say(f"sluice standalone: rollouts {', '.join(ROLLOUTS)}; `sluice ctl --state {state} "
+        "status` shows them")
+    start = time.time()
+    processes.start(
+        "sluice",
+        [str(sluice), "standalone", "--rollouts", str(rollouts), "--state", str(state),
+         "--default-prometheus", prometheus_url, "--poll", "500ms"]
+        + (["--plain"] if plain else []),
+        stdout=sluice_out, stderr=subprocess.STDOUT if sluice_out else None,
+    )
+
+    def finished():
+        statuses = {name: read_status(state, name) for name in ROLLOUTS}
+        if all(s and s.get("phase") in FINISHED for s in statuses.values()):
+            return statuses
+        return None
+
+    statuses = wait("both rollouts to finish", args.deadline, finished, every=0.5)
+    end = time.time()
+    fault_at = first_fault(service_url)
+    # Let the service pick the final flags up (its provider polls the file), then ask it.
+    probes = {}
+    for name in ROLLOUTS:
+        want = "candidate" if statuses[name]["phase"] == "Promoted" else "baseline"
+        try:
+            probes[name] = wait(
+                f"the service to serve {name}'s final state", 15,
+                lambda n=name, w=want: (lambda c: c if c[w] == sum(
+                    c[k] for k in ("candidate", "baseline")) else None)(probe(service_url, n)),
+                every=0.5,
+            )
+        except SystemExit:
+            probes[name] = probe(service_url, name)
+    processes.stop("load")
+    processes.stop("sluice")
+
+    events = read_events(state)
+    baseline_at = None
+    if fault_at is not None:
+        writes = [unix(e["at"]) for e in events
+                  if e.get("rollout") == BROKEN and e.get("serves") == "baseline"
+                  and unix(e["at"]) >= fault_at]
+        baseline_at = min(writes) if writes else None
+    seconds = None if baseline_at is None or fault_at is None else baseline_at - fault_at
+    run_seconds = end - start
+
+    print()
+    print("=" * 78)
+    print(f"Sluice demo summary (rollouts ran {run_seconds:.1f}s; times from sluice's start)")
+    for name in ROLLOUTS:
+        status = statuses[name]
+        print(f"\n{name}: {status['phase']}")
+        print("\n".join(timeline(status, start)))
+        analysis = status.get("lastAnalysis") or {}
+        for metric in analysis.get("metrics", []):
+            if metric.get("verdict") == "Fail":
+                b, c = metric.get("baseline") or {}, metric.get("candidate") or {}
+                print(f"  failing metric {metric['name']}: baseline {b.get('value', 0):.2%} "
+                      f"(n={b.get('n', 0):.0f}), candidate {c.get('value', 0):.2%} "
+                      f"(n={c.get('n', 0):.0f}): {metric.get('reason', '')}")
+        print(f"  the service now serves {probes[name]['candidate']} of "
+              f"{probes[name]['candidate'] + probes[name]['baseline']} fresh users the candidate")
+    if seconds is not None:
+        print(f"\n{BROKEN}: first failing request at +{fault_at - start:.1f}s; the flag file served "
+              f"only the baseline at +{baseline_at - start:.1f}s: {seconds:.1f}s to roll back, "
+              f"{seconds / run_seconds:.0%} of the {run_seconds:.0f}s run")
+    else:
+        print(f"\n{BROKEN}: no rollback after an injected failure was recorded")
+    print("=" * 78)
+
+    summary = {
+        "run_seconds": run_seconds,
+        "start_unix": start,
+        "phases": {name: statuses[name]["phase"] for name in ROLLOUTS},
+        "first_failure_unix": fault_at,
+        "baseline_only_unix": baseline_at,
+        "time_to_rollback_seconds": seconds,
+        "share_of_run": None if seconds is None else seconds / run_seconds,
+        "probes": probes,
+        "interval_seconds": 2.0 if args.quick else 5.0,
+        "scrape_interval_seconds": args.scrape_interval,
+        "fault_after_seconds": fault_after,
+        "workdir": str(workdir),
+    }
+    if args.summary_json:
+        Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+    ok = statuses["new-checkout"]["phase"] == "Promoted" and statuses[BROKEN]["phase"] == "RolledBack"
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
