@@ -236,7 +236,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    # Ctrl-C (also when started from a script, where SIGINT may arrive ignored), SIGTERM
+    # and a closed terminal all end in the cleanup below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     processes = Processes()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="sluice-demo-"))
     try:
