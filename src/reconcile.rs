@@ -182,6 +182,8 @@ pub struct Outcome {
     pub status_written: bool,
     /// When to reconcile again; `None` waits for a change of the rollout.
     pub next_look: Option<Timestamp>,
+    /// The events published (transitions only).
+    pub events: Vec<Event>,
     /// How long the look at the metrics took, when one was made.
     pub analysis_took: Option<Duration>,
 }
@@ -255,6 +257,7 @@ pub async fn reconcile<S: Shell>(
         flag_changed,
         status_written,
         next_look: plan.next_look,
+        events: plan.events,
         analysis_took,
     })
 }
