@@ -218,3 +218,71 @@ pub fn is_name(name: &str) -> bool {
         && name.starts_with(edge)
         && name.ends_with(edge)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout(name: &str, path: &str, weight: u32) -> String {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: FeatureRollout\nmetadata: {{ name: {name} }}\nspec:\n  flag: {{ key: {name}, variants: {{ a: 1, b: 2 }}, baseline: a, candidate: b }}\n  target: {{ file: {{ path: {path} }} }}\n  stages:\n    - {{ weight: {weight}, duration: 1m }}\n    - {{ weight: 100 }}\n"
+        )
+    }
+
+    #[test]
+    fn a_relative_flag_path_is_relative_to_the_yaml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            rollout("a", "../flags/a.json", 5),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.yml"), rollout("b", "/abs/b.json", 5)).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let scan = Source::new(dir.path()).scan();
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        assert_eq!(
+            scan.rollouts["a"].flag_path,
+            dir.path().join("../flags/a.json")
+        );
+        assert_eq!(scan.rollouts["b"].flag_path, Path::new("/abs/b.json"));
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_spec_and_duplicates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, rollout("a", "f.json", 5)).unwrap();
+        let mut source = Source::new(dir.path());
+        assert_eq!(source.scan().rollouts.len(), 1);
+
+        std::fs::write(&file, "apiVersion: [").unwrap();
+        let scan = source.scan();
+        assert_eq!(scan.problems.len(), 1);
+        assert!(scan.problems[0].message.contains("is not valid YAML"));
+        assert!(scan.rollouts.contains_key("a"), "the last good spec stays");
+
+        std::fs::write(&file, rollout("a", "f.json", 10)).unwrap();
+        std::fs::write(dir.path().join("z.yaml"), rollout("a", "g.json", 5)).unwrap();
+        let scan = source.scan();
+        assert_eq!(scan.rollouts["a"].spec.stages[0].weight.to_string(), "10%");
+        assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+        assert!(
+            scan.problems[0]
+                .message
+                .contains("already the name of a rollout")
+        );
+
+        std::fs::remove_file(&file).unwrap();
+        std::fs::remove_file(dir.path().join("z.yaml")).unwrap();
+        assert!(source.scan().rollouts.is_empty());
+    }
+
+    #[test]
+    fn names_must_be_safe_file_names() {
+        assert!(is_name("new-checkout.v2"));
+        for bad in ["", "../x", "A", "-a", "a-", "a/b", ".a"] {
+            assert!(!is_name(bad), "{bad:?}");
+        }
+    }
+}

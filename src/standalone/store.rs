@@ -447,3 +447,100 @@ impl Shell for FileShell {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        atomic_write(&path, b"one").unwrap();
+        atomic_write(&path, b"two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["flags.json"]);
+    }
+
+    #[test]
+    fn overrides_replace_only_the_fields_they_set() {
+        let yaml = Control {
+            paused: true,
+            approve: Some("half".into()),
+            abort: false,
+            retry: 2,
+        };
+        assert_eq!(ControlOverride::default().apply(&yaml), yaml);
+        let ctl = ControlOverride {
+            paused: Some(false),
+            retry: Some(3),
+            ..ControlOverride::default()
+        };
+        let control = ctl.apply(&yaml);
+        assert!(!control.paused);
+        assert_eq!(control.approve.as_deref(), Some("half"));
+        assert_eq!(control.retry, 3);
+        assert!(serde_json::from_str::<ControlOverride>(r#"{"pause": true}"#).is_err());
+    }
+
+    #[test]
+    fn writes_are_described_by_what_they_serve() {
+        let baseline = json!({"defaultVariant": "off", "variants": {}});
+        let promoted = json!({"defaultVariant": "on"});
+        let stage = json!({"defaultVariant": "off", "targeting": {"fractional": [["on", 250000], ["off", 750000]]}});
+        let audience = json!({"defaultVariant": "off", "targeting": {"if": [{"in": ["a", "b"]}, {"fractional": [["on", 5000], ["off", 995000]]}, null]}});
+        assert_eq!(serves(&baseline, "off", "on"), "baseline");
+        assert_eq!(serves(&promoted, "off", "on"), "promoted");
+        assert_eq!(serves(&stage, "off", "on"), "25.0000%");
+        assert_eq!(serves(&audience, "off", "on"), "0.5000%");
+    }
+
+    #[tokio::test]
+    async fn the_file_shell_merges_skips_and_refuses_foreign_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&dir.path().join("state")).unwrap();
+        let flag_path = dir.path().join("flags.json");
+        std::fs::write(
+            &flag_path,
+            r#"{"flags": {"other": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
+        )
+        .unwrap();
+        let shell = FileShell {
+            name: "r".into(),
+            flag_path: flag_path.clone(),
+            baseline: "off".into(),
+            candidate: "on".into(),
+            state: state.clone(),
+            view: None,
+        };
+        let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"});
+        assert!(shell.write_flag("mine", &flag).await.unwrap());
+        assert!(
+            !shell.write_flag("mine", &flag).await.unwrap(),
+            "unchanged: no write"
+        );
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(&flag_path).unwrap()).unwrap();
+        assert_eq!(
+            doc["flags"]["other"]["variants"]["a"], 1,
+            "other flags kept"
+        );
+        assert_eq!(doc["flags"]["mine"], flag);
+        let events = state.read_events();
+        assert_eq!(events.len(), 1, "one write, one line: {events:?}");
+        assert_eq!(events[0].serves.as_deref(), Some("baseline"));
+
+        std::fs::write(&flag_path, "{\"flags\": []}").unwrap();
+        let error = shell.write_flag("mine", &flag).await.unwrap_err();
+        assert!(matches!(error, FlagWriteError::Document(_)), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&flag_path).unwrap(),
+            "{\"flags\": []}"
+        );
+    }
+}
