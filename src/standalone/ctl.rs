@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use crate::crd::{FeatureRolloutStatus, Phase};
 
 use super::Error;
-use super::store::StateDir;
+use super::store::{ControlOverride, StateDir};
 use super::view::metric_lines;
 
 /// The arguments of `sluice ctl`.
@@ -63,17 +63,13 @@ pub enum CtlCommand {
     },
 }
 
+/// How a command changes the overrides, given the status and the stage argument.
+type Change = fn(&mut ControlOverride, &FeatureRolloutStatus, &str) -> Result<String, Error>;
+
 /// Runs one `sluice ctl` command; returns what to print.
 pub fn run(args: &CtlArgs) -> Result<String, Error> {
     let state = StateDir::existing(&args.state)?;
-    let (name, change): (
-        &str,
-        fn(
-            &mut super::store::ControlOverride,
-            &FeatureRolloutStatus,
-            &str,
-        ) -> Result<String, Error>,
-    ) = match &args.command {
+    let (name, change): (&str, Change) = match &args.command {
         CtlCommand::Status { name } => return status(&state, name.as_deref()),
         CtlCommand::Pause { name } => (name, |c, _, _| {
             c.paused = Some(true);

@@ -586,7 +586,7 @@ async fn step(
     }
     let _ = view.send(ViewMsg::Rollout {
         name: name.to_owned(),
-        status: status.clone(),
+        status: status.clone().map(Box::new),
         problem: outcome.as_ref().err().cloned(),
     });
     outcome

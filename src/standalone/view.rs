@@ -22,7 +22,7 @@ pub enum ViewMsg {
         /// The rollout.
         name: String,
         /// Its status (None before its first reconcile).
-        status: Option<FeatureRolloutStatus>,
+        status: Option<Box<FeatureRolloutStatus>>,
         /// The last reconcile's problem, if it failed.
         problem: Option<String>,
     },
@@ -125,7 +125,7 @@ pub fn summary_line(name: &str, status: Option<&FeatureRolloutStatus>) -> String
 
 #[derive(Default)]
 struct State {
-    rows: BTreeMap<String, (Option<FeatureRolloutStatus>, Option<String>)>,
+    rows: BTreeMap<String, (Option<Box<FeatureRolloutStatus>>, Option<String>)>,
     printed: BTreeMap<String, String>,
     problems: Vec<FileProblem>,
     events: Vec<String>,
@@ -228,7 +228,7 @@ fn apply(state: &mut State, msg: ViewMsg, mode: Mode) {
             problem,
         } => {
             if mode == Mode::Plain {
-                let mut line = summary_line(&name, status.as_ref());
+                let mut line = summary_line(&name, status.as_deref());
                 if let Some(problem) = &problem {
                     let _ = write!(line, " | problem: {problem}");
                 }
