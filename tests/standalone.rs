@@ -160,7 +160,27 @@ fn a_killed_process_continues_from_its_state() {
         "the flag file (relative to the YAML's directory) serves the second stage"
     );
 
-    let _second = Standalone::start(&rollouts, &state, &[], &log);
+    assert!(
+        state.join("standalone.lock").exists(),
+        "the killed process left its lock"
+    );
+    let second = Standalone::start(&rollouts, &state, &[], &log);
+    let pid = second.child.id().to_string();
+    wait_for("the second process to take the lock over", || {
+        let owner = std::fs::read_to_string(state.join("standalone.lock")).ok()?;
+        (owner.trim() == pid).then_some(())
+    });
+    // A second process on the same state directory is refused while this one runs.
+    let refused = Command::new(sluice())
+        .args(["standalone", "--plain", "--rollouts"])
+        .arg(&rollouts)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("another sluice standalone"), "{said}");
     let after = wait_phase(&state, "steady", Phase::Promoted);
     assert_eq!(
         after.history[..before.history.len()],
@@ -178,6 +198,7 @@ fn a_killed_process_continues_from_its_state() {
         reasons,
         ["Started", "StageAdvanced", "StageAdvanced", "Promoted"]
     );
+    drop(second);
     // The second stage kept the start it had before the kill: its 3s were not restarted.
     let second_stage = after.history[1].at;
     assert_eq!(Some(second_stage), before.stage_started_at);
@@ -252,9 +273,28 @@ spec:
     )
     .unwrap();
 
+    // A Prometheus that accepts connections and never answers: each look hangs until
+    // the client's timeout, and must not hold up the other rollouts.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::fs::write(
+        rollouts.join("stuck.yaml"),
+        std::fs::read_to_string(rollouts.join("blind.yaml"))
+            .unwrap()
+            .replace("name: blind", "name: stuck")
+            .replace("key: blind", "key: stuck")
+            .replace(&format!(":{port}\""), &format!(":{silent_port}\""))
+            .replace("timeout: 2s", "timeout: 20s"),
+    )
+    .unwrap();
+
     let log = dir.path().join("sluice.log");
     let process = Standalone::start(&rollouts, &state, &[], &log);
     wait_phase(&state, "good", Phase::Promoted);
+    assert!(
+        status(&state, "stuck").is_some_and(|s| s.last_analysis.is_none()),
+        "the good rollout went through two stages while the stuck one waited for its first look"
+    );
     let foreign = wait_for("the foreign document to be refused", || {
         status(&state, "foreign").filter(|s| {
             s.conditions

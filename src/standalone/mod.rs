@@ -143,6 +143,7 @@ pub fn run(options: Options) -> Result<bool, Error> {
         )));
     }
     let state = StateDir::open(&options.state)?;
+    let _lock = state.lock()?;
     let mode = if options.plain || options.once || !std::io::stdout().is_terminal() {
         Mode::Plain
     } else {

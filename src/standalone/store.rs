@@ -124,6 +124,21 @@ pub struct StateDir {
 pub const STATUS_SUFFIX: &str = ".status.json";
 /// The suffix of control files.
 pub const CONTROL_SUFFIX: &str = ".control.json";
+/// The lock file's name.
+pub const LOCK_FILE: &str = "standalone.lock";
+
+/// The claim on a state directory; released (the file removed) when dropped.
+#[derive(Debug)]
+pub struct Lock {
+    path: PathBuf,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The events log's file name.
 pub const EVENTS_LOG: &str = "events.log";
 
@@ -190,6 +205,34 @@ impl StateDir {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// Claims the state directory for this process (`STATE/standalone.lock`, holding the
+    /// process id): two processes on one state directory would overwrite each other's
+    /// status. A lock left by a process that no longer runs (killed) is taken over. Where
+    /// processes cannot be checked (no `/proc`), the lock is only advisory.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        let path = self.dir.join(LOCK_FILE);
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(pid) = text.trim().parse::<u32>()
+            && pid != std::process::id()
+            && Path::new("/proc/self").exists()
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
+            return Err(Error::State {
+                path,
+                message: format!(
+                    "another sluice standalone (process {pid}) uses this state directory; stop it first (or delete this file if no such process is Sluice)"
+                ),
+            });
+        }
+        atomic_write(&path, format!("{}\n", std::process::id()).as_bytes()).map_err(|e| {
+            Error::State {
+                path: path.clone(),
+                message: format!("cannot write: {e}"),
+            }
+        })?;
+        Ok(Lock { path })
     }
 
     /// A rollout's persisted status; `None` when it has none yet.
