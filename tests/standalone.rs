@@ -483,3 +483,36 @@ fn once_reconciles_every_rollout_and_reports_problems() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_flag_key_and_target_of_a_running_rollout_cannot_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollouts = dir.path().join("rollouts");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&rollouts).unwrap();
+    let file = rollouts.join("fixed.yaml");
+    let stages = "    - { weight: 20, duration: 1h }\n    - { weight: 100 }";
+    std::fs::write(&file, timed("fixed", "flags.json", stages)).unwrap();
+    let log = dir.path().join("sluice.log");
+    let process = Standalone::start(&rollouts, &state, &[], &log);
+    wait_phase(&state, "fixed", Phase::Progressing);
+    std::fs::write(&file, timed("fixed", "elsewhere.json", stages)).unwrap();
+    wait_for("the refusal", || {
+        process
+            .log()
+            .contains("spec.flag.key and spec.target cannot change")
+            .then_some(())
+    });
+    let flags = rollouts.join("flags.json");
+    assert_eq!(
+        flag(&flags, "fixed")["targeting"]["fractional"][0][1],
+        200_000,
+        "the flag stays where it was, still managed"
+    );
+    assert!(!rollouts.join("elsewhere.json").exists());
+    assert_eq!(
+        status(&state, "fixed").unwrap().history.len(),
+        1,
+        "no new rollout"
+    );
+}

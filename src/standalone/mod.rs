@@ -126,7 +126,10 @@ struct Running {
     missing: u32,
     /// The controls last applied (kept when the control file becomes unreadable).
     overrides: ControlOverride,
+    /// The control file's problem, reported once.
     control_problem: Option<String>,
+    /// A refused edit of the spec, reported once.
+    spec_problem: Option<String>,
 }
 
 /// Polls in a row a rollout must be missing before it is released (an editor that saves
@@ -317,6 +320,26 @@ async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mod
                     }
                 }
                 let input = input(found, &entry.overrides);
+                let moved = {
+                    let current = entry.tx.borrow();
+                    current.flag_path != input.flag_path
+                        || current.spec.flag.key != input.spec.flag.key
+                };
+                if moved {
+                    // As in the cluster (a CEL transition rule), the flag's key and target
+                    // are fixed for a rollout's life: moving them would leave the old flag
+                    // exposed. The old spec stays in force.
+                    let message = format!(
+                        "{}: {name}: spec.flag.key and spec.target cannot change; the rollout goes on with the old ones. To move the flag, remove this rollout (its flag goes back to the baseline) and add a new one",
+                        found.file.display()
+                    );
+                    if entry.spec_problem.as_ref() != Some(&message) {
+                        tracing::error!("{message}");
+                        entry.spec_problem = Some(message);
+                    }
+                    continue;
+                }
+                entry.spec_problem = None;
                 if *entry.tx.borrow() != input {
                     entry.tx.send_replace(input);
                 }
@@ -344,6 +367,7 @@ async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mod
                     missing: 0,
                     overrides,
                     control_problem: None,
+                    spec_problem: None,
                 },
             );
         }
