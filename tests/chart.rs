@@ -160,13 +160,19 @@ fn rules_template() -> String {
          {{- /* The rules the controller needs where it watches rollouts. */ -}}\n\
          {{- define \"sluice.rules.watched\" -}}\n",
     );
-    rules(&mut out, PERMISSIONS.iter().filter(|p| !p.own_namespace_only));
+    rules(
+        &mut out,
+        PERMISSIONS.iter().filter(|p| !p.own_namespace_only),
+    );
     out.push_str(
         "{{- end }}\n\n\
          {{- /* The rules the controller needs in its own namespace (leader election). */ -}}\n\
          {{- define \"sluice.rules.leaderElection\" -}}\n",
     );
-    rules(&mut out, PERMISSIONS.iter().filter(|p| p.own_namespace_only));
+    rules(
+        &mut out,
+        PERMISSIONS.iter().filter(|p| p.own_namespace_only),
+    );
     out.push_str("{{- end }}\n");
     out
 }
@@ -205,7 +211,9 @@ fn check_bindings(docs: &[Value]) {
         let subjects = binding["subjects"].as_array().expect("subjects");
         assert_eq!(
             subjects,
-            &vec![json!({"kind": "ServiceAccount", "name": "sluice", "namespace": RELEASE_NAMESPACE})],
+            &vec![
+                json!({"kind": "ServiceAccount", "name": "sluice", "namespace": RELEASE_NAMESPACE})
+            ],
             "{} binds the controller's ServiceAccount only",
             binding["metadata"]["name"]
         );
@@ -295,7 +303,10 @@ fn namespaced_mode_needs_no_cluster_wide_rights() {
         let namespace = role.metadata.namespace.clone().unwrap();
         let grants = grants_of_rules(role.rules.as_deref().unwrap());
         if role.metadata.name.as_deref() == Some("sluice-leader-election") {
-            assert_eq!(namespace, RELEASE_NAMESPACE, "the Lease is in the release namespace");
+            assert_eq!(
+                namespace, RELEASE_NAMESPACE,
+                "the Lease is in the release namespace"
+            );
             assert_eq!(grants, lease);
         } else {
             assert_eq!(grants, watched, "the Role in {namespace}");
@@ -304,7 +315,11 @@ fn namespaced_mode_needs_no_cluster_wide_rights() {
         all.extend(grants);
     }
     namespaces.sort();
-    assert_eq!(namespaces, ["search", "shop"], "one Role per watched namespace");
+    assert_eq!(
+        namespaces,
+        ["search", "shop"],
+        "one Role per watched namespace"
+    );
     assert_eq!(all, grants_of(PERMISSIONS));
 
     let deployment: Deployment = typed(of_kind(&docs, "Deployment")[0]);
@@ -312,13 +327,19 @@ fn namespaced_mode_needs_no_cluster_wide_rights() {
         .args
         .clone()
         .unwrap();
-    assert!(args.contains(&"--namespace=shop".to_owned()) && args.contains(&"--namespace=search".to_owned()));
+    assert!(
+        args.contains(&"--namespace=shop".to_owned())
+            && args.contains(&"--namespace=search".to_owned())
+    );
 }
 
 #[test]
 fn without_leader_election_there_is_no_lease_role_and_one_replica() {
     let docs = render(json!({"leaderElection": {"enabled": false}, "replicas": 1}));
-    assert!(of_kind(&docs, "Role").is_empty(), "no Lease Role without leader election");
+    assert!(
+        of_kind(&docs, "Role").is_empty(),
+        "no Lease Role without leader election"
+    );
     let error = try_render(json!({"leaderElection": {"enabled": false}})).unwrap_err();
     assert!(
         error.contains("replicas > 1 needs leaderElection.enabled"),
@@ -354,8 +375,16 @@ fn deployment_is_hardened_with_probes_resources_and_the_downward_api() {
     let container = controller(&docs);
     let security = container.security_context.clone().unwrap();
     assert_eq!(security.run_as_non_root, Some(true), "non-root");
-    assert_eq!(security.read_only_root_filesystem, Some(true), "read-only root");
-    assert_eq!(security.allow_privilege_escalation, Some(false), "no escalation");
+    assert_eq!(
+        security.read_only_root_filesystem,
+        Some(true),
+        "read-only root"
+    );
+    assert_eq!(
+        security.allow_privilege_escalation,
+        Some(false),
+        "no escalation"
+    );
     assert_eq!(security.privileged, Some(false));
     let capabilities = security.capabilities.unwrap();
     assert_eq!(capabilities.drop, Some(vec!["ALL".to_owned()]), "drop ALL");
@@ -363,7 +392,10 @@ fn deployment_is_hardened_with_probes_resources_and_the_downward_api() {
     assert_eq!(security.seccomp_profile.unwrap().type_, "RuntimeDefault");
 
     let port = container.ports.as_ref().unwrap();
-    assert_eq!((port[0].name.as_deref(), port[0].container_port), (Some("admin"), 8080));
+    assert_eq!(
+        (port[0].name.as_deref(), port[0].container_port),
+        (Some("admin"), 8080)
+    );
     for (probe, path) in [
         (container.liveness_probe.as_ref(), "/livez"),
         (container.readiness_probe.as_ref(), "/readyz"),
@@ -376,14 +408,30 @@ fn deployment_is_hardened_with_probes_resources_and_the_downward_api() {
         );
     }
 
-    let requests = container.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    let requests = container
+        .resources
+        .as_ref()
+        .unwrap()
+        .requests
+        .as_ref()
+        .unwrap();
     assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
 
     let env = container.env.as_ref().unwrap();
-    for (name, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
-        let var = env.iter().find(|e| e.name == name).unwrap_or_else(|| panic!("{name}"));
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name}"));
         let from = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
-        assert_eq!(from.map(|f| f.field_path.as_str()), Some(field), "{name} from the downward API");
+        assert_eq!(
+            from.map(|f| f.field_path.as_str()),
+            Some(field),
+            "{name} from the downward API"
+        );
     }
 
     // The writable directories are emptyDirs; nothing else is mounted by default.
@@ -502,7 +550,10 @@ fn every_rendered_manifest_parses_as_its_kind() {
                 let endpoint = &doc["spec"]["endpoints"][0];
                 assert_eq!(endpoint["port"], "metrics");
                 assert_eq!(endpoint["path"], "/metrics");
-                assert_eq!(doc["metadata"]["labels"]["release"], "kube-prometheus-stack");
+                assert_eq!(
+                    doc["metadata"]["labels"]["release"],
+                    "kube-prometheus-stack"
+                );
             }
             "PrometheusRule" => {
                 assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
@@ -544,6 +595,9 @@ fn every_rendered_manifest_parses_as_its_kind() {
         .map(|d| d["kind"].as_str().unwrap().to_owned())
         .collect();
     for optional in ["ServiceMonitor", "PrometheusRule", "NetworkPolicy"] {
-        assert!(!default_kinds.contains(optional), "{optional} is off by default");
+        assert!(
+            !default_kinds.contains(optional),
+            "{optional} is off by default"
+        );
     }
 }
