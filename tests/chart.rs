@@ -601,3 +601,37 @@ fn every_rendered_manifest_parses_as_its_kind() {
         );
     }
 }
+
+#[test]
+fn operating_guide_lists_every_permission() {
+    let guide =
+        std::fs::read_to_string(repo().join("docs/operating.md")).expect("docs/operating.md");
+    let section = guide
+        .split("## The RBAC the chart grants")
+        .nth(1)
+        .and_then(|s| s.split("Where they are granted").next())
+        .expect("the guide has an RBAC section with a table");
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+    assert_eq!(
+        rows.len(),
+        PERMISSIONS.len(),
+        "one row per permission: {rows:#?}"
+    );
+    for p in PERMISSIONS {
+        let group = if p.group.is_empty() {
+            "`\"\"` (core)".to_owned()
+        } else {
+            format!("`{}`", p.group)
+        };
+        let row = format!(
+            "| {group} | `{}` | {} | {} |",
+            p.resource,
+            p.verbs.join(", "),
+            p.why
+        );
+        assert!(
+            rows.contains(&row.as_str()),
+            "docs/operating.md's RBAC table has the row\n{row}"
+        );
+    }
+}
