@@ -635,3 +635,29 @@ fn operating_guide_lists_every_permission() {
         );
     }
 }
+
+#[test]
+fn values_schema_refuses_misspelt_and_invalid_values() {
+    for (values, expected) in [
+        (
+            json!({"watchNamespace": ["shop"]}),
+            "additional properties 'watchNamespace' not allowed",
+        ),
+        (json!({"logFormat": "xml"}), "/logFormat"),
+        (
+            json!({"watchNamespaces": ["Shop_Team"]}),
+            "/watchNamespaces/0",
+        ),
+        (
+            json!({"prometheus": {"address": "prometheus:9090"}}),
+            "/prometheus/address",
+        ),
+        (
+            json!({"leaderElection": {"enable": false}}),
+            "'enable' not allowed",
+        ),
+    ] {
+        let error = try_render(values.clone()).expect_err(&format!("{values} is refused"));
+        assert!(error.contains(expected), "{values}: {error}");
+    }
+}
