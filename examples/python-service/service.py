@@ -137,8 +137,13 @@ class Service:
             flag, False, EvaluationContext(targeting_key=user)
         )
         candidate = details.value is True
-        body = {"flag": flag, "variant": details.variant, "reason": str(details.reason),
-                "path": "candidate" if candidate else "baseline", "user": user}
+        body = {
+            "flag": flag,
+            "variant": details.variant,
+            "reason": str(details.reason),
+            "path": "candidate" if candidate else "baseline",
+            "user": user,
+        }
         # The work both paths do: exponentially distributed, mean work_seconds.
         if self.work_seconds > 0:
             time.sleep(self.rng.expovariate(1.0 / self.work_seconds))
@@ -265,6 +270,9 @@ def main(argv: list[str]) -> int:
     except Exception as err:  # the provider wraps the cause; show it
         cause = err.__cause__ or err
         log.error("cannot load the flag document %s: %s", args.flags, cause)
+        return 1
+    if not metrics.wait_for_configuration():
+        log.error("the provider loaded %s but announced no configuration", args.flags)
         return 1
 
     app = Service(args.routes, args.faults, args.work, random.Random(args.seed))

@@ -20,6 +20,8 @@ Wiring (see the README next to this file for a complete service)::
 
     metrics = FlagMetrics()          # registers the metrics in prometheus_client's REGISTRY
     metrics.install()                # the hook and the configuration-change handler
+    api.set_provider_and_wait(provider)
+    metrics.wait_for_configuration() # the provider's first load has been handled
     app = metrics.wsgi(app)          # or: app = metrics.asgi(app)
     # ...serve prometheus_client.make_wsgi_app() (or make_asgi_app()) on /metrics
 
@@ -107,8 +109,8 @@ DEFAULT_BUCKETS = (
 
 # What the current request was served: flag key -> (variant, reason). Set by the
 # middleware for the duration of a request, filled by the hook.
-_served: contextvars.ContextVar[dict[str, tuple[str, str]] | None] = (
-    contextvars.ContextVar("sluice_openfeature_served", default=None)
+_served: contextvars.ContextVar[dict[str, tuple[str, str]] | None] = contextvars.ContextVar(
+    "sluice_openfeature_served", default=None
 )
 
 _NO_FLAG = ("", "", "")
@@ -157,6 +159,7 @@ class FlagMetrics:
             registry=registry,
         )
         self.skip_paths = frozenset(skip_paths)
+        self._configured = threading.Event()
         self._lock = threading.Lock()
         # flag key -> (variant, reason) -> targeting keys served it since the last change
         self._seen: dict[str, dict[tuple[str, str], set[str]]] = {}
@@ -168,9 +171,17 @@ class FlagMetrics:
         provider's first load too.
         """
         api.add_hooks([self.hook()])
-        api.add_handler(
-            ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self.on_configuration_changed
-        )
+        api.add_handler(ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, self.on_configuration_changed)
+
+    def wait_for_configuration(self, timeout: float = 10.0) -> bool:
+        """Waits until the configuration-change handler has run once; False on timeout.
+
+        Providers announce their first load with a configuration-changed event, and the
+        SDK runs handlers on a thread pool: an evaluation made before that handler ran
+        would have its user forgotten and counted twice. Call this after
+        ``set_provider_and_wait`` and before serving.
+        """
+        return self._configured.wait(timeout)
 
     def hook(self) -> FlagMetricsHook:
         """The OpenFeature hook that records each evaluation (register it yourself, on
@@ -185,13 +196,12 @@ class FlagMetrics:
         """
         now = time.time()
         with self._lock:
-            changed = (
-                list(self._seen) if details.flags_changed is None else details.flags_changed
-            )
+            changed = list(self._seen) if details.flags_changed is None else details.flags_changed
             for flag in changed:
                 self._seen.pop(flag, None)
         for flag in changed:
             self.configuration_changed.labels(flag).set(now)
+        self._configured.set()
         if changed:
             logger.info(
                 "flag configuration changed: %s; counting their users afresh",
@@ -216,9 +226,7 @@ class FlagMetrics:
             keys.add(targeting_key)
         self.users.labels(flag, variant, reason).inc()
 
-    def record_request(
-        self, served: dict[str, tuple[str, str]], code: int, seconds: float
-    ) -> None:
+    def record_request(self, served: dict[str, tuple[str, str]], code: int, seconds: float) -> None:
         """Records one finished request for every flag it evaluated (or once with empty
         flag labels if it evaluated none). Called by the middlewares."""
         attributions = [(f, v, r) for f, (v, r) in served.items()] or [_NO_FLAG]
@@ -324,9 +332,7 @@ class _AsgiMiddleware:
         self.app = app
         self.metrics = metrics
 
-    async def __call__(
-        self, scope: dict, receive: typing.Callable, send: typing.Callable
-    ) -> None:
+    async def __call__(self, scope: dict, receive: typing.Callable, send: typing.Callable) -> None:
         if scope.get("type") != "http" or scope.get("path") in self.metrics.skip_paths:
             await self.app(scope, receive, send)
             return

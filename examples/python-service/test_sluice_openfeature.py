@@ -71,6 +71,7 @@ class Fixture(unittest.TestCase):
                 deadline_ms=20,
             )
         )
+        self.assertTrue(self.metrics.wait_for_configuration())
         self.client = api.get_client()
 
     def tearDown(self) -> None:
@@ -204,13 +205,17 @@ class UsersTest(Fixture):
         self.assertEqual(self.users("new-checkout", "off"), off_count)
 
         # Another flag changed: this one's users are not counted again.
-        self.metrics.on_configuration_changed(EventDetails(provider_name="test", flags_changed=["new-search"]))
+        self.metrics.on_configuration_changed(
+            EventDetails(provider_name="test", flags_changed=["new-search"])
+        )
         for i in range(200):
             self.evaluate("new-checkout", f"u{i}")
         self.assertEqual(self.users("new-checkout", "on"), len(on))
 
         # This flag changed: everybody active from now on is counted once more.
-        self.metrics.on_configuration_changed(EventDetails(provider_name="test", flags_changed=["new-checkout"]))
+        self.metrics.on_configuration_changed(
+            EventDetails(provider_name="test", flags_changed=["new-checkout"])
+        )
         for i in range(200):
             self.evaluate("new-checkout", f"u{i}")
             self.evaluate("new-checkout", f"u{i}")
