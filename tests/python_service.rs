@@ -209,6 +209,25 @@ impl Service {
         Scrape(parse_exposition(&text))
     }
 
+    /// Scrapes once the service has recorded `requests` requests in all: it records a
+    /// request after the response went out, so a client can be a moment ahead of it.
+    async fn scrape_after(&self, requests: usize) -> Scrape {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let scrape = self.scrape().await;
+            let recorded = scrape.sum("http_requests_total", &[]);
+            if recorded >= requests as f64 {
+                assert_eq!(recorded, requests as f64, "more requests than were sent");
+                return scrape;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service recorded {recorded} of {requests} requests"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Polls `/metrics` until the service has seen `flag`'s configuration change after
     /// `since` (unix seconds); returns when it did, by the service's clock.
     async fn wait_for_reload(&self, flag: &str, since: f64) -> f64 {
@@ -394,7 +413,9 @@ async fn requests_users_and_faults_are_recorded_by_the_variant_served() {
     // The first 500 checkout users come back: more requests, no new users.
     let repeat = service.get_all("/checkout", &checkout_users[..500]).await;
     let anonymous = service.get("/checkout", None).await;
-    let scrape = service.scrape().await;
+    let scrape = service
+        .scrape_after(checkout.len() + search.len() + repeat.len() + 1)
+        .await;
 
     // Every flag-labelled series carries the three flag labels and the status code.
     let labelled: Vec<&Sample> = scrape
@@ -714,7 +735,7 @@ async fn the_load_generator_sends_a_heavy_tailed_mix() {
     assert_eq!(counts.iter().sum::<u64>(), summary.sent);
     assert_eq!(counts.len() as u64, summary.distinct_users);
     // What the service counted is what the load generator sent.
-    let scrape = service.scrape().await;
+    let scrape = service.scrape_after(summary.sent as usize).await;
     assert_eq!(
         scrape.sum("http_requests_total", &[("code", "200")]),
         summary.sent as f64
