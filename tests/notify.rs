@@ -171,10 +171,7 @@ fn body(server: &FakeServer, index: usize) -> Value {
     let request = recorded.get(index).expect("a request");
     assert_eq!(request.method, "POST");
     assert_eq!(
-        request
-            .headers
-            .get("content-type")
-            .map(String::as_str),
+        request.headers.get("content-type").map(String::as_str),
         Some("application/json")
     );
     serde_json::from_str(&request.body).expect("a JSON body")
@@ -187,7 +184,10 @@ async fn a_rollback_and_a_promotion_reach_json_and_slack_receivers() {
     let promotions_only = FakeServer::start(Behaviour::Respond(vec![(204, String::new())])).await;
     let (notifier, mut failures) = Notifier::new(fast(vec![
         hook(&format!("json:{}/hooks/json", json_receiver.url)),
-        hook(&format!("slack:{}/services/T0/B0/SECRET", slack_receiver.url)),
+        hook(&format!(
+            "slack:{}/services/T0/B0/SECRET",
+            slack_receiver.url
+        )),
     ]))
     .unwrap();
     let context = Context::default().with_notifier(notifier.clone());
@@ -207,7 +207,11 @@ async fn a_rollback_and_a_promotion_reach_json_and_slack_receivers() {
     notifier.idle().await;
     assert_eq!(json_receiver.requests(), 1);
     assert_eq!(slack_receiver.requests(), 1);
-    assert_eq!(promotions_only.requests(), 0, "the rollout's webhook wants promotions only");
+    assert_eq!(
+        promotions_only.requests(),
+        0,
+        "the rollout's webhook wants promotions only"
+    );
 
     let json = body(&json_receiver, 0);
     assert_eq!(json["source"], "sluice");
@@ -252,9 +256,15 @@ async fn a_rollback_and_a_promotion_reach_json_and_slack_receivers() {
             .contains("Rolled back: everybody gets the baseline."),
     );
     let context_line = blocks[1]["elements"][0]["text"].as_str().unwrap();
-    assert!(context_line.contains("*weight* 0% (was 5%)"), "{context_line}");
+    assert!(
+        context_line.contains("*weight* 0% (was 5%)"),
+        "{context_line}"
+    );
     assert!(context_line.contains("*stage* canary"), "{context_line}");
-    assert!(context_line.contains("*verdict* Fail: errors"), "{context_line}");
+    assert!(
+        context_line.contains("*verdict* Fail: errors"),
+        "{context_line}"
+    );
 
     // A promotion: the timed rollout's first stage is over.
     let timed = {
@@ -339,8 +349,11 @@ async fn a_receiver_that_hangs_does_not_delay_the_rollback() {
 
 #[tokio::test]
 async fn a_receiver_that_fails_gets_bounded_retries_then_a_notification_failed_event() {
-    let receiver =
-        FakeServer::start(Behaviour::Respond(vec![(500, "{\"error\":\"down\"}".into())])).await;
+    let receiver = FakeServer::start(Behaviour::Respond(vec![(
+        500,
+        "{\"error\":\"down\"}".into(),
+    )]))
+    .await;
     let secret_url = format!("{}/services/T0/B0/SECRET", receiver.url);
     let (notifier, mut failures) =
         Notifier::new(fast(vec![hook(&format!("slack:{secret_url}"))])).unwrap();
@@ -351,7 +364,11 @@ async fn a_receiver_that_fails_gets_bounded_retries_then_a_notification_failed_e
     let outcome = run(&shell, &context, &analysed, at(3)).await;
     assert!(matches!(outcome.decision, Decision::Rollback { .. }));
     assert_eq!(shell.status().unwrap().phase, Phase::RolledBack);
-    assert_eq!(notifier.pending(), 1, "the reconcile returned before any attempt");
+    assert_eq!(
+        notifier.pending(),
+        1,
+        "the reconcile returned before any attempt"
+    );
 
     // The shell drains the failures and publishes them, as the controller does.
     notifier.idle().await;
@@ -371,7 +388,11 @@ async fn a_receiver_that_fails_gets_bounded_retries_then_a_notification_failed_e
     let event = failure.event();
     assert_eq!(event.type_, EventType::Warning);
     assert_eq!(event.reason, "NotificationFailed");
-    assert!(event.message.contains("after 3 attempt(s)"), "{}", event.message);
+    assert!(
+        event.message.contains("after 3 attempt(s)"),
+        "{}",
+        event.message
+    );
     assert!(event.message.contains("HTTP 500"), "{}", event.message);
     assert!(
         !event.message.contains("SECRET"),
@@ -379,7 +400,10 @@ async fn a_receiver_that_fails_gets_bounded_retries_then_a_notification_failed_e
         event.message
     );
     assert_eq!(failure.trigger, NotificationTrigger::RolledBack);
-    assert_eq!((failure.namespace.as_str(), failure.name.as_str()), ("shop", "checkout"));
+    assert_eq!(
+        (failure.namespace.as_str(), failure.name.as_str()),
+        ("shop", "checkout")
+    );
     assert_eq!((notifier.sent(), notifier.failed()), (0, 1));
     assert_eq!(shell.status().unwrap().phase, Phase::RolledBack);
 }
@@ -395,7 +419,11 @@ async fn a_client_error_is_not_retried() {
     notifier.idle().await;
     let failure = failures.recv().await.expect("a failure report");
     assert_eq!((receiver.requests(), failure.attempts), (1, 1));
-    assert!(failure.error.contains("HTTP 404 (not retried)"), "{}", failure.error);
+    assert!(
+        failure.error.contains("HTTP 404 (not retried)"),
+        "{}",
+        failure.error
+    );
 }
 
 fn running_status() -> FeatureRolloutStatus {
@@ -443,7 +471,11 @@ fn holds_that_need_a_person_are_told_once_when_they_begin() {
     // A sample ratio mismatch appears: one NeedsAttention; the next look that still
     // mismatches says nothing new.
     let mut srm = running_status();
-    srm.last_analysis = Some(look(Verdict::Inconclusive, "sample ratio mismatch", Some(true)));
+    srm.last_analysis = Some(look(
+        Verdict::Inconclusive,
+        "sample ratio mismatch",
+        Some(true),
+    ));
     let told = notifications(&id, &spec, &before, &srm, &[], at(12));
     assert_eq!(told.len(), 1);
     assert_eq!(told[0].trigger, NotificationTrigger::NeedsAttention);
@@ -513,9 +545,17 @@ fn webhooks_parse_from_the_command_line_and_hide_their_tokens() {
     assert_eq!(json.destination(), "http://receiver:8080/…");
     let bare = hook("https://example.com/hook");
     assert_eq!(bare.format, sluice::crd::NotificationFormat::Json);
-    for bad in ["ftp://example.com/x", "slack:", "teams:https://x", "https://"] {
+    for bad in [
+        "ftp://example.com/x",
+        "slack:",
+        "teams:https://x",
+        "https://",
+    ] {
         let error = bad.parse::<Webhook>().expect_err(bad).to_string();
-        assert!(error.starts_with("--notify-webhook: the URL"), "{bad}: {error}");
+        assert!(
+            error.starts_with("--notify-webhook: the URL"),
+            "{bad}: {error}"
+        );
     }
 }
 

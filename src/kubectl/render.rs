@@ -207,8 +207,9 @@ pub fn waiting_for(rollout: &FeatureRollout) -> String {
     }
     let message = status.message.clone().unwrap_or_default();
     match status.phase {
-        Phase::Pending | Phase::Progressing if message.is_empty() => "The next reconcile.".into(),
-        Phase::Pending | Phase::Progressing => message,
+        Phase::Pending => "The first stage to begin at the controller's next reconcile.".into(),
+        Phase::Progressing if message.is_empty() => "The next reconcile.".into(),
+        Phase::Progressing => message,
         Phase::WaitingForApproval => match waiting_stage(&rollout.spec, Some(status)) {
             Some((_, stage)) => format!(
                 "Approval of stage {stage:?}: run `kubectl sluice approve {name}{ns}` (or `promote`)."
@@ -277,9 +278,20 @@ fn is_share(spec: &FeatureRolloutSpec, metric: &str) -> bool {
 
 fn cohort_cells(c: Option<&CohortNumbers>, share: bool) -> (String, String) {
     match c {
+        // Guards have no baseline to compare with.
+        None if !share => ("-".into(), "-".into()),
         None => ("-".into(), "no data".into()),
         Some(c) if share => (format!("{}", c.n), format!("{:.3}%", 100.0 * c.value)),
-        Some(c) => (format!("{}", c.n), format!("{:.4}", c.value)),
+        Some(c) => (format!("{}", c.n), plain(c.value)),
+    }
+}
+
+/// A guard's value: whole numbers as they are, others with four decimals.
+fn plain(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
     }
 }
 
@@ -312,7 +324,14 @@ fn metric_rows(spec: &FeatureRolloutSpec, metrics: &[MetricAnalysis]) -> String 
         .collect();
     let text = table(
         &[
-            "METRIC", "VERDICT", "BASE N", "BASE", "CAND N", "CAND", "ESTIMATE", "BOUND",
+            "METRIC",
+            "VERDICT",
+            "BASE N",
+            "BASE RATE",
+            "CAND N",
+            "CAND RATE",
+            "ESTIMATE",
+            "BOUND",
         ],
         &rows,
     );
@@ -363,7 +382,7 @@ pub fn status(rollout: &FeatureRollout, now: Timestamp) -> String {
         if has_status {
             phase_name(status.phase)
         } else {
-            "<none>"
+            "Pending (no status yet)"
         },
     );
     let stage_text = match (status.stage, &status.stage_name) {
