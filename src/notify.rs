@@ -440,6 +440,24 @@ impl DeliveryFailure {
     }
 }
 
+/// Turns every delivery failure into a call of `publish` (which publishes
+/// [`DeliveryFailure::event`] on the rollout), in a spawned task that ends when the
+/// notifier is gone. Must be called within a Tokio runtime.
+pub fn forward_failures<F, Fut>(
+    mut failures: mpsc::Receiver<DeliveryFailure>,
+    publish: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(DeliveryFailure) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        while let Some(failure) = failures.recv().await {
+            publish(failure).await;
+        }
+    })
+}
+
 /// Sends notifications in the background. Cheap to clone; clones share the counters.
 #[derive(Clone)]
 pub struct Notifier {

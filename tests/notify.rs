@@ -370,7 +370,7 @@ async fn a_receiver_that_fails_gets_bounded_retries_then_a_notification_failed_e
         "the reconcile returned before any attempt"
     );
 
-    // The shell drains the failures and publishes them, as the controller does.
+    // The shell drains the failures and publishes them as events.
     notifier.idle().await;
     let failure = failures.recv().await.expect("a failure report");
     shell.publish(&failure.event()).await;
@@ -576,4 +576,41 @@ fn notifications_are_validated_in_the_spec() {
         ]
     );
     assert!(!text.iter().any(|t| t.contains("SECRET")));
+}
+
+#[tokio::test]
+async fn failures_are_forwarded_until_the_notifier_is_gone() {
+    let receiver = FakeServer::start(Behaviour::Respond(vec![(503, String::new())])).await;
+    let (notifier, failures) = Notifier::new(NotifierConfig {
+        attempts: 2,
+        ..fast(vec![hook(&receiver.url)])
+    })
+    .unwrap();
+    let published = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let forwarder = sluice::notify::forward_failures(failures, {
+        let published = published.clone();
+        move |failure| {
+            let published = published.clone();
+            async move { published.lock().unwrap().push(failure.event()) }
+        }
+    });
+    let context = Context::default().with_notifier(notifier.clone());
+    let analysed = spec(ANALYSED);
+    let shell = failing_rollout(&analysed).await;
+    run(&shell, &context, &analysed, at(3)).await;
+    notifier.idle().await;
+    drop(context);
+    drop(notifier);
+    forwarder
+        .await
+        .expect("the forwarder ends with the notifier");
+    let published = published.lock().unwrap();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].reason, "NotificationFailed");
+    assert!(
+        published[0].message.contains("HTTP 503"),
+        "{}",
+        published[0].message
+    );
+    assert_eq!(receiver.requests(), 2);
 }

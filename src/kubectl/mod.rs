@@ -348,7 +348,18 @@ fn server_error(error: kube::Error, scope: &Scope, name: Option<&str>) -> Error 
                 hint,
             }
         }
-        other => Error::Connection(format!("the API server could not be reached: {other}")),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(&other);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            Error::Connection(format!(
+                "the API server could not be reached ({text}): check the kubeconfig context (--context, --kubeconfig) and that the cluster is up"
+            ))
+        }
     }
 }
 
