@@ -62,6 +62,8 @@ struct MemoryShell {
     document: Mutex<Option<String>>,
     status: Mutex<Option<FeatureRolloutStatus>>,
     ops: Mutex<Vec<String>>,
+    /// When set, writing the flag fails as an unreachable API would.
+    unavailable: Mutex<bool>,
 }
 
 impl MemoryShell {
@@ -83,6 +85,12 @@ impl MemoryShell {
 
 impl Shell for MemoryShell {
     async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
+        if *self.unavailable.lock().unwrap() {
+            return Err(FlagWriteError::Unavailable {
+                category: "api",
+                message: "the API server is away".into(),
+            });
+        }
         let mut document = self.document.lock().unwrap();
         let merged = merge_flag(document.as_deref(), key, flag.clone())?;
         let changed = document.as_deref() != Some(merged.as_str());
@@ -613,4 +621,45 @@ async fn failures_are_forwarded_until_the_notifier_is_gone() {
         published[0].message
     );
     assert_eq!(receiver.requests(), 2);
+}
+
+#[tokio::test]
+async fn a_rollback_that_cannot_be_written_needs_attention() {
+    let receiver = FakeServer::start(Behaviour::Respond(vec![(200, "{}".into())])).await;
+    let (notifier, _failures) = Notifier::new(fast(vec![hook(&receiver.url)])).unwrap();
+    let context = Context::default().with_notifier(notifier.clone());
+    let analysed = spec(ANALYSED);
+    let shell = failing_rollout(&analysed).await;
+    *shell.unavailable.lock().unwrap() = true;
+
+    let status = shell.status();
+    let rollout = Rollout {
+        id: RolloutRef {
+            namespace: "shop",
+            name: "checkout",
+        },
+        spec: &analysed,
+        status: status.as_ref(),
+        generation: Some(1),
+    };
+    let error = reconcile(&shell, &context, rollout, at(3))
+        .await
+        .expect_err("the flag cannot be written");
+    assert!(!error.needs_fix(), "{error}");
+    notifier.idle().await;
+    assert_eq!(receiver.requests(), 1);
+    let json = body(&receiver, 0);
+    assert_eq!(json["trigger"], "NeedsAttention");
+    assert_eq!(json["reason"], "FlagWriteFailed");
+    // The status still claims the exposure the flag has: the stage is held, not rolled back yet.
+    assert_eq!(json["phase"], "Progressing");
+    assert_eq!(json["weight"], "5%");
+    assert_eq!(json["verdict"], "Fail");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("the API server is away"),
+        "{json}"
+    );
 }
