@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use kube::client::Body;
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
-use sluice::kubectl::{Args, Error, Printed, execute};
+use sluice::kubectl::{Args, Error, Printed, execute, watch};
 
 /// The clock of every rendering.
 const NOW: &str = "2026-11-24T12:30:00Z";
@@ -360,6 +360,21 @@ struct Seen {
 /// Runs `kubectl sluice ARGS` against a mock API server that answers with `answers`, in
 /// order; returns the result and every request made.
 async fn kubectl(args: &[&str], answers: Vec<(u16, Value)>) -> (Result<Printed, Error>, Vec<Seen>) {
+    let (client, server) = mock_api(answers);
+    let result = execute(&parse(args), client, NOW.parse::<Timestamp>().unwrap()).await;
+    let seen = server.await.expect("the mock server ends");
+    (result, seen)
+}
+
+fn parse(args: &[&str]) -> Args {
+    Args::try_parse_from(std::iter::once("kubectl-sluice").chain(args.iter().copied()))
+        .expect("valid arguments")
+}
+
+/// A client whose API server answers `answers` in order (a string answer is sent as it
+/// is: a watch's stream of events) and records the requests; any further request fails
+/// the test. The server ends when the client is gone.
+fn mock_api(answers: Vec<(u16, Value)>) -> (kube::Client, tokio::task::JoinHandle<Vec<Seen>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         let mut seen = Vec::new();
@@ -383,7 +398,10 @@ async fn kubectl(args: &[&str], answers: Vec<(u16, Value)>) -> (Result<Printed, 
                 Response::builder()
                     .status(status)
                     .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .body(Body::from(match answer {
+                        Value::String(raw) => raw.into_bytes(),
+                        json => serde_json::to_vec(&json).unwrap(),
+                    }))
                     .unwrap(),
             );
         }
@@ -393,12 +411,7 @@ async fn kubectl(args: &[&str], answers: Vec<(u16, Value)>) -> (Result<Printed, 
         }
         seen
     });
-    let client = kube::Client::new(service, "shop");
-    let args = Args::try_parse_from(std::iter::once("kubectl-sluice").chain(args.iter().copied()))
-        .expect("valid arguments");
-    let result = execute(&args, client, NOW.parse::<Timestamp>().unwrap()).await;
-    let seen = server.await.expect("the mock server ends");
-    (result, seen)
+    (kube::Client::new(service, "shop"), server)
 }
 
 const ROLLOUT_PATH: &str = "/apis/sluice.dev/v1alpha1/namespaces/shop/featurerollouts/checkout";
@@ -811,4 +824,68 @@ async fn status_renders_a_rollout_in_every_phase() {
         assert_eq!(seen, [get_of(ROLLOUT_PATH)]);
         assert_snapshot(&format!("status-{name}"), &result.unwrap().stdout);
     }
+}
+
+#[tokio::test]
+async fn status_watch_redraws_when_the_rollout_changes() {
+    let before = rollout("checkout", Some("Progressing"));
+    let mut after = rollout("checkout", Some("RolledBack"));
+    after["metadata"]["resourceVersion"] = json!("5001");
+    let mut listed = list(vec![before.clone()]);
+    listed["metadata"]["resourceVersion"] = json!("5000");
+    let events = format!("{}\n", json!({ "type": "MODIFIED", "object": after }));
+    let (client, server) = mock_api(vec![
+        (200, before.clone()),
+        (200, listed),
+        (200, Value::String(events)),
+    ]);
+    let mut views = Vec::new();
+    watch(
+        &parse(&["status", "checkout", "--watch"]),
+        client,
+        || NOW.parse::<Timestamp>().unwrap(),
+        |view: &str| views.push(view.to_owned()),
+        Some(2),
+    )
+    .await
+    .expect("the watch draws two views");
+    let seen = server.await.expect("the mock server ends");
+
+    // The view as first listed, then redrawn after the change.
+    let first: sluice::crd::FeatureRollout = serde_json::from_value(before).unwrap();
+    let second: sluice::crd::FeatureRollout = serde_json::from_value(after).unwrap();
+    let now = NOW.parse::<Timestamp>().unwrap();
+    assert_eq!(
+        views,
+        [
+            sluice::kubectl::render::status(&first, now),
+            sluice::kubectl::render::status(&second, now)
+        ]
+    );
+    assert!(views[1].contains("Phase:        RolledBack"));
+
+    // One read of the object, then a list and a watch limited to it.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0], get_of(ROLLOUT_PATH));
+    let collection = "/apis/sluice.dev/v1alpha1/namespaces/shop/featurerollouts";
+    for request in &seen[1..] {
+        assert_eq!(
+            (request.method.as_str(), request.path.as_str()),
+            ("GET", collection)
+        );
+        assert!(
+            request
+                .query
+                .contains("fieldSelector=metadata.name%3Dcheckout"),
+            "{}",
+            request.query
+        );
+    }
+    assert!(!seen[1].query.contains("watch="), "{}", seen[1].query);
+    assert!(seen[2].query.contains("watch=true"), "{}", seen[2].query);
+    assert!(
+        seen[2].query.contains("resourceVersion=5000"),
+        "{}",
+        seen[2].query
+    );
 }

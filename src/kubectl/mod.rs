@@ -235,7 +235,22 @@ pub async fn main(args: Args) -> ExitCode {
                 Command::Get { watch: true, .. } | Command::Status { watch: true, .. }
             );
             if watching {
-                watch(&args, client).await.map(|()| Printed::default())
+                let terminal = std::io::stdout().is_terminal();
+                let mut first = true;
+                let draw = |view: &str| {
+                    let mut out = std::io::stdout().lock();
+                    // A terminal is redrawn in place; a pipe gets one view after another.
+                    let _ = if terminal {
+                        write!(out, "\x1b[H\x1b[2J{view}")
+                    } else {
+                        write!(out, "{}{view}", if first { "" } else { "\n" })
+                    };
+                    let _ = out.flush();
+                    first = false;
+                };
+                watch(&args, client, Timestamp::now, draw, None)
+                    .await
+                    .map(|()| Printed::default())
             } else {
                 execute(&args, client, Timestamp::now()).await
             }
@@ -669,7 +684,16 @@ fn approvable_later(rollout: &FeatureRollout) -> Vec<String> {
 
 /// `get --watch` and `status --watch`: a watcher feeds a local cache; the view is redrawn
 /// whenever it changes (and every few seconds for ages), until interrupted.
-async fn watch(args: &Args, client: Client) -> Result<(), Error> {
+///
+/// `draw` gets each view that differs from the one before; `now` is the clock of the
+/// ages; with `frames`, the watch returns after that many views (for tests).
+pub async fn watch(
+    args: &Args,
+    client: Client,
+    now: impl Fn() -> Timestamp,
+    mut draw: impl FnMut(&str),
+    frames: Option<usize>,
+) -> Result<(), Error> {
     let scope = Scope::of(args, &client);
     let api = scope.api(client);
     let (name, status_view) = match &args.command {
@@ -697,8 +721,8 @@ async fn watch(args: &Args, client: Client) -> Result<(), Error> {
     let stream = reflector(writer, watcher(api, config)).default_backoff();
     futures::pin_mut!(stream);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
-    let terminal = std::io::stdout().is_terminal();
     let mut shown = String::new();
+    let mut drawn = 0;
     let mut ready = false;
     loop {
         tokio::select! {
@@ -719,7 +743,7 @@ async fn watch(args: &Args, client: Client) -> Result<(), Error> {
             (&a.metadata.namespace, &a.metadata.name)
                 .cmp(&(&b.metadata.namespace, &b.metadata.name))
         });
-        let now = Timestamp::now();
+        let now = now();
         let view = if status_view {
             match rollouts.first() {
                 Some(r) => render::status(r, now),
@@ -734,14 +758,12 @@ async fn watch(args: &Args, client: Client) -> Result<(), Error> {
             render::get_table(&rollouts, scope.all, now)
         };
         if view != shown {
-            let mut out = std::io::stdout().lock();
-            let _ = if terminal {
-                write!(out, "\x1b[H\x1b[2J{view}")
-            } else {
-                write!(out, "{}{view}", if shown.is_empty() { "" } else { "\n" })
-            };
-            let _ = out.flush();
+            draw(&view);
             shown = view;
+            drawn += 1;
+            if frames.is_some_and(|f| drawn >= f) {
+                return Ok(());
+            }
         }
     }
 }
