@@ -396,14 +396,24 @@ impl Default for NotifierConfig {
     }
 }
 
-impl NotifierConfig {
-    /// A configuration with the global webhooks given as `--notify-webhook` values.
-    pub fn from_flags(values: &[String]) -> Result<Self, Error> {
-        let webhooks = values.iter().map(|v| v.parse()).collect::<Result<_, _>>()?;
-        Ok(NotifierConfig {
-            webhooks,
+/// The notification options of `sluice controller` and `sluice standalone`, to
+/// `#[command(flatten)]` into their arguments.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct NotifyArgs {
+    /// A webhook told about every rollout's rollbacks, promotions, holds that need a
+    /// person and metrics-provider trouble: `slack:URL`, `json:URL` or a bare URL (JSON).
+    /// Repeatable. The URL is never logged.
+    #[arg(long = "notify-webhook", value_name = "[slack:|json:]URL")]
+    pub webhooks: Vec<Webhook>,
+}
+
+impl NotifyArgs {
+    /// The notifier's configuration, with the default timeout, attempts and backoff.
+    pub fn config(&self) -> NotifierConfig {
+        NotifierConfig {
+            webhooks: self.webhooks.clone(),
             ..NotifierConfig::default()
-        })
+        }
     }
 }
 

@@ -663,3 +663,52 @@ async fn a_rollback_that_cannot_be_written_needs_attention() {
         "{json}"
     );
 }
+
+#[test]
+fn the_command_line_flag_parses_repeated_webhooks() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        notify: sluice::notify::NotifyArgs,
+    }
+    let cli = Cli::try_parse_from([
+        "sluice",
+        "--notify-webhook",
+        "slack:https://hooks.slack.com/services/T0/B0/SECRET",
+        "--notify-webhook",
+        "https://alerts.example.com/sluice",
+    ])
+    .unwrap();
+    let config = cli.notify.config();
+    assert_eq!(
+        config
+            .webhooks
+            .iter()
+            .map(|w| (w.format, w.destination()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                sluice::crd::NotificationFormat::Slack,
+                "https://hooks.slack.com/…".to_owned()
+            ),
+            (
+                sluice::crd::NotificationFormat::Json,
+                "https://alerts.example.com/…".to_owned()
+            ),
+        ]
+    );
+    assert_eq!(config.attempts, sluice::notify::DEFAULT_ATTEMPTS);
+    let error = Cli::try_parse_from(["sluice", "--notify-webhook", "ftp://x"])
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("the URL has the scheme \"ftp\""), "{error}");
+    assert!(
+        Cli::try_parse_from(["sluice"])
+            .unwrap()
+            .notify
+            .webhooks
+            .is_empty()
+    );
+}
