@@ -49,8 +49,8 @@ const TEXT_LIMIT: usize = 1000;
 /// Why a notifier could not be configured.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A webhook given on the command line is malformed.
-    #[error("--notify-webhook: {0}")]
+    /// A webhook given on the command line (`--notify-webhook`) is malformed.
+    #[error("{0}")]
     BadWebhook(String),
     /// The HTTP client could not be built.
     #[error("building the HTTP client for notifications failed: {0}")]

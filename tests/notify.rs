@@ -560,10 +560,7 @@ fn webhooks_parse_from_the_command_line_and_hide_their_tokens() {
         "https://",
     ] {
         let error = bad.parse::<Webhook>().expect_err(bad).to_string();
-        assert!(
-            error.starts_with("--notify-webhook: the URL"),
-            "{bad}: {error}"
-        );
+        assert!(error.starts_with("the URL "), "{bad}: {error}");
     }
 }
 
