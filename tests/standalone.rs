@@ -516,3 +516,73 @@ fn the_flag_key_and_target_of_a_running_rollout_cannot_move() {
         "no new rollout"
     );
 }
+
+/// Reads one HTTP request from `stream` (headers and a Content-Length body), answers 200
+/// and returns the body.
+fn serve_one(mut stream: std::net::TcpStream) -> String {
+    use std::io::{Read as _, Write as _};
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                return text[end + 4..].to_string();
+            }
+        }
+    }
+    String::from_utf8_lossy(&data).to_string()
+}
+
+#[test]
+fn notifications_go_to_the_command_line_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    let rollouts = dir.path().join("rollouts");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&rollouts).unwrap();
+    std::fs::write(
+        rollouts.join("told.yaml"),
+        timed(
+            "told",
+            "flags.json",
+            "    - { weight: 10, duration: 1s }\n    - { weight: 100 }",
+        ),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("json:http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if tx.send(serve_one(stream)).is_err() {
+                break;
+            }
+        }
+    });
+    let log = dir.path().join("sluice.log");
+    let _process = Standalone::start(&rollouts, &state, &["--notify-webhook", &url], &log);
+    wait_phase(&state, "told", Phase::Promoted);
+    let body = rx.recv_timeout(DEADLINE).expect("a notification arrives");
+    let payload: Value = serde_json::from_str(&body).expect("a JSON payload");
+    assert!(
+        payload.to_string().contains("told") && payload.to_string().contains("Promoted"),
+        "{payload}"
+    );
+}

@@ -36,7 +36,8 @@ use tokio::time::Instant;
 
 use crate::analysis::look::RolloutRef;
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, PrometheusSpec, Verdict};
-use crate::reconcile::{self, Context, Rollout};
+use crate::notify::{self, Notifier, NotifyArgs};
+use crate::reconcile::{self, Context, Rollout, Shell as _};
 
 use source::{FileProblem, Source};
 use store::{ControlOverride, FileShell, LogLine, StateDir};
@@ -98,6 +99,9 @@ pub struct Options {
     /// abandoned and retried (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_poll)]
     pub reconcile_timeout: Duration,
+    /// Webhooks told about every rollout's rollbacks, promotions and troubles.
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 fn parse_poll(text: &str) -> Result<Duration, String> {
@@ -166,12 +170,36 @@ pub fn run(options: Options) -> Result<bool, Error> {
                 ..PrometheusSpec::default()
             });
         let context = Arc::new(Context::new(default_prometheus));
-        if options.once {
-            Ok(run_once(&options, &state, &context).await)
+        let (notifier, failures) =
+            Notifier::new(options.notify.config()).map_err(|e| Error::Usage(e.to_string()))?;
+        let (view_tx, view_rx) = mpsc::unbounded_channel();
+        // A delivery that gave up becomes a Warning event on its rollout.
+        let failure_state = state.clone();
+        let failure_view = view_tx.clone();
+        notify::forward_failures(failures, move |failure| {
+            let shell = FileShell {
+                name: failure.name.clone(),
+                flag_path: PathBuf::new(),
+                baseline: String::new(),
+                candidate: String::new(),
+                state: failure_state.clone(),
+                view: Some(failure_view.clone()),
+            };
+            async move { shell.publish(&failure.event()).await }
+        });
+        let fine = if options.once {
+            drop(view_rx);
+            run_once(&options, &state, &context, &notifier, &view_tx).await
         } else {
-            supervise(options, state, context, mode).await;
-            Ok(true)
-        }
+            let view = tokio::spawn(view::run(view_rx, mode));
+            supervise(&options, &state, &context, &notifier, &view_tx).await;
+            drop(view_tx);
+            let _ = view.await;
+            true
+        };
+        // Let the notifications in flight go out (each has its own timeout).
+        let _ = tokio::time::timeout(Duration::from_secs(15), notifier.idle()).await;
+        Ok(fine)
     })
 }
 
@@ -202,14 +230,19 @@ fn init_logging(mode: Mode, state: &StateDir) {
     };
 }
 
-async fn run_once(options: &Options, state: &StateDir, context: &Arc<Context>) -> bool {
+async fn run_once(
+    options: &Options,
+    state: &StateDir,
+    context: &Arc<Context>,
+    notifier: &Notifier,
+    view_tx: &mpsc::UnboundedSender<ViewMsg>,
+) -> bool {
     let mut source = Source::new(&options.rollouts);
     let scan = source.scan();
     let mut fine = scan.problems.is_empty();
     for problem in &scan.problems {
         report_problem(state, problem);
     }
-    let (view_tx, _view_rx) = mpsc::unbounded_channel();
     let tasks = scan.rollouts.values().map(|found| {
         let overrides = state.read_control(&found.name);
         let context = context.clone();
@@ -236,6 +269,7 @@ async fn run_once(options: &Options, state: &StateDir, context: &Arc<Context>) -
                 &found.name,
                 &state,
                 context.as_ref(),
+                notifier,
                 &input,
                 &mut status,
                 &view_tx,
@@ -256,9 +290,13 @@ async fn run_once(options: &Options, state: &StateDir, context: &Arc<Context>) -
     fine
 }
 
-async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mode: Mode) {
-    let (view_tx, view_rx) = mpsc::unbounded_channel();
-    let view = tokio::spawn(view::run(view_rx, mode));
+async fn supervise(
+    options: &Options,
+    state: &StateDir,
+    context: &Arc<Context>,
+    notifier: &Notifier,
+    view_tx: &mpsc::UnboundedSender<ViewMsg>,
+) {
     let mut source = Source::new(&options.rollouts);
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut last_problems: Vec<FileProblem> = Vec::new();
@@ -280,7 +318,7 @@ async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mod
         let scan = source.scan();
         if scan.problems != last_problems {
             for problem in scan.problems.iter().filter(|p| !last_problems.contains(p)) {
-                report_problem(&state, problem);
+                report_problem(state, problem);
             }
             let _ = view_tx.send(ViewMsg::Problems(scan.problems.clone()));
             last_problems = scan.problems.clone();
@@ -354,6 +392,7 @@ async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mod
                 name.clone(),
                 state.clone(),
                 context.clone(),
+                notifier.clone(),
                 rx,
                 view_tx.clone(),
                 options.reconcile_timeout,
@@ -392,8 +431,6 @@ async fn supervise(options: Options, state: StateDir, context: Arc<Context>, mod
         futures::future::join_all(handles),
     )
     .await;
-    drop(view_tx);
-    let _ = view.await;
 }
 
 fn input(found: &source::Found, overrides: &ControlOverride) -> Input {
@@ -445,6 +482,7 @@ async fn rollout_task(
     name: String,
     state: StateDir,
     context: Arc<Context>,
+    notifier: Notifier,
     mut rx: watch::Receiver<Input>,
     view: mpsc::UnboundedSender<ViewMsg>,
     limit: Duration,
@@ -508,7 +546,17 @@ async fn rollout_task(
             let _ = view.send(ViewMsg::Removed { name });
             return;
         }
-        let result = step(&name, &state, &context, &input, &mut status, &view, limit).await;
+        let result = step(
+            &name,
+            &state,
+            &context,
+            &notifier,
+            &input,
+            &mut status,
+            &view,
+            limit,
+        )
+        .await;
         match result {
             Ok(next) => {
                 failures = 0;
@@ -559,10 +607,12 @@ fn shell(
 
 /// One reconcile with a timeout; updates `status` and the view. Returns when to look
 /// again, or what went wrong.
+#[allow(clippy::too_many_arguments)]
 async fn step(
     name: &str,
     state: &StateDir,
     context: &Context,
+    notifier: &Notifier,
     input: &Input,
     status: &mut Option<FeatureRolloutStatus>,
     view: &mpsc::UnboundedSender<ViewMsg>,
@@ -579,13 +629,24 @@ async fn step(
         status: status.as_ref(),
         generation: None,
     };
-    let result = tokio::time::timeout(
-        limit,
-        reconcile::reconcile(&shell, context, rollout, Timestamp::now()),
-    )
-    .await;
+    let now = Timestamp::now();
+    let previous = status.clone().unwrap_or_default();
+    let result =
+        tokio::time::timeout(limit, reconcile::reconcile(&shell, context, rollout, now)).await;
     let outcome = match result {
         Ok(Ok(outcome)) => {
+            let id = RolloutRef {
+                namespace: "",
+                name,
+            };
+            notifier.notify(
+                &id,
+                &input.spec,
+                &previous,
+                &outcome.status,
+                &outcome.events,
+                now,
+            );
             *status = Some(outcome.status);
             Ok(outcome.next_look)
         }
