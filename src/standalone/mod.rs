@@ -169,9 +169,11 @@ pub fn run(options: Options) -> Result<bool, Error> {
                 address,
                 ..PrometheusSpec::default()
             });
-        let context = Arc::new(Context::new(default_prometheus));
         let (notifier, failures) =
             Notifier::new(options.notify.config()).map_err(|e| Error::Usage(e.to_string()))?;
+        // Every reconcile hands its events to the notifier (webhooks from the command line
+        // and from spec.notifications).
+        let context = Arc::new(Context::new(default_prometheus).with_notifier(notifier.clone()));
         let (view_tx, view_rx) = mpsc::unbounded_channel();
         // A delivery that gave up becomes a Warning event on its rollout.
         let failure_state = state.clone();
@@ -189,10 +191,10 @@ pub fn run(options: Options) -> Result<bool, Error> {
         });
         let fine = if options.once {
             drop(view_rx);
-            run_once(&options, &state, &context, &notifier, &view_tx).await
+            run_once(&options, &state, &context, &view_tx).await
         } else {
             let view = tokio::spawn(view::run(view_rx, mode));
-            supervise(&options, &state, &context, &notifier, &view_tx).await;
+            supervise(&options, &state, &context, &view_tx).await;
             drop(view_tx);
             let _ = view.await;
             true
@@ -234,7 +236,6 @@ async fn run_once(
     options: &Options,
     state: &StateDir,
     context: &Arc<Context>,
-    notifier: &Notifier,
     view_tx: &mpsc::UnboundedSender<ViewMsg>,
 ) -> bool {
     let mut source = Source::new(&options.rollouts);
@@ -269,7 +270,6 @@ async fn run_once(
                 &found.name,
                 &state,
                 context.as_ref(),
-                notifier,
                 &input,
                 &mut status,
                 &view_tx,
@@ -294,7 +294,6 @@ async fn supervise(
     options: &Options,
     state: &StateDir,
     context: &Arc<Context>,
-    notifier: &Notifier,
     view_tx: &mpsc::UnboundedSender<ViewMsg>,
 ) {
     let mut source = Source::new(&options.rollouts);
@@ -392,7 +391,6 @@ async fn supervise(
                 name.clone(),
                 state.clone(),
                 context.clone(),
-                notifier.clone(),
                 rx,
                 view_tx.clone(),
                 options.reconcile_timeout,
@@ -482,7 +480,6 @@ async fn rollout_task(
     name: String,
     state: StateDir,
     context: Arc<Context>,
-    notifier: Notifier,
     mut rx: watch::Receiver<Input>,
     view: mpsc::UnboundedSender<ViewMsg>,
     limit: Duration,
@@ -546,17 +543,7 @@ async fn rollout_task(
             let _ = view.send(ViewMsg::Removed { name });
             return;
         }
-        let result = step(
-            &name,
-            &state,
-            &context,
-            &notifier,
-            &input,
-            &mut status,
-            &view,
-            limit,
-        )
-        .await;
+        let result = step(&name, &state, &context, &input, &mut status, &view, limit).await;
         match result {
             Ok(next) => {
                 failures = 0;
@@ -607,12 +594,10 @@ fn shell(
 
 /// One reconcile with a timeout; updates `status` and the view. Returns when to look
 /// again, or what went wrong.
-#[allow(clippy::too_many_arguments)]
 async fn step(
     name: &str,
     state: &StateDir,
     context: &Context,
-    notifier: &Notifier,
     input: &Input,
     status: &mut Option<FeatureRolloutStatus>,
     view: &mpsc::UnboundedSender<ViewMsg>,
@@ -630,23 +615,10 @@ async fn step(
         generation: None,
     };
     let now = Timestamp::now();
-    let previous = status.clone().unwrap_or_default();
     let result =
         tokio::time::timeout(limit, reconcile::reconcile(&shell, context, rollout, now)).await;
     let outcome = match result {
         Ok(Ok(outcome)) => {
-            let id = RolloutRef {
-                namespace: "",
-                name,
-            };
-            notifier.notify(
-                &id,
-                &input.spec,
-                &previous,
-                &outcome.status,
-                &outcome.events,
-                now,
-            );
             *status = Some(outcome.status);
             Ok(outcome.next_look)
         }
