@@ -66,9 +66,10 @@ fn cohort(c: Option<&CohortNumbers>) -> String {
     }
 }
 
-/// One line per metric of a look: name, baseline and candidate numbers, verdict.
+/// One line per metric of a look (name, baseline and candidate numbers, verdict), and
+/// the split of distinct users when the rollout counts them.
 pub fn metric_lines(analysis: &AnalysisStatus) -> Vec<String> {
-    analysis
+    let mut lines: Vec<String> = analysis
         .metrics
         .iter()
         .map(|m| {
@@ -80,7 +81,22 @@ pub fn metric_lines(analysis: &AnalysisStatus) -> Vec<String> {
                 m.verdict
             )
         })
-        .collect()
+        .collect();
+    if let Some(s) = &analysis.sample_ratio {
+        lines.push(format!(
+            "{:<16} baseline {:<20} candidate {:<20} {}",
+            "users",
+            format!("{:.0}", s.baseline_users),
+            format!(
+                "{:.0} = {:.1}% (expected {:.1}%)",
+                s.candidate_users,
+                100.0 * s.observed_share,
+                100.0 * s.expected_share
+            ),
+            if s.mismatch { "MISMATCH" } else { "ok" }
+        ));
+    }
+    lines
 }
 
 /// The stage as `2/4 (fifty)`.
