@@ -502,6 +502,9 @@ mod tests {
     use rand::SeedableRng;
     use rand_distr::{Binomial, Distribution, Gamma};
 
+    /// One look's increments: ((baseline n, x), (candidate n, x)).
+    type Step = ((f64, f64), (f64, f64));
+
     fn window(stage: u32, weight: f64, started: i64, seconds: f64) -> Window {
         Window {
             stage,
@@ -535,12 +538,7 @@ mod tests {
     }
 
     /// Feeds cumulative counts of one stage look by look; returns the last comparison.
-    fn run(
-        evidence: Option<Evidence>,
-        stage: u32,
-        weight: f64,
-        increments: &[((f64, f64), (f64, f64))],
-    ) -> Comparison {
+    fn run(evidence: Option<Evidence>, stage: u32, weight: f64, increments: &[Step]) -> Comparison {
         let mut evidence = evidence;
         let (mut b, mut c) = (counts(0.0, 0.0), counts(0.0, 0.0));
         let mut last = None;
@@ -563,7 +561,7 @@ mod tests {
         last.unwrap()
     }
 
-    fn bursty(seed: u64, looks: usize, cv: Option<f64>) -> Vec<((f64, f64), (f64, f64))> {
+    fn bursty(seed: u64, looks: usize, cv: Option<f64>) -> Vec<Step> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let gamma = cv.map(|cv| Gamma::new(1.0 / (cv * cv), cv * cv).unwrap());
         let mut draw = |n: u64| {

@@ -52,7 +52,7 @@ pub fn norm_isf(p: f64) -> f64 {
 /// or `df < 1`). Large `df` use the Cornish-Fisher expansion in `1/df` (Abramowitz and
 /// Stegun 26.7.5), small ones the exact inverse.
 pub fn t_isf(p: f64, df: f64) -> f64 {
-    if p <= 0.0 || !(df >= 1.0) {
+    if p <= 0.0 || df.is_nan() || df < 1.0 {
         return f64::INFINITY;
     }
     let z = norm_isf(p);
