@@ -2,7 +2,8 @@
 //!
 //! The statistics are pure functions over plain data: [`compare`] (the comparison of the
 //! cohorts over the whole rollout, with [`sequential`]'s boundaries and tails), [`ratio`]
-//! (share counts and the `max` test's confidence sequence), [`histogram`] (slow shares and the Mann-Whitney shift), [`srm`] (sample ratio
+//! (share counts and the `max` test's confidence sequence), [`histogram`] (slow shares and
+//! the Mann-Whitney shift), [`srm`] (sample ratio
 //! mismatch). [`judge`] turns query answers into verdicts; [`look`] runs the queries.
 
 pub mod compare;
