@@ -358,6 +358,16 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
                 .pointer("/metadata/name")
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("document {}", i + 1), str::to_owned);
+            // Other kinds share files with rollouts in GitOps repositories: not ours to judge.
+            if let Some(kind) = document.get("kind").and_then(|k| k.as_str())
+                && kind != manifest::KIND
+            {
+                println!(
+                    "{shown}: {name}: skipped ({kind} is not a {})",
+                    manifest::KIND
+                );
+                continue;
+            }
             match manifest::check(document) {
                 Ok(_) => println!("{shown}: {name}: valid"),
                 Err(problems) => {

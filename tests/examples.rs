@@ -860,3 +860,40 @@ fn alerts_pass_promtool_rule_tests() {
     println!("{out}");
     assert!(test.status.success(), "promtool test rules:\n{out}");
 }
+
+/// `sluice validate` on a file that mixes kinds, as GitOps repositories do: the rollout is
+/// checked, the other documents are skipped, and a broken rollout among them still fails.
+#[test]
+fn sluice_validate_checks_rollouts_and_skips_other_kinds() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/flagd-sidecar.yaml");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("sluice validate runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(": valid"), "{stdout}");
+    assert!(
+        stdout.contains("skipped (Deployment is not a FeatureRollout)"),
+        "{stdout}"
+    );
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), format!("{text}\n---\napiVersion: sluice.dev/v1alpha1\nkind: FeatureRollout\nmetadata: {{ name: broken }}\nspec: {{}}\n")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg(broken.path())
+        .output()
+        .expect("sluice validate runs");
+    assert!(
+        !output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
