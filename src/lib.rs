@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod flagd;
@@ -14,3 +15,4 @@ pub mod prometheus;
 pub mod rbac;
 pub mod reconcile;
 pub mod simulate;
+pub mod telemetry;
