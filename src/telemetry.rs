@@ -73,9 +73,7 @@ impl Error {
 /// The filter used: `RUST_LOG` (default `info`), plus `sluice::audit=info` unless
 /// `RUST_LOG` names the audit target itself, so the audit trail survives `RUST_LOG=warn`.
 pub fn filter(rust_log: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Error> {
-    let base = rust_log
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or("info");
+    let base = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
     let directives = if base.contains(AUDIT_TARGET) {
         base.to_owned()
     } else {
@@ -280,7 +278,10 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = metrics.reconciles.get_or_create(&ResultLabel { result });
         }
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// Counts one reconcile.
@@ -308,7 +309,9 @@ impl Metrics {
 
     /// Counts one flag document write (`configMap`, `featureFlag` or `file`).
     pub fn flag_written(&self, target: &'static str) {
-        self.flag_writes.get_or_create(&TargetLabel { target }).inc();
+        self.flag_writes
+            .get_or_create(&TargetLabel { target })
+            .inc();
     }
 
     /// Sets whether this replica leads.

@@ -363,7 +363,11 @@ impl Elector {
     }
 
     /// Steps every `retry_period` until `shutdown`, then releases the Lease if held.
-    pub async fn run(self, shutdown: impl Future<Output = ()>, metrics: Arc<crate::telemetry::Metrics>) {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut leading = false;
         loop {

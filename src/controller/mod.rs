@@ -42,7 +42,7 @@ use crate::crd::{FeatureRollout, FeatureRolloutStatus, PrometheusSpec, Target};
 use crate::engine::{Event, EventType};
 use crate::reconcile::{self, FlagWriteError, Rollout, Shell};
 use crate::telemetry::{self, Admin, Health, LogFormat, Metrics};
-use leader::{Elector, LeaseConfig, Leadership};
+use leader::{Elector, Leadership, LeaseConfig};
 
 /// The finalizer Sluice puts on every FeatureRollout, so a deletion leaves the flag safe.
 pub const FINALIZER: &str = "sluice.dev/flag-cleanup";
@@ -259,9 +259,7 @@ impl FlagTarget {
                 "spec.target.file is for standalone mode; in a cluster use spec.target.configMap or spec.target.featureFlag".into(),
             )
         } else {
-            FlagTarget::Unsupported(
-                "spec.target sets none of configMap or featureFlag".into(),
-            )
+            FlagTarget::Unsupported("spec.target sets none of configMap or featureFlag".into())
         }
     }
 
@@ -307,7 +305,10 @@ impl Shell for KubeShell<'_> {
         let client = self.state.client.clone();
         let timeout = self.state.call_timeout;
         let changed = match &self.target {
-            FlagTarget::ConfigMap { name, key: data_key } => {
+            FlagTarget::ConfigMap {
+                name,
+                key: data_key,
+            } => {
                 targets::write_config_map(
                     client,
                     &self.namespace,
@@ -456,7 +457,10 @@ pub async fn reconcile_rollout(
                     &reference,
                     KubeEventType::Warning,
                     "InvalidObject",
-                    &format!("The FeatureRollout cannot be read, so Sluice skips it: {}", invalid.error),
+                    &format!(
+                        "The FeatureRollout cannot be read, so Sluice skips it: {}",
+                        invalid.error
+                    ),
                 )
                 .await;
             }
@@ -648,9 +652,7 @@ pub async fn run_controllers(
     futures::future::join_all(runs).await;
 }
 
-fn log_controller_error(
-    error: &controller::Error<Error, watcher::Error>,
-) {
+fn log_controller_error(error: &controller::Error<Error, watcher::Error>) {
     match error {
         controller::Error::ReconcilerFailed(..) => {} // logged by error_policy
         other => tracing::warn!(error = %other, "controller"),
@@ -723,12 +725,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Client)?;
     let mut state = State::new(client.clone(), clock.clone(), Some(identity.clone()));
     state.metrics = metrics.clone();
-    state.context = reconcile::Context::new(args.default_prometheus.clone().map(|address| {
-        PrometheusSpec {
-            address,
-            ..PrometheusSpec::default()
-        }
-    }));
+    state.context =
+        reconcile::Context::new(
+            args.default_prometheus
+                .clone()
+                .map(|address| PrometheusSpec {
+                    address,
+                    ..PrometheusSpec::default()
+                }),
+        );
     let elector = if args.leader_election {
         state.leadership = Leadership::elected(clock.clone());
         Some(Elector::new(
@@ -771,7 +776,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
         )
         .await;
         health.set_listed(false);
-        if tokio::time::timeout(Duration::ZERO, stopped()).await.is_ok() {
+        if tokio::time::timeout(Duration::ZERO, stopped())
+            .await
+            .is_ok()
+        {
             break;
         }
     }

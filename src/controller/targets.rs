@@ -191,7 +191,8 @@ pub fn feature_flag_patch(
         .pointer("/metadata/resourceVersion")
         .cloned()
         .unwrap_or(Value::Null);
-    let mut ops = vec![json!({ "op": "test", "path": "/metadata/resourceVersion", "value": version })];
+    let mut ops =
+        vec![json!({ "op": "test", "path": "/metadata/resourceVersion", "value": version })];
     let entry = format!("/spec/flagSpec/flags/{}", pointer_segment(key));
     let wrap = |path: &str, value: Value| json!({ "op": "add", "path": path, "value": value });
     match object.get("spec") {
@@ -200,10 +201,9 @@ pub fn feature_flag_patch(
             json!({ "flagSpec": { "flags": { key: flag } } }),
         )),
         Some(Value::Object(spec)) => match spec.get("flagSpec") {
-            None | Some(Value::Null) => ops.push(wrap(
-                "/spec/flagSpec",
-                json!({ "flags": { key: flag } }),
-            )),
+            None | Some(Value::Null) => {
+                ops.push(wrap("/spec/flagSpec", json!({ "flags": { key: flag } })))
+            }
             Some(Value::Object(flag_spec)) => match flag_spec.get("flags") {
                 None | Some(Value::Null) => {
                     let mut flags = Map::new();
@@ -256,8 +256,7 @@ pub async fn write_feature_flag(
     flag: &Value,
     timeout: Duration,
 ) -> Result<bool, FlagWriteError> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client, namespace, &feature_flag_resource());
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &feature_flag_resource());
     let what = format!("FeatureFlag {namespace}/{name}");
     for _ in 0..WRITE_ATTEMPTS {
         // featureflags: get
