@@ -66,7 +66,8 @@ fn push_folded<T: PartialEq>(list: &mut Vec<T>, item: T) {
 
 async fn run(crash: Option<Crash>) -> Trace {
     let h = Harness::new(at(0));
-    h.api.insert(&rollout_path("checkout"), rollout("checkout", STAGED));
+    h.api
+        .insert(&rollout_path("checkout"), rollout("checkout", STAGED));
     let mut seen = 0;
     h.api.set_hook(move |call, _| {
         if !call.is_write() {
@@ -109,7 +110,9 @@ async fn run(crash: Option<Crash>) -> Trace {
                 && let Some(stage) = status.stage
             {
                 push_folded(&mut trace.stages, (status.phase, status.stage));
-                let flag = h.config_map_flag("shop-flags", "checkout").expect("a claimed flag");
+                let flag = h
+                    .config_map_flag("shop-flags", "checkout")
+                    .expect("a claimed flag");
                 trace.claims.push((stage, exposure(&flag), ok));
             }
         }
