@@ -336,9 +336,7 @@ impl Metrics {
         phase: Phase,
         weight: Option<&str>,
     ) {
-        let fraction = weight
-            .and_then(|w| parse_percent(w).ok())
-            .map_or(0.0, |p| p / 100.0);
+        let fraction = weight.and_then(|w| parse_percent(w).ok()).unwrap_or(0.0);
         let key = (namespace.to_owned(), name.to_owned());
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, old_flag)) = phases.insert(key, (phase, flag.to_owned()))
