@@ -105,7 +105,6 @@ fn run_controller(args: crate::controller::Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, category = error.category(), "sluice controller stopped");
-            eprintln!("sluice controller: {error}");
             ExitCode::FAILURE
         }
     }

@@ -101,7 +101,11 @@ pub fn init_logging(format: LogFormat) -> Result<(), Error> {
             )
             .try_init(),
         LogFormat::Plain => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     result.map_err(|_| Error::AlreadyInitialised)

@@ -618,3 +618,86 @@ fn humantime_secs(text: &str) -> f64 {
     }
     panic!("not a duration: {text}");
 }
+
+#[tokio::test]
+async fn the_controller_is_ready_after_the_first_list_reconciles_and_stops_gracefully() {
+    use sluice::telemetry::Health;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let h = Harness::new(at(0));
+    let mut object = rollout("checkout", TIMED);
+    object["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("finalizers");
+    h.api.insert(&rollout_path("checkout"), object);
+    let mut broken = rollout("broken", TIMED);
+    broken["spec"]["stages"] = Value::from("every hour");
+    h.api.insert(&rollout_path("broken"), broken);
+
+    // The list fails until the test lets it through.
+    let listable = Arc::new(AtomicBool::new(false));
+    let gate = listable.clone();
+    h.api.set_hook(move |call, _| {
+        let list = call.method == "GET"
+            && call.path.ends_with("/featurerollouts")
+            && !call.query.contains("watch");
+        if list && !gate.load(Ordering::SeqCst) {
+            Hook::Fail(503)
+        } else {
+            Hook::Pass
+        }
+    });
+    let health = Arc::new(Health::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run_controllers(
+        h.state(),
+        vec!["shop".into()],
+        None,
+        health.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_for("a failed list", || {
+        h.api
+            .calls()
+            .iter()
+            .any(|c| c.path.ends_with("/featurerollouts") && c.status == 503)
+    })
+    .await;
+    assert!(!health.ready(), "not ready before the first list");
+
+    listable.store(true, Ordering::SeqCst);
+    wait_for("ready", || health.ready()).await;
+    // Finalizer, then the watch event of that patch, then the flag and the status.
+    wait_for("the rollout started", || {
+        h.status("checkout")
+            .is_some_and(|s| s.phase == Phase::Progressing)
+    })
+    .await;
+    assert!(h.config_map_flag("shop-flags", "checkout").is_some());
+    wait_for("a warning about the malformed rollout", || {
+        events(&h.api.calls()).contains(&"InvalidObject".to_owned())
+    })
+    .await;
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), controller)
+        .await
+        .expect("the controller stops on the shutdown signal")
+        .unwrap();
+}
+
+/// Polls `condition` every 20 ms for up to 30 s.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -33,7 +33,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::Value;
 
@@ -603,8 +603,8 @@ async fn cleanup(rollout: &FeatureRollout, state: &State) -> Result<Action, Erro
 /// finishing the reconciles in hand. Marks `health` listed once every watch has listed.
 pub async fn run_controllers(
     state: Arc<State>,
-    namespaces: &[String],
-    selector: Option<&str>,
+    namespaces: Vec<String>,
+    selector: Option<String>,
     health: Arc<Health>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -612,12 +612,12 @@ pub async fn run_controllers(
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
-        namespaces.iter().cloned().map(Some).collect()
+        namespaces.into_iter().map(Some).collect()
     };
     let total = scopes.len();
     let listed: Arc<Mutex<HashSet<usize>>> = Arc::default();
     let mut config = watcher::Config::default();
-    if let Some(selector) = selector {
+    if let Some(selector) = &selector {
         config = config.labels(selector);
     }
     let runs = scopes.into_iter().enumerate().map(|(index, scope)| {
@@ -626,21 +626,29 @@ pub async fn run_controllers(
             Some(namespace) => Api::namespaced(state.client.clone(), namespace),
             None => Api::all(state.client.clone()),
         };
-        let controller = Controller::new(api, config.clone())
-            .with_config(controller::Config::default().concurrency(64))
-            .graceful_shutdown_on(stop.clone());
-        let store = controller.store();
+        // The controller's own watch, with its store: the first complete list (InitDone)
+        // makes this scope ready. (`Controller::for_stream` needs kube's
+        // `unstable-runtime` feature; `Store::wait_until_ready` cannot be shared with the
+        // controller, which waits on it too, because it wakes only the last waiter.)
+        let (reader, writer) = reflector::store();
         let health = health.clone();
         let listed = listed.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                let mut done = listed.lock().unwrap_or_else(|e| e.into_inner());
-                done.insert(index);
-                if done.len() == total {
-                    health.set_listed(true);
+        let stream = watcher(api, config.clone())
+            .default_backoff()
+            .reflect(writer)
+            .inspect(move |event| {
+                if let Ok(watcher::Event::InitDone) = event {
+                    let mut done = listed.lock().unwrap_or_else(|e| e.into_inner());
+                    done.insert(index);
+                    if done.len() == total {
+                        health.set_listed(true);
+                    }
                 }
-            }
-        });
+            })
+            .touched_objects();
+        let controller = Controller::for_stream(stream, reader)
+            .with_config(controller::Config::default().concurrency(64))
+            .graceful_shutdown_on(stop.clone());
         controller
             .run(reconcile_rollout, error_policy, state.clone())
             .for_each(|result| async move {
@@ -686,7 +694,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let identity = std::env::var("POD_NAME")
         .ok()
         .filter(|n| !n.is_empty())
-        .or_else(|| hostname())
+        .or_else(hostname)
         .unwrap_or_else(|| "sluice".into());
     let lease_namespace = match (&args.leader_election, &args.lease_namespace) {
         (true, None) => {
@@ -747,7 +755,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
     let leadership = state.leadership.clone();
     let state = Arc::new(state);
-    let elector_task = elector.map(|elector| tokio::spawn(elector.run(stopped(), metrics.clone())));
+    // The elector keeps renewing until the controllers have finished the writes in hand,
+    // then releases the Lease so the next leader need not wait for it to expire.
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
+    let elector_task = elector.map(|elector| {
+        let done = async move {
+            let _ = done_rx.wait_for(|done| *done).await;
+        };
+        tokio::spawn(elector.run(done, metrics.clone()))
+    });
 
     loop {
         if args.leader_election {
@@ -764,8 +780,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         let stop = stopped();
         run_controllers(
             state.clone(),
-            &args.namespaces,
-            args.selector.as_deref(),
+            args.namespaces.clone(),
+            args.selector.clone(),
             health.clone(),
             async move {
                 tokio::select! {
@@ -783,6 +799,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             break;
         }
     }
+    let _ = done_tx.send(true);
     if let Some(task) = elector_task {
         let _ = task.await;
     }

@@ -97,6 +97,26 @@ fn split(path: &str) -> (String, Option<String>, Option<String>) {
     (collection, name, sub)
 }
 
+/// Whether the object stored at `key` belongs to `collection` (a namespaced collection,
+/// or the same resource across all namespaces).
+fn in_collection(collection: &str, key: &str) -> bool {
+    let Some((parent, _)) = key.rsplit_once('/') else {
+        return false;
+    };
+    if parent == collection {
+        return true;
+    }
+    let parts: Vec<&str> = parent.split('/').collect();
+    match parts.iter().position(|p| *p == "namespaces") {
+        Some(i) if !collection.contains("/namespaces/") && parts.len() == i + 3 => {
+            let mut all = parts[..i].to_vec();
+            all.push(parts[i + 2]);
+            all.join("/") == collection
+        }
+        _ => false,
+    }
+}
+
 impl FakeApi {
     /// A new empty server and a client talking to it.
     pub fn start() -> (FakeApi, Client) {
@@ -105,8 +125,12 @@ impl FakeApi {
         let server = api.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
-                let response = server.handle(request).await;
-                send.send_response(response);
+                let server = server.clone();
+                // Each request on its own task: a held watch never blocks the others.
+                tokio::spawn(async move {
+                    let response = server.handle(request).await;
+                    send.send_response(response);
+                });
             }
         });
         (api, Client::new(service, "default"))
@@ -188,6 +212,11 @@ impl FakeApi {
             body,
             status: 0,
         };
+        if call.method == "GET"
+            && (call.query.contains("watch=true") || call.query.contains("watch=1"))
+        {
+            return self.watch(call).await;
+        }
         let mut inner = self.inner.lock().unwrap();
         let inner = &mut *inner;
         let hook = match inner.hook.as_mut() {
@@ -214,6 +243,43 @@ impl FakeApi {
             .unwrap()
     }
 
+    /// A watch: after a short wait, every object of the collection changed since the
+    /// requested resourceVersion, as MODIFIED events; then the stream ends (the client
+    /// watches again from the last version it saw).
+    async fn watch(&self, mut call: Call) -> Response<Body> {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let since: u64 = call
+            .query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (collection, _, _) = split(&call.path);
+        let mut inner = self.inner.lock().unwrap();
+        let mut changed: Vec<(u64, Value)> = inner
+            .objects
+            .iter()
+            .filter(|(k, _)| in_collection(&collection, k))
+            .filter_map(|(_, v)| {
+                let version: u64 = v["metadata"]["resourceVersion"].as_str()?.parse().ok()?;
+                (version > since).then(|| (version, v.clone()))
+            })
+            .collect();
+        changed.sort_by_key(|(v, _)| *v);
+        let mut body = String::new();
+        for (_, object) in changed {
+            body.push_str(&json!({ "type": "MODIFIED", "object": object }).to_string());
+            body.push('\n');
+        }
+        call.status = 200;
+        inner.calls.push(call);
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(body.into_bytes()))
+            .unwrap()
+    }
+
     fn bump(inner: &mut Inner, object: &mut Value) {
         inner.version += 1;
         object["metadata"]["resourceVersion"] = Value::from(inner.version.to_string());
@@ -230,7 +296,7 @@ impl FakeApi {
                 let items: Vec<Value> = inner
                     .objects
                     .iter()
-                    .filter(|(k, _)| k.rsplit_once('/').map(|(c, _)| c) == Some(&collection))
+                    .filter(|(k, _)| in_collection(&collection, k))
                     .map(|(_, v)| v.clone())
                     .collect();
                 (
