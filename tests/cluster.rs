@@ -195,9 +195,10 @@ async fn a_rollout_with_a_config_map_target_advances_to_promotion() {
     cluster.apply(rollout("checkout", "new-checkout")).await;
 
     wait_for("the first stage", Duration::from_secs(60), || async {
-        cluster.served("shop-flags", "new-checkout").await.is_some_and(|f| {
-            f["targeting"]["fractional"][0] == json!(["on", 100_000])
-        })
+        cluster
+            .served("shop-flags", "new-checkout")
+            .await
+            .is_some_and(|f| f["targeting"]["fractional"][0] == json!(["on", 100_000]))
     })
     .await;
     let rollout = cluster.rollouts().get("checkout").await.unwrap();
@@ -252,7 +253,12 @@ async fn deleting_a_rollout_mid_way_restores_the_baseline() {
         .await
         .unwrap();
     wait_for("the rollout to go", Duration::from_secs(60), || async {
-        cluster.rollouts().get_opt("banner").await.unwrap().is_none()
+        cluster
+            .rollouts()
+            .get_opt("banner")
+            .await
+            .unwrap()
+            .is_none()
     })
     .await;
     let flag = cluster.served("shop-flags", "new-banner").await.unwrap();

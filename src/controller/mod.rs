@@ -476,6 +476,8 @@ pub async fn reconcile_rollout(
     let namespace = rollout.namespace().unwrap_or_default();
     let api: Api<FeatureRollout> = Api::namespaced(state.client.clone(), &namespace);
     let rollout = Arc::new(rollout.clone());
+    // featurerollouts: patch (kube's finalizer helper adds and removes the finalizer
+    // with a JSON patch guarded by a `test`)
     let work = finalizer::finalizer(&api, FINALIZER, rollout, |event| async {
         match event {
             FinalizerEvent::Apply(rollout) => apply(&rollout, &state).await,
