@@ -5,11 +5,12 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test venv prometheus build lint crd clean-venv
+.PHONY: test venv helm prometheus build lint helm-lint crd clean-venv
 
-test: venv prometheus
+test: venv helm prometheus
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	$(PYTHON) scripts/helm.py lint charts/sluice
 	SLUICE_PYTHON=$(abspath $(PYTHON)) cargo test --locked
 
 # The real OpenFeature Python SDK and flagd provider, which read what Sluice writes.
@@ -19,6 +20,17 @@ $(VENV)/.installed: tests/python/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_FLAGS) -r tests/python/requirements.txt
 	touch $@
+
+# Helm's library for `helm lint` and offline rendering of charts/sluice (scripts/helm.py).
+# helm-sdkpy declares Python >= 3.12 but works on 3.11, hence --ignore-requires-python.
+helm: $(VENV)/.helm-installed
+
+$(VENV)/.helm-installed: tests/python/helm-requirements.txt $(VENV)/.installed
+	$(VENV)/bin/pip install $(PIP_FLAGS) --ignore-requires-python -r tests/python/helm-requirements.txt
+	touch $@
+
+helm-lint: helm
+	$(PYTHON) scripts/helm.py lint charts/sluice
 
 # A real Prometheus server (Debian's package) for the analysis tests.
 prometheus:
@@ -31,9 +43,11 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 
-# Regenerates the committed CRD from the Rust types (a test fails when they differ).
+# Regenerates the committed CRD from the Rust types, and the chart's copy (tests fail
+# when either differs).
 crd:
 	cargo run --quiet -- crd > crds/featurerollout.yaml
+	cp crds/featurerollout.yaml charts/sluice/crds/featurerollout.yaml
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,7 +4,8 @@
 //!
 //! 1. write the flag document (skipped when it already says the same),
 //! 2. write the status that claims it (skipped when it did not change),
-//! 3. publish the plan's events and one audit line per flag change.
+//! 3. publish the plan's events and one audit line per flag change,
+//! 4. hand the events to the notifier, if any, which delivers them in the background.
 //!
 //! The two modes differ only in their [`Shell`]: where the flag document and the status
 //! live and where events go. A crash between two steps is repaired by the next reconcile:
@@ -32,6 +33,7 @@ use crate::crd::{
 };
 use crate::engine::{self, Decision, Event, EventType, Observations};
 use crate::flagd::{FlagDefinition, FlagState, FlagdError, render_flag};
+use crate::notify::Notifier;
 use crate::prometheus::PrometheusClient;
 
 /// Why writing the flag failed.
@@ -125,11 +127,12 @@ pub trait Shell {
 }
 
 /// What a reconcile shares across rollouts: Prometheus clients (one per distinct
-/// configuration, so connections are reused) and the default Prometheus.
+/// configuration, so connections are reused), the default Prometheus and the notifier.
 #[derive(Debug, Default)]
 pub struct Context {
     default_prometheus: Option<PrometheusSpec>,
     clients: Mutex<HashMap<String, PrometheusClient>>,
+    notifier: Option<Notifier>,
 }
 
 impl Context {
@@ -138,7 +141,15 @@ impl Context {
         Context {
             default_prometheus,
             clients: Mutex::default(),
+            notifier: None,
         }
+    }
+
+    /// The same context, handing every reconcile's events to `notifier` after they are
+    /// published (delivery runs in the background: it never delays a reconcile).
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     fn client(&self, spec: &FeatureRolloutSpec) -> Result<PrometheusClient, String> {
@@ -190,6 +201,8 @@ pub struct Outcome {
     pub status_written: bool,
     /// When to reconcile again; `None` waits for a change of the rollout.
     pub next_look: Option<Timestamp>,
+    /// The events published (transitions only).
+    pub events: Vec<Event>,
     /// How long the look at the metrics took, when one was made.
     pub analysis_took: Option<Duration>,
 }
@@ -237,7 +250,11 @@ pub async fn reconcile<S: Shell>(
         match shell.write_flag(&definition.key, &flag).await {
             Ok(changed) => flag_changed = changed,
             Err(error) => {
-                hold_on_write_failure(shell, &previous, &plan.status, &error, now).await?;
+                let held =
+                    hold_on_write_failure(shell, &previous, &plan.status, &error, now).await?;
+                if let (Some(notifier), Some((status, event))) = (&context.notifier, held) {
+                    notifier.notify(&rollout.id, spec, &previous, &status, &[event], now);
+                }
                 return Err(Error::WriteFlag(error));
             }
         }
@@ -256,6 +273,17 @@ pub async fn reconcile<S: Shell>(
     if flag_changed {
         audit(&rollout, &previous, &plan.status, &plan.decision);
     }
+    // 4. Notifications, in the background.
+    if let Some(notifier) = &context.notifier {
+        notifier.notify(
+            &rollout.id,
+            spec,
+            &previous,
+            &plan.status,
+            &plan.events,
+            now,
+        );
+    }
 
     Ok(Outcome {
         decision: plan.decision,
@@ -263,6 +291,7 @@ pub async fn reconcile<S: Shell>(
         flag_changed,
         status_written,
         next_look: plan.next_look,
+        events: plan.events,
         analysis_took,
     })
 }
@@ -343,14 +372,15 @@ fn unreachable_look(
 
 /// The status written when the flag could not be: the previous stage and exposure, the
 /// look just made (a failing one rolls back at the next attempt), and `Ready=False`
-/// saying what to fix. One Warning event when that condition appears.
+/// saying what to fix. One Warning event when that condition appears: returned with the
+/// status written, for the notifier.
 async fn hold_on_write_failure<S: Shell>(
     shell: &S,
     previous: &FeatureRolloutStatus,
     planned: &FeatureRolloutStatus,
     error: &FlagWriteError,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<Option<(FeatureRolloutStatus, Event)>, Error> {
     let (reason, message) = match error {
         FlagWriteError::Document(e) => (
             "FlagDocumentInvalid",
@@ -377,19 +407,18 @@ async fn hold_on_write_failure<S: Shell>(
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason);
     set_condition(&mut held, "Ready", "False", reason, &message, now);
-    if appeared {
-        shell
-            .publish(&Event {
-                type_: EventType::Warning,
-                reason,
-                message: message.clone(),
-            })
-            .await;
+    let event = appeared.then(|| Event {
+        type_: EventType::Warning,
+        reason,
+        message: message.clone(),
+    });
+    if let Some(event) = &event {
+        shell.publish(event).await;
     }
     if held != *previous {
         shell.write_status(&held).await?;
     }
-    Ok(())
+    Ok(event.map(|e| (held, e)))
 }
 
 fn set_condition(

@@ -331,6 +331,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Brings `sluice_notifications_total` up to the notifier's own totals.
+    pub fn set_notification_totals(&self, sent: u64, failed: u64) {
+        for (result, total) in [("sent", sent), ("failed", failed)] {
+            let counter = self.notifications.get_or_create(&ResultLabel { result });
+            let now = counter.get();
+            if total > now {
+                counter.inc_by(total - now);
+            }
+        }
+    }
+
     /// Records a rollout's phase and exposure (`weight` as in status, e.g. `"5%"`).
     pub fn observe_rollout(
         &self,

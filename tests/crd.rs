@@ -158,6 +158,26 @@ fn invalid_specs_are_refused_with_the_field_named() {
             Server::Cel,
         ),
         (
+            "notification webhook that is not http",
+            edited(&[(
+                "/spec/notifications",
+                Some(json!([{ "url": "ftp://hooks.example.com/x" }])),
+            )]),
+            "spec.notifications[0].url",
+            Server::Schema,
+        ),
+        (
+            "notification event named twice",
+            edited(&[(
+                "/spec/notifications",
+                Some(
+                    json!([{ "url": "https://hooks.example.com/x", "on": ["Promoted", "Promoted"] }]),
+                ),
+            )]),
+            "spec.notifications[0].on",
+            Server::Cel,
+        ),
+        (
             "weight above 100%",
             edited(&[("/spec/stages/1/weight", Some(json!(150)))]),
             "spec.stages[1].weight",

@@ -146,6 +146,7 @@ fn stage_spec(shape: Shape) -> FeatureRolloutSpec {
         },
         analysis,
         control: Control::default(),
+        notifications: Vec::new(),
     }
 }
 

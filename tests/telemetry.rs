@@ -94,6 +94,19 @@ async fn metrics_carry_the_contracted_names() {
     }
     assert!(text.ends_with("# EOF\n"));
 
+    // The notifier's own totals are mirrored, never counted twice.
+    m.set_notification_totals(3, 1);
+    m.set_notification_totals(3, 1);
+    let (_, text) = get(&admin, "/metrics").await;
+    assert!(
+        text.contains(r#"sluice_notifications_total{result="sent"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"sluice_notifications_total{result="failed"} 1"#),
+        "{text}"
+    );
+
     // A deleted rollout leaves no series behind.
     m.forget_rollout("shop", "checkout");
     let (_, text) = get(&admin, "/metrics").await;

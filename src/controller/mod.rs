@@ -86,9 +86,9 @@ pub struct Args {
     /// The Prometheus used when a rollout has no spec.analysis.prometheus.
     #[arg(long)]
     pub default_prometheus: Option<String>,
-    /// Global notification webhooks (optional).
-    #[arg(long = "notify-webhook")]
-    pub notify_webhooks: Vec<String>,
+    /// Notification webhooks for every rollout.
+    #[command(flatten)]
+    pub notify: crate::notify::NotifyArgs,
 }
 
 /// Why the controller or one reconcile failed.
@@ -706,9 +706,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
         (_, namespace) => namespace.clone().unwrap_or_default(),
     };
-    if !args.notify_webhooks.is_empty() {
-        tracing::warn!("--notify-webhook is accepted but notifications are not built yet");
-    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -735,6 +732,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Client)?;
     let mut state = State::new(client.clone(), clock.clone(), Some(identity.clone()));
     state.metrics = metrics.clone();
+    let (notifier, failures) = crate::notify::Notifier::new(args.notify.config())
+        .map_err(|e| Error::Config(format!("--notify-webhook: {e}")))?;
     state.context =
         reconcile::Context::new(
             args.default_prometheus
@@ -743,7 +742,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     address,
                     ..PrometheusSpec::default()
                 }),
-        );
+        )
+        .with_notifier(notifier.clone());
     let elector = if args.leader_election {
         state.leadership = Leadership::elected(clock.clone());
         Some(Elector::new(
@@ -757,6 +757,40 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
     let leadership = state.leadership.clone();
     let state = Arc::new(state);
+    // A notification that gave up becomes a Warning Event on its rollout.
+    let publisher = state.clone();
+    crate::notify::forward_failures(failures, move |failure| {
+        let state = publisher.clone();
+        async move {
+            if !state.leadership.is_leader() {
+                return;
+            }
+            let event = failure.event();
+            let reference = ObjectReference {
+                api_version: Some(FeatureRollout::api_version(&()).into_owned()),
+                kind: Some(FeatureRollout::kind(&()).into_owned()),
+                name: Some(failure.name.clone()),
+                namespace: Some(failure.namespace.clone()),
+                ..ObjectReference::default()
+            };
+            publish(
+                &state,
+                &reference,
+                KubeEventType::Warning,
+                event.reason,
+                &event.message,
+            )
+            .await;
+        }
+    });
+    let counted = notifier.clone();
+    let notification_metrics = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            notification_metrics.set_notification_totals(counted.sent(), counted.failed());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
     // The elector keeps renewing until the controllers have finished the writes in hand,
     // then releases the Lease so the next leader need not wait for it to expire.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
@@ -801,6 +835,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
             break;
         }
     }
+    // Deliveries in flight are bounded by their attempts, timeouts and backoff.
+    notifier.idle().await;
+    metrics.set_notification_totals(notifier.sent(), notifier.failed());
     let _ = done_tx.send(true);
     if let Some(task) = elector_task {
         let _ = task.await;

@@ -99,6 +99,76 @@ pub struct FeatureRolloutSpec {
     /// Steering by people: pause, approve, abort and retry, settable with `kubectl patch`.
     #[serde(default)]
     pub control: Control,
+    /// Webhooks told about this rollout's rollbacks, promotions, holds that need a person
+    /// and metrics-provider trouble, in addition to the controller's global webhooks
+    /// (`--notify-webhook`). At most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub notifications: Vec<NotificationSpec>,
+}
+
+/// A webhook for one rollout's notifications.
+#[derive(Serialize, Deserialize, Clone, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.on) || self.on.all(t, self.on.exists_one(u, u == t))").message("notifications[].on must not name an event twice"))]
+pub struct NotificationSpec {
+    /// Where to POST: an `http://` or `https://` URL. A URL may carry a token (Slack's
+    /// incoming webhooks do): Sluice never writes it to logs, events or status, but
+    /// whoever may read this rollout may read it; for secret URLs prefer the
+    /// controller's global webhooks, configured from a Secret.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^/?#\s]+"))]
+    pub url: String,
+    /// The payload: `json` (default; Sluice's own fields) or `slack` (a Slack-compatible
+    /// `{"text", "blocks"}` message, also understood by Mattermost and Rocket.Chat).
+    #[serde(default)]
+    pub format: NotificationFormat,
+    /// Which notifications to send (default: all): `RolledBack`, `Promoted`,
+    /// `NeedsAttention` (waiting for approval, no data, sample ratio mismatch, an invalid
+    /// spec, a flag that cannot be written) and `ProviderTrouble` (the analysis keeps
+    /// failing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub on: Vec<NotificationTrigger>,
+}
+
+impl std::fmt::Debug for NotificationSpec {
+    // The URL may carry a token: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationSpec")
+            .field("url", &"<redacted>")
+            .field("format", &self.format)
+            .field("on", &self.on)
+            .finish()
+    }
+}
+
+/// The payload format of a webhook.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum NotificationFormat {
+    /// Sluice's own JSON document: rollout, namespace, flag, stage, weight, verdict,
+    /// reason, message, time.
+    #[default]
+    Json,
+    /// A Slack-compatible message: `{"text": ..., "blocks": [...]}`.
+    Slack,
+}
+
+/// What a notification is about.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum NotificationTrigger {
+    /// The rollout rolled back (harm, `control.abort`, errors with `onError: rollback`).
+    RolledBack,
+    /// The candidate became the default for everybody.
+    Promoted,
+    /// A hold only a person can end: waiting for approval, no data for a whole stage,
+    /// a sample ratio mismatch, an invalid spec, a removed stage, a flag document that
+    /// cannot be written.
+    NeedsAttention,
+    /// The metrics provider or its queries keep failing (`AnalysisFailing`).
+    ProviderTrouble,
 }
 
 /// The flag being rolled out.

@@ -139,6 +139,7 @@ pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
         .is_some_and(|a| !a.metrics.is_empty());
     let stages = check_stages(spec, has_metrics, &mut p);
     let (interval, confidence, on_error) = check_analysis(spec, &mut p);
+    check_notifications(spec, &mut p);
     // `control.approve` naming no stage is not an error: it approves nothing, and the
     // waiting message names the stage that waits.
 
@@ -393,6 +394,55 @@ fn check_json_logic_args(args: &Value) -> Result<(), String> {
         Value::Array(items) => items.iter().try_for_each(check_json_logic_args),
         _ => Ok(()),
     }
+}
+
+/// Most webhooks one rollout may name.
+pub const MAX_NOTIFICATIONS: usize = 8;
+
+fn check_notifications(spec: &FeatureRolloutSpec, p: &mut Problems) {
+    if spec.notifications.len() > MAX_NOTIFICATIONS {
+        p.add(
+            "spec.notifications",
+            format!(
+                "has {} webhooks: at most {MAX_NOTIFICATIONS} are allowed",
+                spec.notifications.len()
+            ),
+        );
+    }
+    for (i, n) in spec.notifications.iter().enumerate() {
+        // The URL may carry a token: the messages never repeat it.
+        if let Err(message) = check_webhook_url(&n.url) {
+            p.add(format!("spec.notifications[{i}].url"), message);
+        }
+        let mut seen = BTreeSet::new();
+        for trigger in &n.on {
+            if !seen.insert(format!("{trigger:?}")) {
+                p.add(
+                    format!("spec.notifications[{i}].on"),
+                    format!("names {trigger:?} twice"),
+                );
+            }
+        }
+    }
+}
+
+/// Checks a webhook URL without repeating it (it may carry a token): `http` or `https`,
+/// with a host, at most 2048 characters.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    if url.len() > 2048 {
+        return Err("is longer than 2048 characters".into());
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "has the scheme {:?}: use http or https",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(())
 }
 
 fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuration, f64, OnError) {
