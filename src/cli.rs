@@ -51,6 +51,9 @@ pub enum Command {
         /// Worker threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        /// Skip the validity sweep (Sluice's A/A rate at other error rates and traffic).
+        #[arg(long)]
+        no_sweep: bool,
     },
 }
 
@@ -80,8 +83,11 @@ pub fn run(cli: Cli) -> ExitCode {
             runs,
             seed,
             threads,
+            no_sweep,
         } => {
-            let results = simulate::run(&simulate::Config::benchmark(runs, seed, threads));
+            let mut config = simulate::Config::benchmark(runs, seed, threads);
+            config.sweep = !no_sweep;
+            let results = simulate::run(&config);
             print!("{}", simulate::report::render(&results));
             println!("wall time: {:.1} s", results.elapsed.as_secs_f64());
             ExitCode::SUCCESS
@@ -208,18 +214,46 @@ fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
         .or(rollout.metadata.namespace.clone())
         .unwrap_or_default();
     let name = rollout.metadata.name.clone().unwrap_or_default();
-    let at = LookAt {
-        stage: stage as u32,
-        stage_started_at: now - elapsed,
-        now,
-    };
+    let started = now - elapsed;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio runtime: {e}"))?;
     let rollout_ref = RolloutRef {
         namespace: &namespace,
         name: &name,
     };
-    Ok(runtime.block_on(look(&client, &rollout.spec, &valid, rollout_ref, at, None)))
+    // The stage's looks as the controller makes them, one per interval, each with the
+    // previous one as `status.lastAnalysis`: the comparison needs the spread between looks.
+    let interval = valid.interval.as_secs_f64().max(1.0);
+    let looks = ((elapsed.as_secs_f64() / interval).ceil() as u32).clamp(1, MAX_ANALYZE_LOOKS);
+    let step = elapsed.as_secs_f64() / f64::from(looks);
+    Ok(runtime.block_on(async {
+        let mut previous: Option<AnalysisStatus> = None;
+        for k in 1..=looks {
+            let at = LookAt {
+                stage: stage as u32,
+                stage_started_at: started,
+                now: if k == looks {
+                    now
+                } else {
+                    started + jiff::SignedDuration::from_secs_f64(step * f64::from(k))
+                },
+            };
+            let status = look(
+                &client,
+                &rollout.spec,
+                &valid,
+                rollout_ref.clone(),
+                at,
+                previous.as_ref(),
+            )
+            .await;
+            previous = Some(status);
+        }
+        previous.expect("at least one look")
+    }))
 }
+
+/// The most looks `sluice analyze` replays in a stage.
+const MAX_ANALYZE_LOOKS: u32 = 120;
 
 /// The verdict table `sluice analyze` prints.
 pub fn analysis_table(analysis: &AnalysisStatus) -> String {
@@ -247,6 +281,21 @@ pub fn analysis_table(analysis: &AnalysisStatus) -> String {
             number(m.bound)
         );
         let _ = writeln!(out, "  {}", m.reason.as_deref().unwrap_or_default());
+        if let Some(z) = m.statistic {
+            let at = |b: Option<f64>| {
+                b.map_or_else(|| "none at this look".to_owned(), |b| format!("{b:.2}"))
+            };
+            let _ = writeln!(
+                out,
+                "  z = {z:.2} (boundary {}); recent z = {} (boundary {}); budget spent {:.1}%; dispersion κ = {:.3}",
+                at(m.boundary),
+                m.recent_statistic
+                    .map_or_else(|| "-".to_owned(), |z| format!("{z:.2}")),
+                at(m.recent_boundary),
+                100.0 * m.budget_spent.unwrap_or_default(),
+                m.dispersion.unwrap_or_default()
+            );
+        }
         if let Some(test) = &m.test {
             let _ = writeln!(out, "  test: {test}");
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::analysis::judge::{self, StageLook};
+use crate::analysis::judge::{self, Observed};
 use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{
@@ -230,7 +230,7 @@ pub async fn reconcile<S: Shell>(
         let previous = status.last_analysis.as_ref();
         analysis = Some(match context.client(spec) {
             Ok(client) => look(&client, spec, &valid, rollout.id.clone(), at, previous).await,
-            Err(reason) => unreachable_look(spec, &valid, at, reason),
+            Err(reason) => unreachable_look(spec, &valid, at, previous, reason),
         });
         analysis_took = Some(began.elapsed());
     }
@@ -349,25 +349,22 @@ pub fn definition(spec: &FeatureRolloutSpec) -> FlagDefinition {
     }
 }
 
-/// A look that could not reach Prometheus at all: every metric is an `Error`.
+/// A look that could not reach Prometheus at all: every metric is an `Error`. It goes
+/// through the same judgement as any look, so the evidence kept in `previous` carries on.
 fn unreachable_look(
     spec: &FeatureRolloutSpec,
     valid: &ValidSpec,
     at: LookAt,
+    previous: Option<&AnalysisStatus>,
     reason: String,
 ) -> AnalysisStatus {
-    let elapsed = at
-        .now
-        .duration_since(at.stage_started_at)
-        .max(jiff::SignedDuration::from_secs(1));
-    let stage_look = StageLook::new(spec, valid, at.stage, elapsed);
-    let metrics = spec
+    let observed = spec
         .analysis
         .iter()
         .flat_map(|a| &a.metrics)
-        .map(|m| judge::failed(&m.name, String::new(), reason.clone()))
+        .map(|_| (Observed::Failed(reason.clone()), Vec::new()))
         .collect();
-    judge::combine(&stage_look, at.now, metrics, None, None)
+    judge::judge_look(spec, valid, at, observed, None, previous)
 }
 
 /// The status written when the flag could not be: the previous stage and exposure, the

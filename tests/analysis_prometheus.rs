@@ -155,23 +155,33 @@ async fn analyse(address: &str, spec: &FeatureRolloutSpec) -> AnalysisStatus {
     })
     .unwrap();
     let client = PrometheusClient::new(config).unwrap();
-    let at = LookAt {
-        stage: 0,
-        stage_started_at: end() - SignedDuration::from_mins(10),
-        now: end(),
+    // The stage's looks as the controller makes them, one a minute, each with the
+    // previous one as `status.lastAnalysis` (the spread between looks is what the
+    // comparison's variance is checked against).
+    let rollout = RolloutRef {
+        namespace: "shop",
+        name: "test",
     };
-    look(
-        &client,
-        spec,
-        &valid,
-        RolloutRef {
-            namespace: "shop",
-            name: "test",
-        },
-        at,
-        None,
-    )
-    .await
+    let started = end() - SignedDuration::from_mins(10);
+    let mut previous: Option<AnalysisStatus> = None;
+    for minute in 1..=10 {
+        let at = LookAt {
+            stage: 0,
+            stage_started_at: started,
+            now: started + SignedDuration::from_mins(minute),
+        };
+        let status = look(
+            &client,
+            spec,
+            &valid,
+            rollout.clone(),
+            at,
+            previous.as_ref(),
+        )
+        .await;
+        previous = Some(status);
+    }
+    previous.expect("ten looks")
 }
 
 #[tokio::test]
@@ -184,7 +194,8 @@ async fn verdicts_follow_the_data() {
     let m = &healthy.metrics[0];
     assert_eq!(m.baseline.as_ref().unwrap().n, 4_000.0);
     assert_eq!(m.candidate.as_ref().unwrap().value, 0.01);
-    assert!(m.bound.unwrap() < 0.0);
+    assert!(m.statistic.unwrap() < m.boundary.unwrap(), "{m:#?}");
+    assert_eq!(m.evidence.as_ref().unwrap().strata[0].candidate.looks, 10);
     assert!(
         m.queries[0].contains(r#"feature_flag_key="healthy""#) && m.queries[0].contains("[10m]"),
         "{:?}",
@@ -200,7 +211,8 @@ async fn verdicts_follow_the_data() {
 
     let doubled = analyse(&url, &spec("doubled", ERROR_RATE, false)).await;
     assert_eq!(doubled.verdict, Verdict::Fail, "{doubled:#?}");
-    assert!(doubled.metrics[0].bound.unwrap() > 0.0);
+    let m = &doubled.metrics[0];
+    assert!(m.statistic.unwrap() >= m.boundary.unwrap(), "{m:#?}");
     assert!(
         doubled
             .message

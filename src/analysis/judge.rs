@@ -4,6 +4,7 @@
 
 use jiff::Timestamp;
 
+use super::compare::{self, Comparison, Plan, Window};
 use super::histogram::{self, Continuity, MannWhitneyOutcome};
 use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 use super::srm::{self, RequestShareOutcome, SrmOutcome};
@@ -28,8 +29,18 @@ pub struct StageLook {
     pub audience: bool,
     /// Elapsed share of the stage's duration, in `[0, 1]` (1 once the duration passed).
     pub elapsed_fraction: f64,
-    /// The false-rollback budget of each sequential test at this stage.
+    /// When the stage began (the query window starts here).
+    pub started_at: Timestamp,
+    /// Seconds since the stage began.
+    pub elapsed_seconds: f64,
+    /// The false-rollback budget of each `max` test at this stage (its confidence
+    /// sequence restarts at every stage).
     pub alpha: f64,
+    /// The false-rollback budget of each comparison (`maxIncrease`) over the whole
+    /// rollout ([`budget_per_test`]).
+    pub budget: f64,
+    /// The plan's information profile, for the comparison's boundaries.
+    pub plan: Plan,
 }
 
 impl StageLook {
@@ -39,16 +50,27 @@ impl StageLook {
     }
 }
 
+/// Where in the plan a look is made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LookAt {
+    /// The current stage's index.
+    pub stage: u32,
+    /// When the stage began (the query window starts here).
+    pub stage_started_at: Timestamp,
+    /// The evaluation time.
+    pub now: Timestamp,
+}
+
 impl StageLook {
-    /// The look at stage `index` after the stage has run for `elapsed`, with the budget
-    /// of [`alpha_per_test`]: what every caller (controller, standalone, `sluice
-    /// analyze`, `sluice simulate`) judges with.
-    pub fn new(
-        spec: &FeatureRolloutSpec,
-        valid: &ValidSpec,
-        index: u32,
-        elapsed: jiff::SignedDuration,
-    ) -> StageLook {
+    /// The look `at` a stage of a valid spec, with the budgets of [`alpha_per_test`] and
+    /// [`budget_per_test`]: what every caller (controller, standalone, `sluice analyze`,
+    /// `sluice simulate`) judges with.
+    pub fn new(spec: &FeatureRolloutSpec, valid: &ValidSpec, at: LookAt) -> StageLook {
+        let index = at.stage;
+        let elapsed = at
+            .now
+            .duration_since(at.stage_started_at)
+            .max(jiff::SignedDuration::ZERO);
         let stage = &valid.stages[(index as usize).min(valid.stages.len() - 1)];
         let elapsed_fraction = if stage.duration.is_zero() {
             1.0
@@ -60,14 +82,47 @@ impl StageLook {
             weight: stage.weight,
             audience: stage.audience.is_some(),
             elapsed_fraction,
+            started_at: at.stage_started_at,
+            elapsed_seconds: elapsed.as_secs_f64(),
             alpha: alpha_per_test(spec, valid),
+            budget: budget_per_test(spec, valid),
+            plan: Plan::new(valid),
+        }
+    }
+
+    fn window(&self) -> Window {
+        let weight = self.weight.fraction();
+        Window {
+            stage: self.stage,
+            weight,
+            rate: compare::information_rate(weight, self.audience),
+            started_at: self.started_at,
+            seconds: self.elapsed_seconds,
         }
     }
 }
 
-/// The budget of one sequential test: `1 − confidence` split evenly over the stages
-/// that are analysed (all but a final stage without duration) and over the tests each
-/// stage runs (`maxIncrease` and `max` of every ratio and histogram metric).
+/// The number of tests a spec runs at each look (`maxIncrease` and `max` of every ratio
+/// and histogram metric).
+fn tests(spec: &FeatureRolloutSpec) -> usize {
+    spec.analysis
+        .iter()
+        .flat_map(|a| &a.metrics)
+        .filter(|m| m.guard.is_none())
+        .map(|m| usize::from(m.max_increase.is_some()) + usize::from(m.max.is_some()))
+        .sum::<usize>()
+        .max(1)
+}
+
+/// The budget of one test over the whole rollout: `1 − confidence` split evenly over the
+/// tests (`maxIncrease` and `max` of every ratio and histogram metric). A comparison
+/// spends it over the plan's looks.
+pub fn budget_per_test(spec: &FeatureRolloutSpec, valid: &ValidSpec) -> f64 {
+    (1.0 - valid.confidence) / tests(spec) as f64
+}
+
+/// The budget of one `max` test at one stage: [`budget_per_test`] split evenly over the
+/// stages that are analysed (all but a final stage without duration).
 pub fn alpha_per_test(spec: &FeatureRolloutSpec, valid: &ValidSpec) -> f64 {
     let stages = valid
         .stages
@@ -75,14 +130,7 @@ pub fn alpha_per_test(spec: &FeatureRolloutSpec, valid: &ValidSpec) -> f64 {
         .filter(|s| !s.duration.is_zero())
         .count()
         .max(1);
-    let tests: usize = spec
-        .analysis
-        .iter()
-        .flat_map(|a| &a.metrics)
-        .filter(|m| m.guard.is_none())
-        .map(|m| usize::from(m.max_increase.is_some()) + usize::from(m.max.is_some()))
-        .sum();
-    (1.0 - valid.confidence) / (stages * tests.max(1)) as f64
+    budget_per_test(spec, valid) / stages as f64
 }
 
 /// What the queries of one metric returned.
@@ -131,9 +179,17 @@ pub fn failed(name: &str, query: String, reason: String) -> MetricAnalysis {
         effect: None,
         bound: None,
         test: None,
-        target_samples: None,
         ceiling_target_samples: None,
         shift: None,
+        statistic: None,
+        boundary: None,
+        recent_statistic: None,
+        recent_boundary: None,
+        budget_spent: None,
+        information_fraction: None,
+        dispersion: None,
+        degrees_of_freedom: None,
+        evidence: None,
         verdict: Verdict::Error,
         reason: Some(reason),
     }
@@ -147,9 +203,13 @@ pub fn judge_metric(
     previous: Option<&AnalysisStatus>,
     queries: Vec<String>,
 ) -> MetricAnalysis {
-    // The boundaries' tuning is fixed at the stage's first look and carried through every
-    // later look, errored or not, so the stage keeps one boundary.
+    // The `max` test's tuning is fixed at the stage's first look and carried through
+    // every later look, errored or not, so the stage keeps one boundary. The comparison's
+    // evidence is carried across stages: a look without data keeps it as it was.
     let before = previous_metric(previous, look.stage, &metric.name);
+    let evidence = previous
+        .and_then(|p| p.metrics.iter().find(|m| m.name == metric.name))
+        .and_then(|m| m.evidence.clone());
     let mut out = MetricAnalysis {
         name: metric.name.clone(),
         queries,
@@ -158,9 +218,17 @@ pub fn judge_metric(
         effect: None,
         bound: None,
         test: None,
-        target_samples: before.and_then(|m| m.target_samples),
         ceiling_target_samples: before.and_then(|m| m.ceiling_target_samples),
         shift: None,
+        statistic: None,
+        boundary: None,
+        recent_statistic: None,
+        recent_boundary: None,
+        budget_spent: None,
+        information_fraction: None,
+        dispersion: None,
+        degrees_of_freedom: None,
+        evidence,
         verdict: Verdict::Inconclusive,
         reason: None,
     };
@@ -316,34 +384,53 @@ fn judge_share(
         let Some(baseline) = baseline.filter(|b| b.total > 0.0) else {
             return no_data("baseline");
         };
-        let effective = ratio::effective_samples(baseline, candidate);
-        let target = out
-            .target_samples
-            .unwrap_or_else(|| ratio::projected_target(effective, look.elapsed_fraction));
-        out.target_samples = Some(target);
-        let test = ratio::test(baseline, candidate, tolerance, look.alpha, target)
-            .expect("both cohorts have events");
-        record(
-            out,
-            &test,
-            "asymptotic confidence sequence, candidate against tolerated baseline",
+        let c = compare::compare(
+            out.evidence.as_ref(),
+            look.window(),
+            baseline,
+            candidate,
+            tolerance,
+            &look.plan,
+            look.budget,
         );
-        if test.reject {
+        record_comparison(out, &c, baseline, candidate, tolerance);
+        if c.reject() {
+            let recent = matches!((c.recent_statistic, c.recent_boundary), (Some(z), Some(b)) if z >= b)
+                && !c.boundary.is_some_and(|b| c.statistic >= b);
+            let (which, z, b) = if recent {
+                (
+                    "over the last looks",
+                    c.recent_statistic.unwrap_or_default(),
+                    c.recent_boundary.unwrap_or_default(),
+                )
+            } else {
+                (
+                    "over the rollout so far",
+                    c.statistic,
+                    c.boundary.unwrap_or_default(),
+                )
+            };
             return Err((
                 Verdict::Fail,
                 format!(
-                    "the candidate is worse than tolerated: {:.4}% against {:.4}% (harm beyond tolerance {:+.4} points, lower bound {:+.4})",
+                    "the candidate is worse than tolerated {which}: z = {z:.2} reached the boundary {b:.2} (this stage: {:.4}% against {:.4}%; dispersion κ = {:.3}, {:.0}% of the budget spent)",
                     100.0 * candidate.share().unwrap_or(0.0),
                     100.0 * baseline.share().unwrap_or(0.0),
-                    100.0 * test.effect,
-                    100.0 * test.lower_bound
+                    c.dispersion,
+                    100.0 * c.budget_spent
                 ),
             ));
         }
-        reasons.push(format!(
-            "no evidence of harm beyond the tolerance (lower bound {:+.4} points)",
-            100.0 * test.lower_bound
-        ));
+        reasons.push(match c.boundary {
+            Some(b) => format!(
+                "no evidence of harm beyond the tolerance (z = {:.2}, boundary {b:.2})",
+                c.statistic
+            ),
+            None => format!(
+                "no evidence of harm beyond the tolerance (z = {:.2}; no planned look reached since the last one)",
+                c.statistic
+            ),
+        });
         if baseline.total < MIN_COHORT_SAMPLES {
             return Err((
                 Verdict::Inconclusive,
@@ -374,6 +461,30 @@ fn judge_share(
         ));
     }
     Ok(reasons.join("; "))
+}
+
+/// The test's name in status.
+pub const COMPARISON_TEST: &str = "group-sequential stratified score over the rollout, with a recent window (quasi-binomial, saddlepoint tails)";
+
+fn record_comparison(
+    out: &mut MetricAnalysis,
+    c: &Comparison,
+    baseline: Counts,
+    candidate: Counts,
+    tolerance: Tolerance,
+) {
+    out.effect = ratio::harm(baseline, candidate, tolerance).map(|(effect, _)| effect);
+    out.bound = None;
+    out.test = Some(COMPARISON_TEST.into());
+    out.statistic = Some(c.statistic);
+    out.boundary = c.boundary;
+    out.recent_statistic = c.recent_statistic;
+    out.recent_boundary = c.recent_boundary;
+    out.budget_spent = Some(c.budget_spent);
+    out.information_fraction = Some(c.information_fraction);
+    out.dispersion = Some(c.dispersion);
+    out.degrees_of_freedom = Some(c.degrees_of_freedom).filter(|d| d.is_finite());
+    out.evidence = Some(c.evidence.clone());
 }
 
 fn record(out: &mut MetricAnalysis, test: &SequentialTest, name: &str) {
@@ -474,6 +585,61 @@ pub fn request_share(metrics: &[MetricAnalysis], look: &StageLook) -> Option<Req
         }),
         RequestShareOutcome::NotApplicable(_) => None,
     }
+}
+
+/// A look's judgement, pure: the stage context of `at`, each metric's answers (in the
+/// order of `spec.analysis.metrics`, with the queries as sent), the users query's answer
+/// when one is configured (the query as sent, and the split or the failure), and the
+/// previous look's status (`status.lastAnalysis`), whose evidence it carries forward.
+/// [`super::look::look`] calls it after running the queries; `sluice simulate` calls it
+/// with simulated counts.
+pub fn judge_look(
+    spec: &FeatureRolloutSpec,
+    valid: &ValidSpec,
+    at: LookAt,
+    observed: Vec<(Observed, Vec<String>)>,
+    users: Option<(String, Result<PerCohort<f64>, String>)>,
+    previous: Option<&AnalysisStatus>,
+) -> AnalysisStatus {
+    let stage_look = StageLook::new(spec, valid, at);
+    let specs = spec.analysis.iter().flat_map(|a| &a.metrics);
+    let mut metrics: Vec<MetricAnalysis> = specs
+        .zip(observed)
+        .map(|(metric, (observed, queries))| {
+            judge_metric(metric, &observed, &stage_look, previous, queries)
+        })
+        .collect();
+    let sample_ratio = match users {
+        None => None,
+        Some((query, answer)) => match answer {
+            Ok(users) => sample_ratio(&users, &stage_look),
+            Err(e) => {
+                // A configured check that cannot run is an error, not a silent pass.
+                metrics.push(failed(
+                    "sample-ratio",
+                    query,
+                    format!("the users query failed: {e}"),
+                ));
+                None
+            }
+        },
+    };
+    let candidate_samples = metrics
+        .iter()
+        .filter_map(|m| {
+            m.candidate
+                .as_ref()
+                .filter(|_| m.test.as_deref() != Some("threshold"))
+        })
+        .map(|c| c.n.max(0.0).round() as u64)
+        .min();
+    combine(
+        &stage_look,
+        at.now,
+        metrics,
+        sample_ratio,
+        candidate_samples,
+    )
 }
 
 /// Combines the metrics into the stage's verdict: any failure fails; then an error is an

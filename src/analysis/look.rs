@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 
-use super::judge::{self, Observed, StageLook};
+pub use super::judge::LookAt;
+use super::judge::{self, Observed};
 use crate::crd::validate::{ValidSpec, queries};
 use crate::crd::{
     AnalysisStatus, DEFAULT_COHORT_LABEL, FeatureRolloutSpec, MetricSpec, PrometheusSpec,
@@ -27,17 +28,6 @@ pub struct RolloutRef<'a> {
     pub namespace: &'a str,
     /// The rollout's name.
     pub name: &'a str,
-}
-
-/// Where in the plan the look is made.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LookAt {
-    /// The current stage's index.
-    pub stage: u32,
-    /// When the stage began (the query window starts here).
-    pub stage_started_at: Timestamp,
-    /// The evaluation time.
-    pub now: Timestamp,
 }
 
 /// The client settings a spec's `analysis.prometheus` asks for.
@@ -77,7 +67,6 @@ pub async fn look(
         .now
         .duration_since(at.stage_started_at)
         .max(SignedDuration::from_secs(1));
-    let stage_look = StageLook::new(spec, valid, at.stage, elapsed);
     let analysis = spec.analysis.clone().unwrap_or_default();
     let window = Duration::try_from(elapsed).unwrap_or(Duration::from_secs(1));
     let mut variables = Variables::new(&valid.flag.key, window, rollout.namespace, rollout.name);
@@ -126,47 +115,16 @@ pub async fn look(
     };
     let (observed, users) = futures::join!(join_all(metric_looks), users);
 
-    let mut metrics: Vec<_> = observed
+    let observed = observed
         .into_iter()
-        .map(|(metric, observed, queries)| {
-            judge::judge_metric(metric, &observed, &stage_look, previous, queries)
-        })
+        .map(|(_, observed, queries)| (observed, queries))
         .collect();
-    let sample_ratio = match users {
-        None => None,
-        Some((query, answer)) => {
-            let users = answer
-                .and_then(|r| prometheus::split_values(&r, &cohorts).map_err(|e| e.to_string()));
-            match users {
-                Ok(users) => judge::sample_ratio(&users, &stage_look),
-                Err(e) => {
-                    // A configured check that cannot run is an error, not a silent pass.
-                    metrics.push(judge::failed(
-                        "sample-ratio",
-                        query,
-                        format!("the users query failed: {e}"),
-                    ));
-                    None
-                }
-            }
-        }
-    };
-    let candidate_samples = metrics
-        .iter()
-        .filter_map(|m| {
-            m.candidate
-                .as_ref()
-                .filter(|_| m.test.as_deref() != Some("threshold"))
-        })
-        .map(|c| c.n.max(0.0).round() as u64)
-        .min();
-    judge::combine(
-        &stage_look,
-        at.now,
-        metrics,
-        sample_ratio,
-        candidate_samples,
-    )
+    let users = users.map(|(query, answer)| {
+        let split =
+            answer.and_then(|r| prometheus::split_values(&r, &cohorts).map_err(|e| e.to_string()));
+        (query, split)
+    });
+    judge::judge_look(spec, valid, at, observed, users, previous)
 }
 
 /// Turns a metric's answers into cohort values, or the first error.

@@ -1,6 +1,8 @@
-//! The sequential test for share metrics (errors over requests, slow over all requests):
-//! is the candidate cohort's share worse than the baseline's by more than the tolerated
-//! harm?
+//! Share counts (errors over requests, slow over all requests), the tolerated harm, and the
+//! per-stage confidence sequence the `max` test uses. The comparison of the two cohorts
+//! (`maxIncrease`) is [`super::compare`]'s, over the whole rollout; the two-sample
+//! confidence sequence below ([`fn@test`]) is the per-stage method it replaced, kept as a
+//! reference.
 //!
 //! Each look tests `Δ = p_candidate − (1 + relative)·p_baseline − absolute`, one-sided,
 //! on the counts of the current stage so far, with an asymptotic confidence sequence

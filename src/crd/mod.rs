@@ -768,19 +768,18 @@ pub struct MetricAnalysis {
     /// The candidate cohort's numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<CohortNumbers>,
-    /// The estimated harm (candidate minus tolerated baseline).
+    /// The estimated harm in the current stage (the candidate's share minus the tolerated
+    /// baseline share; for the `max` test, the candidate's share minus `max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect: Option<f64>,
-    /// The bound the harm was compared with at this look.
+    /// For a guard, the threshold crossed; for the `max` test, the lower confidence bound
+    /// of the candidate's share minus `max` (the comparison reports `statistic` and
+    /// `boundary` instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound: Option<f64>,
     /// The test used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<String>,
-    /// The effective sample size the comparison's sequential boundary is tuned for,
-    /// fixed at the stage's first look.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_samples: Option<f64>,
     /// The candidate sample size the `max` test's boundary is tuned for, fixed at the
     /// stage's first look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -788,11 +787,121 @@ pub struct MetricAnalysis {
     /// For histogram metrics: how the candidate's distribution moved (Mann-Whitney).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shift: Option<String>,
+    /// The comparison's statistic at this look: a one-sided z-score of the candidate's harm
+    /// beyond the tolerance, over every stage so far (stages combined as strata), with the
+    /// estimated dispersion and exact small-count tails (positive is worse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistic: Option<f64>,
+    /// The value `statistic` had to reach at this look to roll back (the group-sequential
+    /// boundary, widened for the uncertainty of the estimated dispersion). Absent when this
+    /// look cannot roll back on it (no planned look reached since the last one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary: Option<f64>,
+    /// The recent-window statistic: the same z-score over the last few looks only, so a
+    /// regression that starts late is not diluted by old healthy data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_statistic: Option<f64>,
+    /// The value `recentStatistic` had to reach at this look to roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_boundary: Option<f64>,
+    /// The share of this comparison's false-rollback budget spent by the looks so far
+    /// (0 to 1): what the plan allotted up to this look, plus any overtime looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_spent: Option<f64>,
+    /// The share of the plan's information reached (0 at the start, 1 at the end of the
+    /// last analysed stage's duration; above 1 when stages overran their duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub information_fraction: Option<f64>,
+    /// The estimated dispersion `κ`: the variance of a cohort's bad events per look is
+    /// `μ(1 − p) + κμ²`; 0 means binomial. Estimated from the look-to-look spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispersion: Option<f64>,
+    /// The degrees of freedom of the dispersion's estimate (Satterthwaite); the boundary
+    /// is widened as for a Student t with these degrees of freedom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degrees_of_freedom: Option<f64>,
+    /// The evidence kept across looks, stages and restarts (sums per stage and cohort, the
+    /// last looks' increments). Sluice's memory: do not edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     /// The metric's verdict.
     pub verdict: Verdict,
     /// Why, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// The evidence of one comparison kept across looks: per stage, the sums of the looks'
+/// increments; the last looks' increments for the recent window.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// One stratum per stage (or restarted stage) so far, oldest first; the last one is the
+    /// current stage's when its look is recorded.
+    #[serde(default)]
+    pub strata: Vec<Stratum>,
+    /// The increments of the last looks, oldest first (bounded).
+    #[serde(default)]
+    pub recent: Vec<Increment>,
+    /// The planned look the last decision used (each planned look decides at most once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_look: Option<u32>,
+}
+
+/// The counts of one stage, as sums over its looks' increments.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stratum {
+    /// The stage's index.
+    pub stage: u32,
+    /// When the stage began (a stage restarted by an exposure edit is a new stratum).
+    pub started_at: Timestamp,
+    /// The stage's exposure, as a fraction.
+    pub weight: f64,
+    /// The planned information rate of the stage per second (`w(1 − w)`).
+    pub rate: f64,
+    /// Seconds from the stage's start to its last look.
+    pub seconds: f64,
+    /// The baseline cohort's sums.
+    pub baseline: IncrementSums,
+    /// The candidate cohort's sums.
+    pub candidate: IncrementSums,
+}
+
+/// Sums over the increments `(n_j, x_j)` (events, bad events) of one cohort in one stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IncrementSums {
+    /// Increments summed.
+    pub looks: u32,
+    /// `Σ n`: events (the stage's cumulative count at its last look).
+    pub n: f64,
+    /// `Σ x`: bad events.
+    pub x: f64,
+    /// `Σ x²`.
+    pub xx: f64,
+    /// `Σ x·n`.
+    pub xn: f64,
+    /// `Σ n²`.
+    pub nn: f64,
+    /// `Σ n³`.
+    pub nnn: f64,
+    /// `Σ n⁴`.
+    pub nnnn: f64,
+}
+
+/// The counts one look added, per cohort.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Increment {
+    /// Baseline events.
+    pub baseline_n: f64,
+    /// Baseline bad events.
+    pub baseline_x: f64,
+    /// Candidate events.
+    pub candidate_n: f64,
+    /// Candidate bad events.
+    pub candidate_x: f64,
 }
 
 /// One cohort's numbers.

@@ -277,6 +277,8 @@ pub struct Config {
     pub threads: usize,
     /// The cases.
     pub cases: Vec<Case>,
+    /// Whether to run the validity sweep ([`validity_sweep`]) too.
+    pub sweep: bool,
 }
 
 impl Config {
@@ -289,6 +291,7 @@ impl Config {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
             cases: benchmark_cases(),
+            sweep: true,
         }
     }
 }
@@ -304,6 +307,63 @@ pub struct CaseResult {
     pub outcomes: Vec<Vec<Outcome>>,
 }
 
+/// One cell of the validity sweep: Sluice's false rollback rate under A/A at one baseline
+/// error rate and one traffic level.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepCell {
+    /// `S1` (binomial errors) or `S2` (overdispersed).
+    pub scenario: String,
+    /// Baseline error probability.
+    pub error_rate: f64,
+    /// Requests per second, both cohorts together.
+    pub requests_per_second: f64,
+    /// Runs rolled back (all false: the candidate is as good as the baseline).
+    pub rollbacks: usize,
+    /// Runs simulated.
+    pub runs: usize,
+}
+
+/// The baseline error rates of the validity sweep.
+pub const SWEEP_ERROR_RATES: [f64; 3] = [0.002, 0.01, 0.05];
+
+/// The traffic levels (requests/s) of the validity sweep.
+pub const SWEEP_TRAFFIC: [f64; 3] = [10.0, 50.0, 500.0];
+
+/// The validity sweep: Sluice's A/A false rollback rate on S1 and S2 at every baseline
+/// error rate of [`SWEEP_ERROR_RATES`] and traffic of [`SWEEP_TRAFFIC`], on BENCHMARK.md's
+/// plan, `runs` rollouts per cell.
+pub fn validity_sweep(runs: usize, seed: u64, threads: usize) -> Vec<SweepCell> {
+    let mut cells = Vec::new();
+    for (scenario, burstiness) in [("S1", None), ("S2", Traffic::s2().burstiness)] {
+        for error_rate in SWEEP_ERROR_RATES {
+            for requests_per_second in SWEEP_TRAFFIC {
+                let traffic = Traffic {
+                    requests_per_second,
+                    error_rate,
+                    burstiness,
+                };
+                // A scenario name per cell gives every cell its own random streams.
+                let name = format!("{scenario} sweep p0={error_rate} rate={requests_per_second}");
+                let case = Case::benchmark(&name, traffic, 1.0, 0);
+                let rules: Vec<Box<dyn Rule>> =
+                    vec![Box::new(sluice_rule::SluiceRule::benchmark(&case.schedule))];
+                let outcomes = simulate_case(&case, &rules, runs, seed, threads);
+                cells.push(SweepCell {
+                    scenario: scenario.to_owned(),
+                    error_rate,
+                    requests_per_second,
+                    rollbacks: outcomes[0]
+                        .iter()
+                        .filter(|o| o.rollback_minute.is_some())
+                        .count(),
+                    runs,
+                });
+            }
+        }
+    }
+    cells
+}
+
 /// Everything one benchmark run produced.
 #[derive(Clone, Debug)]
 pub struct Results {
@@ -311,11 +371,14 @@ pub struct Results {
     pub config: Config,
     /// One entry per case, in the order of `config.cases`.
     pub cases: Vec<CaseResult>,
+    /// The validity sweep (empty when not asked for).
+    pub sweep: Vec<SweepCell>,
     /// Wall time of the simulation.
     pub elapsed: Duration,
 }
 
-/// Simulates every case of `config` with [`benchmark_rules`].
+/// Simulates every case of `config` with [`benchmark_rules`], then the validity sweep when
+/// asked for.
 pub fn run(config: &Config) -> Results {
     let started = Instant::now();
     let cases = config
@@ -334,9 +397,15 @@ pub fn run(config: &Config) -> Results {
             }
         })
         .collect();
+    let sweep = if config.sweep {
+        validity_sweep(config.runs, config.seed, config.threads)
+    } else {
+        Vec::new()
+    };
     Results {
         config: config.clone(),
         cases,
+        sweep,
         elapsed: started.elapsed(),
     }
 }

@@ -625,5 +625,54 @@ pub fn render(results: &Results) -> String {
     }
     write_comparison(&mut out, results);
     write_goals(&mut out, results);
+    write_sweep(&mut out, results);
     out
+}
+
+/// The validity sweep: Sluice's A/A false rollback rate per scenario, baseline error rate
+/// and traffic.
+fn write_sweep(out: &mut String, results: &Results) {
+    if results.sweep.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Validity sweep: Sluice's A/A false rollback rate (goal ≤ 5 %), BENCHMARK.md's \
+         plan, {} rollouts per cell",
+        results.sweep[0].runs
+    );
+    let _ = write!(out, "{:<8} | {:<8}", "scenario", "p0");
+    for rate in crate::simulate::SWEEP_TRAFFIC {
+        let _ = write!(out, " | {:<16}", format!("{rate} req/s"));
+    }
+    let _ = writeln!(out);
+    for chunk in results.sweep.chunks(crate::simulate::SWEEP_TRAFFIC.len()) {
+        let _ = write!(
+            out,
+            "{:<8} | {:<8}",
+            chunk[0].scenario,
+            format!("{} %", chunk[0].error_rate * 100.0)
+        );
+        for cell in chunk {
+            let share = Share::new(cell.rollbacks, cell.runs);
+            let ok = if share.value <= 0.05 { "yes" } else { "no" };
+            let _ = write!(out, " | {:<16}", format!("{share} {ok}"));
+        }
+        let _ = writeln!(out);
+    }
+    let worst = results
+        .sweep
+        .iter()
+        .map(|c| c.rollbacks as f64 / c.runs.max(1) as f64)
+        .fold(0.0, f64::max);
+    let _ = writeln!(
+        out,
+        "largest false rollback rate in the sweep: {:.2} % ({})",
+        worst * 100.0,
+        if worst <= 0.05 {
+            "all cells ≤ 5 %"
+        } else {
+            "some cells above 5 %"
+        }
+    );
 }

@@ -1,19 +1,19 @@
 //! Sluice's own rule in the benchmark: each simulated look goes through the analysis code
-//! the controller, standalone mode and `sluice analyze` use ([`judge::judge_metric`] and
-//! [`judge::combine`]), on a real, validated `FeatureRollout` spec of the benchmark's plan.
+//! the controller, standalone mode and `sluice analyze` use ([`judge::judge_look`], the
+//! pure part of [`crate::analysis::look::look`]), on a real, validated `FeatureRollout`
+//! spec of the benchmark's plan.
 //!
-//! The adapter only does what [`crate::analysis::look`] does around its queries: it builds
-//! the [`StageLook`] with [`StageLook::new`] as the controller does (stage, weight, elapsed share of the stage, the budget
-//! of [`judge::alpha_per_test`]), hands the stage's cumulative counts over as the error-rate
-//! query's answer, and keeps the previous look's status as the controller keeps it in
-//! `status.lastAnalysis`. A `Fail` verdict rolls back, as in the engine. No statistics
-//! live here.
+//! The adapter only does what [`crate::analysis::look`] does around its queries: it hands
+//! the stage's cumulative counts over as the error-rate query's answer, with the stage's
+//! start and the look's time, and keeps the previous look's status as the controller keeps
+//! it in `status.lastAnalysis` (the evidence kept across looks and stages lives there). A
+//! `Fail` verdict rolls back, as in the engine. No statistics live here.
 
 use jiff::Timestamp;
 
 use super::rules::{Judgement, Look, Rule};
 use super::traffic::{Counts, Schedule};
-use crate::analysis::judge::{self, Observed, StageLook};
+use crate::analysis::judge::{self, LookAt, Observed};
 use crate::crd::validate::{self, ValidSpec};
 use crate::crd::{AnalysisStatus, FeatureRolloutSpec, MetricSpec, Verdict};
 use crate::prometheus::PerCohort;
@@ -85,7 +85,7 @@ impl SluiceRule {
             .find(|m| m.name == METRIC)
             .cloned()
             .ok_or("the benchmark spec has no error-rate metric")?;
-        let alpha = judge::alpha_per_test(&spec, &valid);
+        let alpha = judge::budget_per_test(&spec, &valid);
         Ok(SluiceRule {
             spec,
             valid,
@@ -100,7 +100,8 @@ impl SluiceRule {
         Self::new(schedule, 0.95, "0%").expect("the benchmark spec is valid")
     }
 
-    /// The budget of the sequential test at each stage, as the analysis computes it.
+    /// The false-rollback budget of the comparison over the whole rollout, as the analysis
+    /// computes it.
     pub fn alpha(&self) -> f64 {
         self.alpha
     }
@@ -130,8 +131,8 @@ impl Rule for SluiceRule {
     fn describe(&self) -> String {
         format!(
             "the analysis module's judgement (analysis::judge) of a FeatureRollout with one \
-             ratio metric, maxIncrease {:?}, confidence {}: α = {:.4} per stage; roll back on \
-             Fail",
+             ratio metric, maxIncrease {:?}, confidence {}: α = {:.4} over the rollout; roll \
+             back on Fail",
             self.metric
                 .max_increase
                 .as_ref()
@@ -150,8 +151,12 @@ impl Rule for SluiceRule {
         if look.stage >= self.valid.stages.len() {
             return Judgement::Continue;
         }
-        let elapsed = jiff::SignedDuration::from_mins(i64::from(look.minute_in_stage));
-        let stage_look = StageLook::new(&self.spec, &self.valid, look.stage as u32, elapsed);
+        let minute = |m: u32| Timestamp::from_second(i64::from(m) * 60).unwrap_or_default();
+        let at = LookAt {
+            stage: look.stage as u32,
+            stage_started_at: minute(look.minute - look.minute_in_stage),
+            now: minute(look.minute),
+        };
         let (bad_c, total_c) = answer(look.stage_total.candidate);
         let (bad_b, total_b) = answer(look.stage_total.baseline);
         let observed = Observed::Ratio {
@@ -164,19 +169,14 @@ impl Rule for SluiceRule {
                 candidate: total_c,
             },
         };
-        let metric = judge::judge_metric(
-            &self.metric,
-            &observed,
-            &stage_look,
+        let status = judge::judge_look(
+            &self.spec,
+            &self.valid,
+            at,
+            vec![(observed, Vec::new())],
+            None,
             self.previous.as_ref(),
-            Vec::new(),
         );
-        let candidate_samples = metric
-            .candidate
-            .as_ref()
-            .map(|c| c.n.max(0.0).round() as u64);
-        let at = Timestamp::from_second(i64::from(look.minute) * 60).unwrap_or_default();
-        let status = judge::combine(&stage_look, at, vec![metric], None, candidate_samples);
         let verdict = status.verdict;
         self.previous = Some(status);
         if verdict == Verdict::Fail {
