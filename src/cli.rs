@@ -36,6 +36,9 @@ pub enum Command {
     /// verdict per metric: check the queries before rolling out. Exits 1 when the verdict
     /// is Fail or Error.
     Analyze(AnalyzeRequest),
+    /// Run the Kubernetes controller: reconcile FeatureRollouts, write their flags, report
+    /// status; serves /livez, /readyz and /metrics on the admin address.
+    Controller(crate::controller::Args),
     /// Run the decision-quality benchmark of BENCHMARK.md (simulated rollouts, rules
     /// modelled on today's tools) and print its report.
     Simulate {
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Controller(args) => run_controller(args),
         Command::Simulate {
             runs,
             seed,
@@ -111,6 +115,27 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn run_controller(args: crate::controller::Args) -> ExitCode {
+    if let Err(error) = crate::telemetry::init_logging(args.log_format) {
+        eprintln!("sluice controller: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sluice controller: tokio runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(crate::controller::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, category = error.category(), "sluice controller stopped");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod flagd;
@@ -17,3 +18,4 @@ pub mod rbac;
 pub mod reconcile;
 pub mod simulate;
 pub mod standalone;
+pub mod telemetry;

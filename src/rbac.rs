@@ -27,8 +27,8 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         group: "sluice.dev",
         resource: "featurerollouts",
-        verbs: &["get", "list", "watch", "patch"],
-        why: "controller: watch rollouts; add and remove the finalizer (JSON patch)",
+        verbs: &["list", "watch", "patch"],
+        why: "controller: list and watch rollouts; add and remove the finalizer (JSON patch)",
         own_namespace_only: false,
     },
     Permission {

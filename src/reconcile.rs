@@ -43,6 +43,10 @@ pub enum FlagWriteError {
     /// somebody fixes it.
     #[error("the flag document cannot be changed safely: {0}")]
     Document(#[from] FlagdError),
+    /// The target cannot be used where Sluice runs (a `file` target in the cluster, a
+    /// `configMap` in standalone mode): nothing is written until the spec changes.
+    #[error("{0}")]
+    Target(String),
     /// The target could not be read or written (API error, conflicts past the retries,
     /// a file system error); worth another attempt later.
     #[error("{message}")]
@@ -59,6 +63,7 @@ impl FlagWriteError {
     pub fn category(&self) -> &'static str {
         match self {
             FlagWriteError::Document(e) => e.category(),
+            FlagWriteError::Target(_) => "TargetUnsupported",
             FlagWriteError::Unavailable { category, .. } => category,
         }
     }
@@ -92,7 +97,10 @@ impl Error {
     /// Whether waiting for a change of the inputs is the only cure (a foreign flag
     /// document); otherwise the reconcile is worth retrying with backoff.
     pub fn needs_fix(&self) -> bool {
-        matches!(self, Error::WriteFlag(FlagWriteError::Document(_)))
+        matches!(
+            self,
+            Error::WriteFlag(FlagWriteError::Document(_) | FlagWriteError::Target(_))
+        )
     }
 }
 
@@ -376,6 +384,10 @@ async fn hold_on_write_failure<S: Shell>(
             format!(
                 "The flag document is not one Sluice can change, so the flag is left as it is: {e}. Fix or remove the document."
             ),
+        ),
+        FlagWriteError::Target(e) => (
+            "TargetUnsupported",
+            format!("The flag target cannot be used here, so the flag is left as it is: {e}"),
         ),
         FlagWriteError::Unavailable { message, .. } => (
             "FlagWriteFailed",

@@ -258,10 +258,22 @@ impl PrometheusClient {
             form.push(("time", time.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()));
         }
 
+        let began = std::time::Instant::now();
+        let result = self.attempts(&form, &credentials).await;
+        crate::telemetry::observe_prometheus_query(began.elapsed());
+        result
+    }
+
+    /// The attempts of one query, retried as [`PrometheusClient::query`] says.
+    async fn attempts(
+        &self,
+        form: &[(&str, String)],
+        credentials: &Credentials,
+    ) -> Result<QueryResponse, Error> {
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
-            let failure = match self.attempt(&form, &credentials).await {
+            let failure = match self.attempt(form, credentials).await {
                 Ok(response) => return Ok(response),
                 Err(failure) => failure,
             };

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod kube_api;
 pub mod openmetrics;
 pub mod server;
 pub mod tls;

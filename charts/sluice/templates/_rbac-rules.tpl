@@ -5,10 +5,10 @@ to the table run `SLUICE_BLESS=1 cargo test --test chart`.
 
 {{- /* The rules the controller needs where it watches rollouts. */ -}}
 {{- define "sluice.rules.watched" -}}
-# controller: watch rollouts; add and remove the finalizer (JSON patch)
+# controller: list and watch rollouts; add and remove the finalizer (JSON patch)
 - apiGroups: ["sluice.dev"]
   resources: ["featurerollouts"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # controller: write status through the status subresource
 - apiGroups: ["sluice.dev"]
   resources: ["featurerollouts/status"]
