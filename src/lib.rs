@@ -3,6 +3,10 @@
 //! The crate is organised by concern: [`crd`] holds the `FeatureRollout` resource and its
 //! validation, [`engine`] the pure rollout decisions, [`flagd`] the flag documents,
 //! [`prometheus`] the metrics queries and [`analysis`] the statistics that judge them.
+//! [`reconcile`] is one observe-decide-act step, shared by the two shells: the Kubernetes
+//! [`controller`] (with [`telemetry`] and the [`rbac`] it needs) and [`standalone`] mode.
+//! [`notify`] sends webhooks, [`kubectl`] is the `kubectl sluice` plugin, [`simulate`] the
+//! decision-quality benchmark and [`cli`] the `sluice` command line.
 
 pub mod analysis;
 pub mod cli;
