@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,7 @@ pub struct Context {
     default_prometheus: Option<PrometheusSpec>,
     clients: Mutex<HashMap<String, PrometheusClient>>,
     notifier: Option<Notifier>,
+    credentials_dir: Option<PathBuf>,
 }
 
 impl Context {
@@ -142,7 +144,48 @@ impl Context {
             default_prometheus,
             clients: Mutex::default(),
             notifier: None,
+            credentials_dir: None,
         }
+    }
+
+    /// The same context, reading Prometheus credentials (`bearerTokenFile`,
+    /// `basicAuth.passwordFile`) only from files under `dir`. The controller sets this:
+    /// a rollout's author must not be able to make it send any file it can read (its own
+    /// ServiceAccount token, say) to an address of their choosing.
+    pub fn with_credentials_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.credentials_dir = Some(dir.into());
+        self
+    }
+
+    /// Refuses credential files outside the allowed directory, naming the field.
+    fn check_credentials(&self, settings: &PrometheusSpec) -> Result<(), String> {
+        let Some(dir) = &self.credentials_dir else {
+            return Ok(());
+        };
+        let files = [
+            ("bearerTokenFile", settings.bearer_token_file.as_deref()),
+            (
+                "basicAuth.passwordFile",
+                settings
+                    .basic_auth
+                    .as_ref()
+                    .map(|b| b.password_file.as_str()),
+            ),
+        ];
+        for (field, file) in files {
+            let Some(file) = file else { continue };
+            let path = Path::new(file);
+            let inside = path.is_absolute()
+                && path.starts_with(dir)
+                && !path.components().any(|c| c == Component::ParentDir);
+            if !inside {
+                return Err(format!(
+                    "spec.analysis.prometheus.{field}: {file:?} is not under {}, the only directory Sluice reads Prometheus credentials from (mount the Secret there; see --prometheus-credentials-dir)",
+                    dir.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The same context, handing every reconcile's events to `notifier` after they are
@@ -161,6 +204,7 @@ impl Context {
             .ok_or(
                 "no Prometheus is configured: set spec.analysis.prometheus.address (or start Sluice with --default-prometheus)",
             )?;
+        self.check_credentials(settings)?;
         let key = serde_json::to_string(settings).map_err(|e| e.to_string())?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {

@@ -324,3 +324,55 @@ async fn deletion_restores_the_baseline_unless_promoted() {
     };
     assert_eq!(state_on_delete(Some(&promoted)), None);
 }
+
+/// In the cluster, a rollout's author must not make the controller send any file it can
+/// read (its own ServiceAccount token) to an address of their choosing: credential files
+/// outside the allowed directory make the look an `Error` that names the field.
+#[tokio::test]
+async fn credential_files_outside_the_allowed_directory_are_refused() {
+    let yaml = format!(
+        "{ANALYSED}  prometheus:\n    address: http://127.0.0.1:9\n    bearerTokenFile: {{FILE}}\n"
+    );
+    for (file, refused) in [
+        ("/var/run/secrets/kubernetes.io/serviceaccount/token", true),
+        ("/etc/sluice/prometheus/../../../var/run/token", true),
+        ("token", true),
+        ("/etc/sluice/prometheus/token", false),
+    ] {
+        let spec = spec(&yaml.replace("{FILE}", file));
+        let shell = MemoryShell::default();
+        let context = Context::default().with_credentials_dir("/etc/sluice/prometheus");
+        let mut outcome = None;
+        for minute in [0, 1] {
+            let status = shell.status();
+            let rollout = Rollout {
+                id: RolloutRef {
+                    namespace: "shop",
+                    name: "checkout",
+                },
+                spec: &spec,
+                status: status.as_ref(),
+                generation: Some(1),
+            };
+            outcome = Some(
+                reconcile(&shell, &context, rollout, at(minute))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let look = outcome
+            .unwrap()
+            .status
+            .last_analysis
+            .expect("a look was due");
+        let message = look.message.unwrap_or_default();
+        assert_eq!(
+            message.contains("spec.analysis.prometheus.bearerTokenFile"),
+            refused,
+            "{file}: {message}"
+        );
+        // Allowed or not, the look is an error here (nothing listens on port 9), and the
+        // refused one never tried to read the file.
+        assert_eq!(look.verdict, Verdict::Error, "{file}");
+    }
+}

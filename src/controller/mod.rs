@@ -86,6 +86,10 @@ pub struct Args {
     /// The Prometheus used when a rollout has no spec.analysis.prometheus.
     #[arg(long)]
     pub default_prometheus: Option<String>,
+    /// The only directory whose files rollouts may name as Prometheus credentials
+    /// (`bearerTokenFile`, `basicAuth.passwordFile`); the chart mounts its auth Secret here.
+    #[arg(long, default_value = "/etc/sluice/prometheus")]
+    pub prometheus_credentials_dir: std::path::PathBuf,
     /// Notification webhooks for every rollout.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
@@ -743,6 +747,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
                     ..PrometheusSpec::default()
                 }),
         )
+        .with_credentials_dir(args.prometheus_credentials_dir.clone())
         .with_notifier(notifier.clone());
     let elector = if args.leader_election {
         state.leadership = Leadership::elected(clock.clone());
