@@ -232,7 +232,7 @@ pub fn merge_flag(document: Option<&str>, key: &str, flag: Value) -> Result<Stri
         other => {
             return Err(FlagdError::InvalidFlag {
                 key: key.to_owned(),
-                found: kind(&other),
+                found: json_kind(&other),
             });
         }
     };
@@ -251,7 +251,11 @@ pub fn merge_flag(document: Option<&str>, key: &str, flag: Value) -> Result<Stri
         .or_insert_with(|| Value::Object(Map::new()))
     {
         Value::Object(flags) => flags,
-        other => return Err(FlagdError::FlagsNotAnObject { found: kind(other) }),
+        other => {
+            return Err(FlagdError::FlagsNotAnObject {
+                found: json_kind(other),
+            });
+        }
     };
     match flags.get(key) {
         None => {}
@@ -268,7 +272,7 @@ pub fn merge_flag(document: Option<&str>, key: &str, flag: Value) -> Result<Stri
         Some(other) => {
             return Err(FlagdError::FlagNotAnObject {
                 key: key.to_owned(),
-                found: kind(other),
+                found: json_kind(other),
             });
         }
     }
@@ -294,7 +298,7 @@ pub fn flag_in_document(document: &str, key: &str) -> Result<Option<Value>, Flag
         Some(flag @ Value::Object(_)) => Ok(Some(flag.clone())),
         Some(other) => Err(FlagdError::FlagNotAnObject {
             key: key.to_owned(),
-            found: kind(other),
+            found: json_kind(other),
         }),
     }
 }
@@ -306,14 +310,16 @@ fn parse_document(text: &str) -> Result<Map<String, Value>, FlagdError> {
         Ok(Value::Object(doc)) => doc,
         Ok(other) => {
             return Err(FlagdError::NotAnObject {
-                found: kind(&other),
+                found: json_kind(&other),
             });
         }
         Err(err) => return Err(invalid_json(&err)),
     };
     match doc.get("flags") {
         None | Some(Value::Object(_)) => Ok(doc),
-        Some(other) => Err(FlagdError::FlagsNotAnObject { found: kind(other) }),
+        Some(other) => Err(FlagdError::FlagsNotAnObject {
+            found: json_kind(other),
+        }),
     }
 }
 
@@ -336,8 +342,8 @@ fn to_text(doc: Map<String, Value>) -> String {
     format!("{:#}\n", Value::Object(doc))
 }
 
-/// The kind of a JSON value, for error messages.
-fn kind(value: &Value) -> &'static str {
+/// The kind of a JSON value, for error messages (`"an array"`, `"null"`, ...).
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -143,29 +143,6 @@ struct TargetLabel {
     target: &'static str,
 }
 
-/// Every phase, for the `sluice_rollouts{phase}` gauge (all present, zero when empty).
-const PHASES: [Phase; 7] = [
-    Phase::Pending,
-    Phase::Progressing,
-    Phase::WaitingForApproval,
-    Phase::Paused,
-    Phase::Promoted,
-    Phase::RolledBack,
-    Phase::Failed,
-];
-
-fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending => "Pending",
-        Phase::Progressing => "Progressing",
-        Phase::WaitingForApproval => "WaitingForApproval",
-        Phase::Paused => "Paused",
-        Phase::Promoted => "Promoted",
-        Phase::RolledBack => "RolledBack",
-        Phase::Failed => "Failed",
-    }
-}
-
 /// The Prometheus query duration histogram, process-wide so the Prometheus client can
 /// observe it without holding a [`Metrics`]; every registry exposes the same one.
 static PROMETHEUS_QUERY_DURATION: LazyLock<Histogram> =
@@ -271,11 +248,12 @@ impl Metrics {
             "Notifications by result",
             metrics.notifications.clone(),
         );
-        for phase in PHASES {
+        // Every phase, so the `sluice_rollouts{phase}` gauge shows zeros too.
+        for phase in Phase::ALL {
             metrics
                 .rollouts
                 .get_or_create(&PhaseLabel {
-                    phase: phase_name(phase),
+                    phase: phase.as_str(),
                 })
                 .set(0);
         }
@@ -387,11 +365,12 @@ impl Metrics {
     }
 
     fn recount(&self, phases: &HashMap<(String, String), (Phase, String)>) {
-        for phase in PHASES {
+        // Every phase, so the `sluice_rollouts{phase}` gauge shows zeros too.
+        for phase in Phase::ALL {
             let count = phases.values().filter(|(p, _)| *p == phase).count();
             self.rollouts
                 .get_or_create(&PhaseLabel {
-                    phase: phase_name(phase),
+                    phase: phase.as_str(),
                 })
                 .set(count as i64);
         }

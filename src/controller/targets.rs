@@ -11,7 +11,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Map, Value, json};
 
-use crate::flagd::{FlagdError, merge_flag};
+use crate::flagd::{FlagdError, json_kind, merge_flag};
 use crate::reconcile::FlagWriteError;
 
 /// How many times a write is attempted when other writers keep changing the object.
@@ -161,17 +161,6 @@ pub async fn write_config_map(
     Err(conflicts(&what))
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Escapes a key for a JSON pointer (RFC 6901).
 fn pointer_segment(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
@@ -227,19 +216,29 @@ pub fn feature_flag_patch(
                         Some(other) => {
                             return Err(FlagdError::FlagNotAnObject {
                                 key: key.to_owned(),
-                                found: kind(other),
+                                found: json_kind(other),
                             });
                         }
                     }
                     ops.push(wrap(&entry, flag));
                 }
                 Some(other) => {
-                    return Err(FlagdError::FlagsNotAnObject { found: kind(other) });
+                    return Err(FlagdError::FlagsNotAnObject {
+                        found: json_kind(other),
+                    });
                 }
             },
-            Some(other) => return Err(FlagdError::NotAnObject { found: kind(other) }),
+            Some(other) => {
+                return Err(FlagdError::NotAnObject {
+                    found: json_kind(other),
+                });
+            }
         },
-        Some(other) => return Err(FlagdError::NotAnObject { found: kind(other) }),
+        Some(other) => {
+            return Err(FlagdError::NotAnObject {
+                found: json_kind(other),
+            });
+        }
     }
     Ok(Some(Value::Array(ops)))
 }

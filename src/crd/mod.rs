@@ -603,6 +603,30 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a rollout meets them.
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::WaitingForApproval,
+        Phase::Paused,
+        Phase::Promoted,
+        Phase::RolledBack,
+        Phase::Failed,
+    ];
+
+    /// The phase's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Progressing => "Progressing",
+            Phase::WaitingForApproval => "WaitingForApproval",
+            Phase::Paused => "Paused",
+            Phase::Promoted => "Promoted",
+            Phase::RolledBack => "RolledBack",
+            Phase::Failed => "Failed",
+        }
+    }
+
     /// Promoted and rolled-back rollouts no longer change the flag by themselves.
     pub fn is_finished(self) -> bool {
         matches!(self, Phase::Promoted | Phase::RolledBack)

@@ -519,7 +519,7 @@ fn plan_control(
             if phase.is_finished() {
                 return Err(Error::Refused(format!(
                     "{object} is {}: pausing changes nothing. {}",
-                    render::phase_name(phase),
+                    phase.as_str(),
                     render::waiting_for(rollout)
                 )));
             }
@@ -529,7 +529,7 @@ fn plan_control(
             if !spec.control.paused {
                 return Err(Error::Refused(format!(
                     "{object} is not paused (it is {})",
-                    render::phase_name(phase)
+                    phase.as_str()
                 )));
             }
             Ok((Some(json!({ "paused": false })), "resumed".into()))
@@ -552,7 +552,7 @@ fn plan_control(
                 };
                 return Err(Error::Refused(format!(
                     "{object} is not waiting for approval: it is {}: {message}{promote}{hint}",
-                    render::phase_name(phase)
+                    phase.as_str()
                 )));
             };
             approve(rollout, &stage)
@@ -586,7 +586,7 @@ fn plan_control(
             if phase.is_finished() {
                 return Err(Error::Refused(format!(
                     "{object} is {}: there is nothing to approve",
-                    render::phase_name(phase)
+                    phase.as_str()
                 )));
             }
             if let Some((waiting, waiting_name)) = render::waiting_stage(spec, status)
@@ -625,7 +625,7 @@ fn plan_control(
             if phase != Phase::RolledBack {
                 return Err(Error::Refused(format!(
                     "{object} is not rolled back: it is {}: {message} retry starts a rolled-back rollout again from its first stage",
-                    render::phase_name(phase)
+                    phase.as_str()
                 )));
             }
             let retries = status.map_or(0, |s| s.retries);

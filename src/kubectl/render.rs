@@ -125,7 +125,7 @@ pub fn get_table(rollouts: &[FeatureRollout], all_namespaces: bool, now: Timesta
             let status = r.status.as_ref();
             let mut row = vec![
                 r.metadata.name.clone().unwrap_or_default(),
-                status.map_or("", |s| phase_name(s.phase)).to_owned(),
+                status.map_or("", |s| s.phase.as_str()).to_owned(),
                 status
                     .and_then(|s| s.stage_name.clone())
                     .unwrap_or_default(),
@@ -143,19 +143,6 @@ pub fn get_table(rollouts: &[FeatureRollout], all_namespaces: bool, now: Timesta
         })
         .collect();
     table(&headers, &rows)
-}
-
-/// A phase's name as the API spells it.
-pub fn phase_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pending => "Pending",
-        Phase::Progressing => "Progressing",
-        Phase::WaitingForApproval => "WaitingForApproval",
-        Phase::Paused => "Paused",
-        Phase::Promoted => "Promoted",
-        Phase::RolledBack => "RolledBack",
-        Phase::Failed => "Failed",
-    }
 }
 
 /// The stages' names, `stage-N` (1-based) where unset.
@@ -380,7 +367,7 @@ pub fn status(rollout: &FeatureRollout, now: Timestamp) -> String {
         &mut out,
         "Phase",
         if has_status {
-            phase_name(status.phase)
+            status.phase.as_str()
         } else {
             "Pending (no status yet)"
         },
@@ -583,8 +570,8 @@ pub fn history_table(
             vec![
                 h.at.to_string(),
                 age(h.at, now),
-                phase_name(h.from).to_owned(),
-                phase_name(h.to).to_owned(),
+                h.from.as_str().to_owned(),
+                h.to.as_str().to_owned(),
                 h.stage
                     .map(|s| {
                         names
