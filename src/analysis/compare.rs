@@ -16,13 +16,17 @@
 //!   in bursts: `Var = μ(1 − p) + κμ²`. `κ` is estimated by moments from the look-to-look
 //!   increments of both cohorts in every stage so far (unbiased for the stage means
 //!   estimated from the same increments), never below 0 (the binomial); its uncertainty
-//!   widens the boundaries as a Student t with Satterthwaite's degrees of freedom.
+//!   widens the boundaries as a Student t with Satterthwaite's degrees of freedom, with the
+//!   estimate's variance taken [`DISPERSION_MARGIN`] standard errors above `κ` (a plug-in
+//!   variance at a low estimate would claim a precision a few looks cannot have).
 //! - **Boundaries.** The information of the comparison grows like `λ·w(1 − w)` (traffic
 //!   `λ`, exposure `w`), so the share of the plan's information reached at a look follows
 //!   from the plan alone: `t = Σ w(1 − w)·seconds / Σ_plan w(1 − w)·duration`. The budget
 //!   is spent over the plan's looks (one per interval) by a Lan-DeMets spending function
-//!   ([`sequential::spending`]); each planned look decides at most once (the first look that
-//!   reaches it), so extra looks (a stage's first, a retried one) never spend twice.
+//!   ([`sequential::spending`]), front-loaded, and nothing at the first look, which has no
+//!   spread between looks to estimate `κ` from ([`sequential::planned_spending`]); each
+//!   planned look decides at most once (the first look that reaches it), so extra looks (a
+//!   stage's first, a retried one) never spend twice.
 //! - **Recent window.** The same statistic over the increments of the last
 //!   [`RECENT_LOOKS`] looks, with [`RECENT_SHARE`] of the budget spent in proportion to each
 //!   planned look's information (Bonferroni over looks), catches a regression that starts
@@ -41,14 +45,20 @@ use super::sequential::{self, BinomialTerm};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{Evidence, Increment, IncrementSums, Stratum};
 
-/// The share of a comparison's budget kept for the recent-window statistic.
-pub const RECENT_SHARE: f64 = 0.3;
+/// The share of a comparison's budget kept for the recent-window statistic. Small: a
+/// regression that starts late stands out so sharply in a short window that a small
+/// share catches it within a few looks, and the rest is worth more to the main statistic.
+pub const RECENT_SHARE: f64 = 0.04;
 
 /// Looks in the recent window.
 pub const RECENT_LOOKS: usize = 3;
 
 /// The share of a comparison's budget kept for looks beyond the plan's information.
-pub const OVERTIME_RESERVE: f64 = 0.05;
+pub const OVERTIME_RESERVE: f64 = 0.01;
+
+/// How many standard errors above the estimate of `κ` its own variance is evaluated at,
+/// for the degrees of freedom of the t that widens the boundaries.
+pub const DISPERSION_MARGIN: f64 = 2.0;
 
 /// The information rate of a stage per second of its duration: `w(1 − w)` for exposure
 /// `w`; a stage with an audience and full exposure compares the audience with everybody
@@ -210,9 +220,9 @@ impl IncrementSums {
 /// The moment estimate of `κ` and its approximate variance from every stratum's
 /// increments: per stratum and cohort, with `p = x/n` and residuals `r = x_j − n_j p`,
 /// `E Σr² = p(1 − p)(n − Σn_j²/n) + κ p²(Σn_j² − 2Σn_j³/n + (Σn_j²)²/n²)`.
-/// Returns `(κ, Var κ, residual degrees of freedom)`; `None` when no stage has two looks
-/// with events to compare.
-pub fn dispersion(strata: &[Stratum]) -> Option<(f64, f64, f64)> {
+/// Returns `(κ, Var κ)`, the variance evaluated at `κ +` [`DISPERSION_MARGIN`] standard
+/// errors; `None` when no stage has two looks with events to compare.
+pub fn dispersion(strata: &[Stratum]) -> Option<(f64, f64)> {
     let groups = || {
         strata
             .iter()
@@ -231,23 +241,24 @@ pub fn dispersion(strata: &[Stratum]) -> Option<(f64, f64, f64)> {
     if weight <= 1e-12 {
         return None;
     }
-    // The residual degrees of freedom: one per increment, less one per stage and cohort
-    // (its rate is estimated from the same increments).
-    let residual: f64 = groups().map(|g| f64::from(g.looks) - 1.0).sum();
     let kappa = (excess / weight).max(0.0);
-    let spread: f64 = groups()
-        .map(|g| {
-            let p = (g.x / g.n).clamp(0.0, 1.0);
-            let q = p * (1.0 - p);
-            // Var(r²) ≈ 2v² for normal residuals; bursts with a Gamma-like spread have
-            // the heavier tails of a fourth moment `3κ² + 6κ³`: `2(1 + 3κ)` for the
-            // burst part.
-            2.0 * (q * q * g.nn
-                + 2.0 * kappa * p * p * q * g.nnn
-                + (1.0 + 3.0 * kappa) * kappa * kappa * p.powi(4) * g.nnnn)
-        })
-        .sum();
-    Some((kappa, spread / (weight * weight), residual))
+    let spread = |kappa: f64| -> f64 {
+        groups()
+            .map(|g| {
+                let p = (g.x / g.n).clamp(0.0, 1.0);
+                let q = p * (1.0 - p);
+                // Var(r²) ≈ 2v² for normal residuals; bursts with a Gamma-like spread have
+                // the heavier tails of a fourth moment `3κ² + 6κ³`: `2(1 + 3κ)` for the
+                // burst part.
+                2.0 * (q * q * g.nn
+                    + 2.0 * kappa * p * p * q * g.nnn
+                    + (1.0 + 3.0 * kappa) * kappa * kappa * p.powi(4) * g.nnnn)
+            })
+            .sum::<f64>()
+            / (weight * weight)
+    };
+    let upper = kappa + DISPERSION_MARGIN * spread(kappa).sqrt();
+    Some((kappa, spread(upper)))
 }
 
 /// The rates of both cohorts when the candidate is exactly as bad as tolerated, fitted to
@@ -322,7 +333,7 @@ fn term(
 }
 
 /// The z-score of a sum of terms and its Satterthwaite degrees of freedom.
-fn score(terms: &[Term], var_kappa: Option<(f64, f64)>) -> Option<(f64, f64)> {
+fn score(terms: &[Term], var_kappa: Option<f64>) -> Option<(f64, f64)> {
     if terms.is_empty() {
         return None;
     }
@@ -346,10 +357,8 @@ fn score(terms: &[Term], var_kappa: Option<(f64, f64)>) -> Option<(f64, f64)> {
     let df = match var_kappa {
         // One look: the spread between looks is unknown, no boundary can be trusted.
         None => 0.0,
-        // Satterthwaite's degrees of freedom, never more than the residual ones: evaluated
-        // at a small estimate of κ, the plug-in variance would claim a precision a few
-        // looks cannot have.
-        Some((var, residual)) if w * w * var > 0.0 => (2.0 * v * v / (w * w * var)).min(residual),
+        // Satterthwaite's degrees of freedom.
+        Some(var) if w * w * var > 0.0 => 2.0 * v * v / (w * w * var),
         Some(_) => f64::INFINITY,
     };
     Some((z, df))
@@ -401,7 +410,7 @@ pub fn compare(
     }
 
     let estimated = dispersion(&evidence.strata);
-    let (kappa, var_kappa) = estimated.map_or((0.0, None), |(k, v, r)| (k, Some((v, r))));
+    let (kappa, var_kappa) = estimated.map_or((0.0, None), |(k, v)| (k, Some(v)));
 
     // The statistic over every stratum.
     let mut current_rates = (0.0, 0.0);
@@ -467,7 +476,7 @@ pub fn compare(
         None => 0.0,
         Some(PlannedLook::Planned(j)) => {
             let tj = plan.looks[j];
-            (main_budget * sequential::spending(tj) + recent_budget * tj) / budget
+            (main_budget * sequential::planned_spending(j, tj) + recent_budget * tj) / budget
         }
         Some(PlannedLook::Overtime(i)) => {
             (plan_budget + (1..=i).map(overtime).sum::<f64>()) / budget
