@@ -311,6 +311,11 @@ fn summary_separates_early_rollbacks_from_detections() {
     assert!(close(mean, 86.0, 1e-9), "{mean}");
     assert_eq!(s.median_minutes().map(|m| m.0), Some(2));
     assert_eq!(s.p90_minutes(), Some(10));
+    // Within 2 minutes of the onset: one of the four rollouts (the early rollback and the
+    // undetected one count as not within).
+    assert_eq!(s.within_share(2).value, 0.25);
+    assert_eq!(s.within_share(1).value, 0.0);
+    assert_eq!(s.within_share(10).value, 0.5);
 }
 
 #[test]
