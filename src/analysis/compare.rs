@@ -23,8 +23,9 @@
 //!   `λ`, exposure `w`), so the share of the plan's information reached at a look follows
 //!   from the plan alone: `t = Σ w(1 − w)·seconds / Σ_plan w(1 − w)·duration`. The budget
 //!   is spent over the plan's looks (one per interval) by a Lan-DeMets spending function
-//!   ([`sequential::spending`]), front-loaded, and nothing at the first look, which has no
-//!   spread between looks to estimate `κ` from ([`sequential::planned_spending`]); each
+//!   ([`sequential::spending`]), front-loaded over the first stage ([`FIRST_STAGE_RATE`]),
+//!   and nothing at the first look, which has no spread between looks to estimate `κ` from
+//!   ([`sequential::planned_spending`]); each
 //!   planned look decides at most once (the first look that reaches it), so extra looks (a
 //!   stage's first, a retried one) never spend twice.
 //! - **Recent window.** The same statistic over the increments of the last
@@ -56,6 +57,14 @@ pub const RECENT_LOOKS: usize = 3;
 /// The share of a comparison's budget kept for looks beyond the plan's information.
 pub const OVERTIME_RESERVE: f64 = 0.01;
 
+/// How fast the budget is spent: the spending function's `γ` times the first stage's share
+/// of the plan's information. When the first stage holds a small share (a small cohort),
+/// `1 − e^{−0.9}`, about 59 %, of the shaped budget is spent by its end and the rest at
+/// the same falling rate: the first stages are where harm must be caught, before it
+/// reaches many users, and the later ones have so much information that a smaller share
+/// of the budget is enough. A plan of one stage spends nearly evenly (`γ = 0.9`).
+pub const FIRST_STAGE_RATE: f64 = 0.9;
+
 /// How many standard errors above the estimate of `κ` its own variance is evaluated at,
 /// for the degrees of freedom of the t that widens the boundaries.
 pub const DISPERSION_MARGIN: f64 = 2.0;
@@ -80,6 +89,8 @@ pub struct Plan {
     pub looks: Vec<f64>,
     /// The information one interval adds in the last analysed stage (for overtime looks).
     pub last_step: f64,
+    /// The spending function's `γ` ([`FIRST_STAGE_RATE`] over the first stage's share).
+    pub gamma: f64,
 }
 
 impl Plan {
@@ -89,6 +100,7 @@ impl Plan {
         let mut looks = Vec::new();
         let mut information = 0.0;
         let mut last_step = 0.0;
+        let mut first_stage = None;
         for stage in &valid.stages {
             let rate = information_rate(stage.weight.fraction(), stage.audience.is_some());
             let duration = stage.duration.as_secs_f64();
@@ -103,6 +115,7 @@ impl Plan {
                 looks.push(information);
             }
             last_step = rate * interval;
+            first_stage.get_or_insert(information);
         }
         let total = information;
         if total > 0.0 {
@@ -114,16 +127,18 @@ impl Plan {
             }
             last_step /= total;
         }
+        let first_share = first_stage.map_or(1.0, |f| f / total).clamp(1e-9, 1.0);
         Plan {
             total,
             looks,
             last_step,
+            gamma: FIRST_STAGE_RATE / first_share,
         }
     }
 
     /// The main statistic's boundaries at the planned looks for `budget`.
     fn boundaries(&self, budget: f64) -> Arc<Vec<f64>> {
-        sequential::planned_boundaries(&self.looks, budget)
+        sequential::planned_boundaries(&self.looks, budget, self.gamma)
     }
 }
 
@@ -476,7 +491,8 @@ pub fn compare(
         None => 0.0,
         Some(PlannedLook::Planned(j)) => {
             let tj = plan.looks[j];
-            (main_budget * sequential::planned_spending(j, tj) + recent_budget * tj) / budget
+            (main_budget * sequential::planned_spending(j, tj, plan.gamma) + recent_budget * tj)
+                / budget
         }
         Some(PlannedLook::Overtime(i)) => {
             (plan_budget + (1..=i).map(overtime).sum::<f64>()) / budget
@@ -539,6 +555,7 @@ mod tests {
             total,
             looks: looks.iter().map(|t| t / total).collect(),
             last_step: 0.25 * 60.0 / total,
+            gamma: FIRST_STAGE_RATE / (0.0099 / 0.4949),
         }
     }
 
@@ -660,6 +677,36 @@ mod tests {
         let worse = run(None, 1, 0.05, &[((2850.0, 28.0), (150.0, 8.0)); 10]);
         assert!(worse.reject(), "{worse:?}");
         assert!(worse.budget_spent > 0.0 && worse.budget_spent < 1.0);
+    }
+
+    #[test]
+    fn the_spending_rate_follows_the_first_stage() {
+        let plan_of = |yaml: &str| {
+            let spec: crate::crd::FeatureRolloutSpec = serde_yaml_ng::from_str(yaml).unwrap();
+            Plan::new(&crate::crd::validate::validate(&spec).unwrap())
+        };
+        let benchmark = crate::simulate::sluice_rule::benchmark_spec_yaml(
+            &crate::simulate::Schedule::benchmark(),
+            0.95,
+            "0%",
+        );
+        let p = plan_of(&benchmark);
+        // The first stage holds 0.0099 / 0.4949 of the information: γ = 0.9 / 0.0200 ≈ 45.
+        assert!(
+            (p.gamma - 0.9 * 0.4949 / 0.0099).abs() < 1e-6,
+            "{}",
+            p.gamma
+        );
+        assert_eq!(p.looks, plan().looks);
+        // One stage: all the information is in it, the budget is spent nearly evenly.
+        let one = benchmark.replace(
+            "  - { weight: \"1%\", duration: 10m }\n  - { weight: \"5%\", duration: 10m }\n  - { weight: \"25%\", duration: 10m }\n",
+            "",
+        );
+        assert_ne!(one, benchmark);
+        let p = plan_of(&one);
+        assert_eq!(p.looks.len(), 10);
+        assert!((p.gamma - FIRST_STAGE_RATE).abs() < 1e-12, "{}", p.gamma);
     }
 
     #[test]

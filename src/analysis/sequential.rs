@@ -238,24 +238,20 @@ pub fn boundaries(times: &[f64], spent: &[f64]) -> Vec<f64> {
 /// The spending function: the share of the plan's budget spent by information fraction
 /// `t`. Hwang, Shih and DeCani's family ("Group sequential designs using a family of type
 /// I error probability spending functions", Stat. Med. 1990), `(1 − e^{−γt})/(1 − e^{−γ})`
-/// with `γ` = [`SPENDING_GAMMA`], for all but [`SPENDING_FLOOR`] of the budget, which is
-/// spent in proportion to information (`t`) so that no stage is left without a share.
-pub fn spending(t: f64) -> f64 {
+/// (positive `γ` spends early, Pocock-like near 1; negative late, O'Brien-Fleming-like
+/// near −4), for all but [`SPENDING_FLOOR`] of the budget, which is spent in proportion to
+/// information (`t`) so that no part of the plan is left without a share.
+pub fn spending(t: f64, gamma: f64) -> f64 {
     let t = t.clamp(0.0, 1.0);
-    let g = SPENDING_GAMMA;
-    (1.0 - SPENDING_FLOOR) * (1.0 - (-g * t).exp()) / (1.0 - (-g).exp()) + SPENDING_FLOOR * t
+    let shaped = if gamma.abs() < 1e-9 {
+        t
+    } else {
+        (-gamma * t).exp_m1() / (-gamma).exp_m1()
+    };
+    (1.0 - SPENDING_FLOOR) * shaped + SPENDING_FLOOR * t
 }
 
-/// The spending function's shape: positive spends early (Pocock-like near 1), negative
-/// late (O'Brien-Fleming-like near −4). At 45, half the budget is spent by 1.5 % of the
-/// plan's information and 99 % by 10 %: a rollout's first stages carry little of the
-/// information (the candidate cohort is small) but are where harm must be caught, before
-/// it reaches many users; the later stages have so much information that the floor's
-/// share of the budget is enough to catch what the first ones could not see.
-pub const SPENDING_GAMMA: f64 = 45.0;
-
-/// The share of the budget spent in proportion to information, whatever [`SPENDING_GAMMA`]
-/// front-loads.
+/// The share of the budget spent in proportion to information, whatever `γ` front-loads.
 pub const SPENDING_FLOOR: f64 = 0.04;
 
 type CacheKey = Vec<u64>;
@@ -268,23 +264,24 @@ fn cache() -> &'static Mutex<HashMap<CacheKey, Arc<Vec<f64>>>> {
 /// The share of the budget spent by planned look `k` at information `t`: the first look
 /// spends nothing (one look has no spread between looks to estimate the dispersion from,
 /// so it never sets a boundary), and its share is carried over to the second.
-pub fn planned_spending(k: usize, t: f64) -> f64 {
-    if k == 0 { 0.0 } else { spending(t) }
+pub fn planned_spending(k: usize, t: f64, gamma: f64) -> f64 {
+    if k == 0 { 0.0 } else { spending(t, gamma) }
 }
 
 /// [`boundaries`] for the planned looks at `times` spending `budget ·`
 /// [`planned_spending`], computed once per plan and kept (the simulator makes millions of
 /// looks on one plan).
-pub fn planned_boundaries(times: &[f64], budget: f64) -> Arc<Vec<f64>> {
+pub fn planned_boundaries(times: &[f64], budget: f64, gamma: f64) -> Arc<Vec<f64>> {
     let mut key: CacheKey = times.iter().map(|t| t.to_bits()).collect();
     key.push(budget.to_bits());
+    key.push(gamma.to_bits());
     if let Some(found) = cache().lock().ok().and_then(|c| c.get(&key).cloned()) {
         return found;
     }
     let spent: Vec<f64> = times
         .iter()
         .enumerate()
-        .map(|(k, &t)| budget * planned_spending(k, t))
+        .map(|(k, &t)| budget * planned_spending(k, t, gamma))
         .collect();
     let computed = Arc::new(boundaries(times, &spent));
     if let Ok(mut c) = cache().lock() {
@@ -457,7 +454,7 @@ mod tests {
         println!("seed {seed}");
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let times: Vec<f64> = (1..=20).map(|k| (f64::from(k) / 20.0).powi(2)).collect();
-        let spent: Vec<f64> = times.iter().map(|&t| 0.05 * spending(t)).collect();
+        let spent: Vec<f64> = times.iter().map(|&t| 0.05 * spending(t, 4.0)).collect();
         let z = boundaries(&times, &spent);
         let runs = 200_000;
         let mut crossed = 0;
@@ -481,14 +478,14 @@ mod tests {
     #[test]
     fn the_first_planned_look_carries_its_share_to_the_second() {
         let times = [0.002, 0.004, 0.5, 1.0];
-        assert_eq!(planned_spending(0, times[0]), 0.0);
-        let z = planned_boundaries(&times, 0.05);
+        assert_eq!(planned_spending(0, times[0], 45.0), 0.0);
+        let z = planned_boundaries(&times, 0.05, 45.0);
         assert!(z[0].is_infinite());
         let crossed = crossing_probabilities(&times, &z);
         assert_eq!(crossed[0], 0.0);
         let by_second = crossed[0] + crossed[1];
         assert!(
-            (by_second - 0.05 * spending(times[1])).abs() < 2e-6,
+            (by_second - 0.05 * spending(times[1], 45.0)).abs() < 2e-6,
             "{by_second}"
         );
         let total: f64 = crossed.iter().sum();
@@ -499,12 +496,16 @@ mod tests {
     fn spending_is_the_hwang_shih_decani_function_with_a_floor() {
         // f = lambda t: 0.96 * (1 - np.exp(-45 * t)) / (1 - np.exp(-45)) + 0.04 * t
         // (NumPy 2.4): γ = 45, floor 0.04
-        assert!(close(spending(0.02), 0.5704931266490249, 1e-12));
-        assert!(close(spending(0.1), 0.9533353633232874, 1e-12));
-        assert!(close(spending(0.5), 0.9799999998375778, 1e-12));
-        assert_eq!(spending(0.0), 0.0);
-        assert!(close(spending(1.0), 1.0, 1e-15));
-        assert!(close(spending(3.0), 1.0, 1e-15));
+        assert!(close(spending(0.02, 45.0), 0.5704931266490249, 1e-12));
+        assert!(close(spending(0.1, 45.0), 0.9533353633232874, 1e-12));
+        assert!(close(spending(0.5, 45.0), 0.9799999998375778, 1e-12));
+        // g = lambda t: 0.96 * (1 - np.exp(-0.9 * t)) / (1 - np.exp(-0.9)) + 0.04 * t
+        assert!(close(spending(0.5, 0.9), 0.606213664591253, 1e-12));
+        // γ → 0 is the linear function.
+        assert!(close(spending(0.3, 0.0), 0.3, 1e-15));
+        assert_eq!(spending(0.0, 45.0), 0.0);
+        assert!(close(spending(1.0, 45.0), 1.0, 1e-15));
+        assert!(close(spending(3.0, 0.9), 1.0, 1e-15));
     }
 
     #[test]
