@@ -25,8 +25,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::validate::{ValidSpec, ValidStage};
 use crate::crd::{
-    AnalysisStatus, Approval, Condition, ErrorAction, FeatureRolloutSpec, FeatureRolloutStatus,
-    HistoryEntry, Phase, Problem, Verdict, Weight, validate,
+    AnalysisStatus, Approval, ErrorAction, FeatureRolloutSpec, FeatureRolloutStatus, HistoryEntry,
+    Phase, Problem, Verdict, Weight, validate,
 };
 use crate::flagd::FlagState;
 
@@ -345,25 +345,8 @@ impl Planner {
     }
 
     fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
-        let status = if status { "True" } else { "False" };
-        let generation = self.next.observed_generation;
-        let conditions = &mut self.next.conditions;
-        let transition = match conditions.iter().find(|c| c.type_ == type_) {
-            Some(old) if old.status == status => old.last_transition_time,
-            _ => self.now,
-        };
-        let condition = Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: transition,
-            observed_generation: generation,
-        };
-        match conditions.iter_mut().find(|c| c.type_ == type_) {
-            Some(old) => *old = condition,
-            None => conditions.push(condition),
-        }
+        self.next
+            .set_condition(type_, status, reason, message, self.now);
     }
 
     fn record_analysis(&mut self, analysis: &AnalysisStatus) {

@@ -29,8 +29,7 @@ use crate::analysis::judge::{self, Observed};
 use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{
-    AnalysisStatus, Condition, FeatureRolloutSpec, FeatureRolloutStatus, Phase, PrometheusSpec,
-    validate,
+    AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, PrometheusSpec, validate,
 };
 use crate::engine::{self, Decision, Event, EventType, Observations};
 use crate::flagd::{FlagDefinition, FlagState, FlagdError, render_flag};
@@ -447,7 +446,7 @@ async fn hold_on_write_failure<S: Shell>(
         .conditions
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason);
-    set_condition(&mut held, "Ready", "False", reason, &message, now);
+    held.set_condition("Ready", false, reason, &message, now);
     let event = appeared.then(|| Event {
         type_: EventType::Warning,
         reason,
@@ -460,34 +459,6 @@ async fn hold_on_write_failure<S: Shell>(
         shell.write_status(&held).await?;
     }
     Ok(event.map(|e| (held, e)))
-}
-
-fn set_condition(
-    status: &mut FeatureRolloutStatus,
-    type_: &str,
-    value: &str,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) {
-    let generation = status.observed_generation;
-    let transition = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == value)
-        .map_or(now, |c| c.last_transition_time);
-    let condition = Condition {
-        type_: type_.into(),
-        status: value.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: transition,
-        observed_generation: generation,
-    };
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(old) => *old = condition,
-        None => status.conditions.push(condition),
-    }
 }
 
 /// One structured line per flag change, on its own target (`sluice::audit`).

@@ -20,10 +20,10 @@ use sluice::crd::{
     SampleRatio, Verdict,
 };
 use sluice::engine::{Decision, Event, EventType};
-use sluice::flagd::{flag_in_document, merge_flag};
 use sluice::notify::{Notifier, NotifierConfig, Webhook, notifications};
-use sluice::reconcile::{Context, Error, FlagWriteError, Rollout, Shell, reconcile};
+use sluice::reconcile::{Context, Rollout, Shell, reconcile};
 use support::fake::{Behaviour, FakeServer};
+use support::memory_shell::MemoryShell;
 
 const TIMED: &str = r#"
 flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
@@ -54,66 +54,6 @@ fn spec(yaml: &str) -> FeatureRolloutSpec {
 
 fn at(minutes: i64) -> Timestamp {
     "2026-11-24T12:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes)
-}
-
-/// A flag document, a status and an ordered log of what the shell did.
-#[derive(Default)]
-struct MemoryShell {
-    document: Mutex<Option<String>>,
-    status: Mutex<Option<FeatureRolloutStatus>>,
-    ops: Mutex<Vec<String>>,
-    /// When set, writing the flag fails as an unreachable API would.
-    unavailable: Mutex<bool>,
-}
-
-impl MemoryShell {
-    fn status(&self) -> Option<FeatureRolloutStatus> {
-        self.status.lock().unwrap().clone()
-    }
-
-    fn ops(&self) -> Vec<String> {
-        self.ops.lock().unwrap().clone()
-    }
-
-    fn served(&self) -> Value {
-        let document = self.document.lock().unwrap().clone().expect("a document");
-        flag_in_document(&document, "checkout")
-            .unwrap()
-            .expect("the flag")
-    }
-}
-
-impl Shell for MemoryShell {
-    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
-        if *self.unavailable.lock().unwrap() {
-            return Err(FlagWriteError::Unavailable {
-                category: "api",
-                message: "the API server is away".into(),
-            });
-        }
-        let mut document = self.document.lock().unwrap();
-        let merged = merge_flag(document.as_deref(), key, flag.clone())?;
-        let changed = document.as_deref() != Some(merged.as_str());
-        *document = Some(merged);
-        self.ops.lock().unwrap().push("flag".into());
-        Ok(changed)
-    }
-
-    async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), Error> {
-        self.ops
-            .lock()
-            .unwrap()
-            .push(format!("status {:?}", status.phase));
-        *self.status.lock().unwrap() = Some(status.clone());
-        Ok(())
-    }
-
-    async fn publish(&self, event: &Event) {
-        self.ops
-            .lock()
-            .unwrap()
-            .push(format!("event {}", event.reason));
-    }
 }
 
 async fn run(

@@ -2,19 +2,17 @@
 //! shell: the order of writes, skipped writes, foreign documents, failed writes that must
 //! not lose a rollback, and what deletion leaves behind.
 
-use std::sync::Mutex;
+mod support;
 
 use jiff::{SignedDuration, Timestamp};
-use serde_json::Value;
 use sluice::analysis::look::RolloutRef;
 use sluice::crd::{
     AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, Verdict, Weight,
 };
-use sluice::engine::{Decision, Event};
-use sluice::flagd::{FlagState, flag_in_document, merge_flag};
-use sluice::reconcile::{
-    Context, Error, FlagWriteError, Rollout, Shell, reconcile, release, state_on_delete,
-};
+use sluice::engine::Decision;
+use sluice::flagd::FlagState;
+use sluice::reconcile::{Context, Error, Rollout, reconcile, release, state_on_delete};
+use support::memory_shell::{MemoryShell, Op};
 
 const TIMED: &str = r#"
 flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
@@ -45,79 +43,6 @@ fn spec(yaml: &str) -> FeatureRolloutSpec {
 
 fn at(minutes: i64) -> Timestamp {
     "2026-11-24T12:00:00Z".parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes)
-}
-
-/// What the shell saw, in order.
-#[derive(Clone, Debug, PartialEq)]
-enum Op {
-    Flag(String),
-    Status(Phase),
-    Event(&'static str),
-}
-
-/// A flag document, a status and an event log in memory; the flag write can be made to
-/// fail.
-#[derive(Default)]
-struct MemoryShell {
-    document: Mutex<Option<String>>,
-    status: Mutex<Option<FeatureRolloutStatus>>,
-    ops: Mutex<Vec<Op>>,
-    unavailable: Mutex<bool>,
-}
-
-impl MemoryShell {
-    fn with_document(text: &str) -> Self {
-        let shell = MemoryShell::default();
-        *shell.document.lock().unwrap() = Some(text.to_owned());
-        shell
-    }
-
-    fn document(&self) -> Option<String> {
-        self.document.lock().unwrap().clone()
-    }
-
-    fn status(&self) -> Option<FeatureRolloutStatus> {
-        self.status.lock().unwrap().clone()
-    }
-
-    fn take_ops(&self) -> Vec<Op> {
-        std::mem::take(&mut self.ops.lock().unwrap())
-    }
-
-    fn served(&self) -> Value {
-        flag_in_document(&self.document().expect("a document"), "checkout")
-            .unwrap()
-            .expect("the flag")
-    }
-}
-
-impl Shell for MemoryShell {
-    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
-        if *self.unavailable.lock().unwrap() {
-            return Err(FlagWriteError::Unavailable {
-                category: "api",
-                message: "the API server is away".into(),
-            });
-        }
-        let mut document = self.document.lock().unwrap();
-        let merged = merge_flag(document.as_deref(), key, flag.clone())?;
-        if document.as_deref() == Some(merged.as_str()) {
-            return Ok(false);
-        }
-        self.ops.lock().unwrap().push(Op::Flag(merged.clone()));
-        *document = Some(merged);
-        Ok(true)
-    }
-
-    async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), Error> {
-        self.ops.lock().unwrap().push(Op::Status(status.phase));
-        *self.status.lock().unwrap() = Some(status.clone());
-        Ok(())
-    }
-
-    async fn publish(&self, event: &Event) {
-        self.ops.lock().unwrap().push(Op::Event(event.reason));
-    }
 }
 
 async fn run(

@@ -698,6 +698,37 @@ pub struct FeatureRolloutStatus {
     pub history: Vec<HistoryEntry>,
 }
 
+impl FeatureRolloutStatus {
+    /// Sets condition `type_`, replacing the one of that type; its `lastTransitionTime`
+    /// is kept when the status (`True`/`False`) stays the same, else it is `now`.
+    pub fn set_condition(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: &str,
+        now: Timestamp,
+    ) {
+        let status = if status { "True" } else { "False" };
+        let transition = match self.conditions.iter().find(|c| c.type_ == type_) {
+            Some(old) if old.status == status => old.last_transition_time,
+            _ => now,
+        };
+        let condition = Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: transition,
+            observed_generation: self.observed_generation,
+        };
+        match self.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(old) => *old = condition,
+            None => self.conditions.push(condition),
+        }
+    }
+}
+
 /// A condition in the Kubernetes style.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
