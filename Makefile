@@ -5,9 +5,9 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test demo venv helm prometheus build lint helm-lint crd clean-venv
+.PHONY: test demo venv helm prometheus kube build lint helm-lint crd clean-venv
 
-test: venv helm prometheus
+test: venv helm prometheus kube
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	$(PYTHON) scripts/helm.py lint charts/sluice
@@ -42,6 +42,12 @@ helm-lint: helm
 # A real Prometheus server (Debian's package) for the analysis tests.
 prometheus:
 	scripts/install-prometheus.sh
+
+# A real kube-apiserver and etcd for the cluster tests (tests/cluster*.rs), built from
+# source with Go at the releases pinned in scripts/kube/go.mod, once, into
+# $${SLUICE_KUBE_CACHE:-~/.cache/sluice-kube}; reused when present.
+kube:
+	scripts/install-kube.sh
 
 build:
 	cargo build --locked --release
