@@ -11,8 +11,6 @@
 //! regenerate it with `SLUICE_BLESS=1 cargo test --test chart`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -25,53 +23,20 @@ use sluice::crd::crd_yaml;
 use sluice::manifest;
 use sluice::rbac::{PERMISSIONS, Permission};
 
+mod support;
+
+use support::helm::{self, repo};
+
 const RELEASE_NAMESPACE: &str = "sluice-system";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    let python = match std::env::var_os("SLUICE_PYTHON") {
-        Some(path) => PathBuf::from(path),
-        None => repo().join(".venv/bin/python"),
-    };
-    assert!(
-        python.exists(),
-        "no Python interpreter at {}: run `make venv helm` (it creates .venv with \
-         tests/python/helm-requirements.txt), or point SLUICE_PYTHON at an interpreter \
-         that has helm-python-sdk",
-        python.display()
-    );
-    python
-}
 
 /// `helm template` with these values: every rendered document, as JSON.
 fn render(values: Value) -> Vec<Value> {
-    let text = try_render(values).unwrap_or_else(|e| panic!("{e}"));
-    manifest::documents(&text).unwrap_or_else(|e| panic!("rendered YAML: {e:?}\n{text}"))
+    helm::render(&values, RELEASE_NAMESPACE)
 }
 
 /// The rendered YAML stream, or Helm's error.
 fn try_render(values: Value) -> Result<String, String> {
-    let output = Command::new(python())
-        .arg(repo().join("scripts/helm.py"))
-        .arg("render")
-        .arg(repo().join("charts/sluice"))
-        .args(["--name", "sluice", "--namespace", RELEASE_NAMESPACE])
-        .arg("--values")
-        .arg(values.to_string())
-        .output()
-        .expect("scripts/helm.py runs");
-    if output.status.success() {
-        Ok(String::from_utf8(output.stdout).expect("UTF-8 output"))
-    } else {
-        Err(format!(
-            "scripts/helm.py render failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    helm::try_render(&values, RELEASE_NAMESPACE)
 }
 
 fn render_text(values: Value) -> String {

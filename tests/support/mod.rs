@@ -1,11 +1,16 @@
 //! Helpers shared by the integration tests: a real Prometheus server loaded with known
 //! data, an OpenMetrics writer for that data, a fake HTTP server whose misbehaviour a test
-//! chooses, an in-memory Kubernetes API and an in-memory reconcile shell.
+//! chooses, an in-memory Kubernetes API and an in-memory reconcile shell, a real
+//! kube-apiserver with etcd, the FeatureRollout manifests of known validity and the Helm
+//! chart rendered.
 //!
 //! Each test binary uses only some of them, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod apiserver;
+pub mod crd_cases;
 pub mod fake;
+pub mod helm;
 pub mod kube_api;
 pub mod memory_shell;
 pub mod openmetrics;
