@@ -1,28 +1,31 @@
-//! Tests against a real cluster (kind or k3d), ignored by default:
+//! The controller and the CRD against a real kube-apiserver over etcd
+//! (`tests/support/apiserver.rs`; `make test` builds the servers once with
+//! `scripts/install-kube.sh`). One server for this test binary; each test works in a
+//! namespace of its own and runs the controller in the test process (admin credentials,
+//! leader election off, watching only that namespace). Stages are seconds long.
 //!
-//! ```sh
-//! kind create cluster --name sluice
-//! cargo test --test cluster -- --ignored --test-threads 1
-//! ```
-//!
-//! They use the current kubeconfig context, install the CRD (server-side apply, field
-//! manager `sluice-test`), run the controller in the test process (leader election off,
-//! watching only the test's namespace) and create and delete everything in a fresh
-//! namespace `sluice-test-<random>`. Stages are seconds long, so a whole rollout takes
-//! about a minute.
+//! The schema itself is checked against the server in `tests/cluster_crd.rs`.
+
+mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt as _};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice::controller::{self, State};
 use sluice::crd::{FeatureRollout, Phase};
 use sluice::telemetry::Health;
+use support::apiserver::{
+    ApiServer, config_map_rollout, install_feature_rollout_crd, served_flag, status_of, wait_until,
+};
 
+/// The field manager of the test's own writes (a user's `kubectl apply --server-side`).
+const MANAGER: &str = "sluice-test";
+
+/// A namespace of the shared server with the CRD installed and, once
+/// [`Cluster::start_controller`] is called, the controller running on it in this process.
 struct Cluster {
     client: Client,
     namespace: String,
@@ -32,76 +35,52 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Installs the CRD, creates a namespace and starts the controller on it.
-    async fn start() -> Cluster {
-        sluice::prometheus::ensure_crypto_provider();
-        let client = Client::try_default()
-            .await
-            .expect("a kubeconfig for a test cluster (kind create cluster)");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.patch(
-            "featurerollouts.sluice.dev",
-            &PatchParams::apply("sluice-test").force(),
-            &Patch::Apply(FeatureRollout::crd()),
-        )
-        .await
-        .expect("the CRD installs");
-        wait_for("the CRD to be established", Duration::from_secs(60), || {
-            let crds = crds.clone();
-            async move {
-                crds.get("featurerollouts.sluice.dev")
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await;
-
-        let namespace = format!("sluice-test-{:08x}", rand::random::<u32>());
+    /// The shared server, the CRD installed, a fresh namespace; no controller yet.
+    async fn new(prefix: &str) -> Cluster {
+        let server = ApiServer::shared();
+        let client = server.admin().await;
+        install_feature_rollout_crd(&client).await;
+        let namespace = server.namespace(prefix).await;
         println!("namespace {namespace}");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap(),
-            )
-            .await
-            .expect("the test namespace");
+        Cluster {
+            client,
+            namespace,
+            stop: None,
+            controller: None,
+            health: Arc::new(Health::default()),
+        }
+    }
 
-        let health = Arc::new(Health::default());
+    /// [`Cluster::new`] with the controller running on the namespace and listed.
+    async fn start(prefix: &str) -> Cluster {
+        let mut cluster = Cluster::new(prefix).await;
+        cluster.start_controller().await;
+        cluster
+    }
+
+    async fn start_controller(&mut self) {
         let state = Arc::new(State::new(
-            client.clone(),
+            self.client.clone(),
             controller::system_clock(),
             Some("cluster-test".into()),
         ));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let controller = tokio::spawn(controller::run_controllers(
+        self.controller = Some(tokio::spawn(controller::run_controllers(
             state,
-            vec![namespace.clone()],
+            vec![self.namespace.clone()],
             None,
-            health.clone(),
+            self.health.clone(),
             async {
                 let _ = stopped.await;
             },
-        ));
-        let ready = health.clone();
-        wait_for("the first list", Duration::from_secs(60), move || {
+        )));
+        self.stop = Some(stop);
+        let ready = self.health.clone();
+        wait_until("the first list", move || {
             let ready = ready.clone();
             async move { ready.ready() }
         })
         .await;
-        Cluster {
-            client,
-            namespace,
-            stop: Some(stop),
-            controller: Some(controller),
-            health,
-        }
     }
 
     fn rollouts(&self) -> Api<FeatureRollout> {
@@ -117,7 +96,7 @@ impl Cluster {
         self.rollouts()
             .patch(
                 &name,
-                &PatchParams::apply("sluice-test").force(),
+                &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(manifest),
             )
             .await
@@ -125,18 +104,11 @@ impl Cluster {
     }
 
     async fn phase(&self, name: &str) -> Option<Phase> {
-        self.rollouts()
-            .get(name)
-            .await
-            .ok()
-            .and_then(|r| r.status)
-            .map(|s| s.phase)
+        status_of(&self.rollouts(), name).await.map(|s| s.phase)
     }
 
     async fn served(&self, config_map: &str, key: &str) -> Option<Value> {
-        let cm = self.config_maps().get_opt(config_map).await.ok()??;
-        let document = cm.data?.remove("flags.json")?;
-        sluice::flagd::flag_in_document(&document, key).ok()?
+        served_flag(&self.config_maps(), config_map, key).await
     }
 
     async fn stop(mut self) {
@@ -144,57 +116,22 @@ impl Cluster {
             let _ = stop.send(());
         }
         if let Some(controller) = self.controller.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(30), controller).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), controller).await;
         }
         assert!(self.health.ready());
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 fn rollout(name: &str, flag: &str) -> Value {
-    json!({
-        "apiVersion": "sluice.dev/v1alpha1",
-        "kind": "FeatureRollout",
-        "metadata": { "name": name },
-        "spec": {
-            "flag": {
-                "key": flag,
-                "variants": { "on": true, "off": false },
-                "baseline": "off",
-                "candidate": "on",
-            },
-            "target": { "configMap": { "name": "shop-flags" } },
-            "stages": [
-                { "weight": 10, "duration": "10s" },
-                { "weight": 50, "duration": "10s" },
-                { "weight": 100 },
-            ],
-        },
-    })
+    config_map_rollout(name, flag, "shop-flags", &[10, 50, 100], "10s")
 }
 
 #[tokio::test]
-#[ignore = "needs cluster"]
 async fn a_rollout_with_a_config_map_target_advances_to_promotion() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start("sluice-promote").await;
     cluster.apply(rollout("checkout", "new-checkout")).await;
 
-    wait_for("the first stage", Duration::from_secs(60), || async {
+    wait_until("the first stage", || async {
         cluster
             .served("shop-flags", "new-checkout")
             .await
@@ -213,18 +150,14 @@ async fn a_rollout_with_a_config_map_target_advances_to_promotion() {
     assert_eq!(status.phase, Phase::Progressing);
     assert_eq!(status.observed_generation, rollout.metadata.generation);
 
-    wait_for("promotion", Duration::from_secs(120), || async {
+    wait_until("promotion", || async {
         cluster.phase("checkout").await == Some(Phase::Promoted)
     })
     .await;
     let flag = cluster.served("shop-flags", "new-checkout").await.unwrap();
     assert_eq!(flag["defaultVariant"], "on");
-    let history = cluster
-        .rollouts()
-        .get("checkout")
+    let history = status_of(&cluster.rollouts(), "checkout")
         .await
-        .unwrap()
-        .status
         .unwrap()
         .history;
     let weights: Vec<&str> = history.iter().map(|h| h.weight.as_str()).collect();
@@ -233,13 +166,12 @@ async fn a_rollout_with_a_config_map_target_advances_to_promotion() {
 }
 
 #[tokio::test]
-#[ignore = "needs cluster"]
 async fn deleting_a_rollout_mid_way_restores_the_baseline() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start("sluice-delete").await;
     let mut manifest = rollout("banner", "new-banner");
     manifest["spec"]["stages"][0]["duration"] = Value::from("1h");
     cluster.apply(manifest).await;
-    wait_for("the first stage", Duration::from_secs(60), || async {
+    wait_until("the first stage", || async {
         cluster
             .served("shop-flags", "new-banner")
             .await
@@ -252,7 +184,7 @@ async fn deleting_a_rollout_mid_way_restores_the_baseline() {
         .delete("banner", &DeleteParams::default())
         .await
         .unwrap();
-    wait_for("the rollout to go", Duration::from_secs(60), || async {
+    wait_until("the rollout to go", || async {
         cluster
             .rollouts()
             .get_opt("banner")
@@ -268,9 +200,8 @@ async fn deleting_a_rollout_mid_way_restores_the_baseline() {
 }
 
 #[tokio::test]
-#[ignore = "needs cluster"]
 async fn a_foreign_config_map_is_left_alone_with_a_condition() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start("sluice-foreign").await;
     let foreign: ConfigMap = serde_json::from_value(json!({
         "metadata": { "name": "shop-flags" },
         "data": { "flags.json": "not: json" },
@@ -282,13 +213,9 @@ async fn a_foreign_config_map_is_left_alone_with_a_condition() {
         .await
         .unwrap();
     cluster.apply(rollout("checkout", "new-checkout")).await;
-    wait_for("the condition", Duration::from_secs(60), || async {
-        cluster
-            .rollouts()
-            .get("checkout")
+    wait_until("the condition", || async {
+        status_of(&cluster.rollouts(), "checkout")
             .await
-            .ok()
-            .and_then(|r| r.status)
             .is_some_and(|s| {
                 s.conditions
                     .iter()
@@ -298,5 +225,53 @@ async fn a_foreign_config_map_is_left_alone_with_a_condition() {
     .await;
     let cm = cluster.config_maps().get("shop-flags").await.unwrap();
     assert_eq!(cm.data.unwrap()["flags.json"], "not: json");
+    cluster.stop().await;
+}
+
+/// More rollouts than one page of the controller's list (kube-runtime asks for 500 at a
+/// time): every one is reconciled.
+#[tokio::test]
+async fn more_than_one_page_of_rollouts_are_all_reconciled() {
+    const ROLLOUTS: usize = 510;
+    let mut cluster = Cluster::new("sluice-paging").await;
+    let rollouts = cluster.rollouts();
+    let names: Vec<String> = (0..ROLLOUTS).map(|i| format!("flag-{i:03}")).collect();
+    for chunk in names.chunks(30) {
+        futures::future::join_all(chunk.iter().map(|name| {
+            let rollouts = rollouts.clone();
+            // Each on a ConfigMap of its own, at a first stage of an hour: one write each.
+            let manifest = config_map_rollout(name, name, name, &[10, 100], "1h");
+            async move {
+                rollouts
+                    .patch(name, &PatchParams::apply(MANAGER), &Patch::Apply(manifest))
+                    .await
+                    .expect("the rollout applies")
+            }
+        }))
+        .await;
+    }
+    let listed = rollouts
+        .list(&ListParams::default().limit(200))
+        .await
+        .unwrap();
+    assert!(
+        listed.metadata.continue_.is_some(),
+        "the server pages a list"
+    );
+
+    cluster.start_controller().await;
+    wait_until("every rollout Progressing", || {
+        let rollouts = rollouts.clone();
+        async move {
+            let all = rollouts.list(&ListParams::default()).await.unwrap();
+            all.items.len() == ROLLOUTS
+                && all.items.iter().all(|r| {
+                    r.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == Phase::Progressing)
+                })
+        }
+    })
+    .await;
     cluster.stop().await;
 }

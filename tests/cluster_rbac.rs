@@ -1,0 +1,322 @@
+//! Least privilege, proven both ways on a real kube-apiserver: `sluice controller` (the
+//! binary) runs with a token of the chart's own ServiceAccount, bound by the chart's own
+//! rendered ClusterRole or Roles (`charts/sluice` through Helm's library, as
+//! `tests/chart.rs` renders it), and completes whole rollouts; the server's audit log must
+//! show no request of that ServiceAccount refused with 403. Removing one rule from the
+//! rendered role makes the controller fail (403s in the audit log, the rollout stuck, the
+//! Ready condition and the log naming the refusal), so the check can fail.
+//!
+//! Two controller processes on one real Lease: one acts, the other takes over when the
+//! leader is killed (the seconds it takes are printed).
+//!
+//! The tests share one server; each installs the chart's RBAC under a release name of its
+//! own, and cluster-wide controllers see only their own rollouts (`--selector`).
+
+mod support;
+
+use std::time::Instant;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use sluice::crd::{FeatureRollout, Phase};
+use support::apiserver::{
+    ApiServer, ControllerProcess, apply_all, config_map_rollout, install_feature_rollout_crd,
+    served_flag, status_of, wait_until,
+};
+use support::helm;
+
+/// The label a test's rollouts carry and its cluster-wide controllers select.
+const RUN_LABEL: &str = "sluice.test/run";
+
+/// The kinds of the rendered chart that grant the controller its rights.
+const RBAC_KINDS: &[&str] = &[
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+
+/// One release of the chart's RBAC on the shared server.
+struct Release {
+    server: &'static ApiServer,
+    admin: Client,
+    /// The run's id (label value, name suffix).
+    id: String,
+    /// The release namespace (ServiceAccount, Lease).
+    namespace: String,
+    /// Where the rollouts live.
+    workload: String,
+    /// The chart's full name: ServiceAccount, roles, Lease.
+    fullname: String,
+    /// Watch only `workload` (`watchNamespaces`), or every namespace.
+    namespaced: bool,
+}
+
+impl Release {
+    /// Renders the chart (cluster-wide, or watching the workload namespace), lets `edit`
+    /// change the RBAC documents, and applies them.
+    async fn install(namespaced: bool, edit: impl FnOnce(&mut Vec<Value>)) -> Release {
+        let server = ApiServer::shared();
+        let admin = server.admin().await;
+        install_feature_rollout_crd(&admin).await;
+        let id = format!("{:08x}", rand::random::<u32>());
+        let namespace = server.namespace("sluice-system").await;
+        let workload = server.namespace("shop").await;
+        let fullname = format!("sluice-{id}");
+        let mut values = json!({ "fullnameOverride": fullname });
+        if namespaced {
+            values["watchNamespaces"] = json!([workload]);
+        }
+        let mut rbac: Vec<Value> = helm::render(&values, &namespace)
+            .into_iter()
+            .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
+            .collect();
+        edit(&mut rbac);
+        apply_all(&admin, &rbac).await;
+        Release {
+            server,
+            admin,
+            id,
+            namespace,
+            workload,
+            fullname,
+            namespaced,
+        }
+    }
+
+    /// The ServiceAccount's user name.
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.fullname)
+    }
+
+    /// Starts a controller replica `pod` with a token of the chart's ServiceAccount and the
+    /// arguments the chart's Deployment gives it.
+    async fn controller(&self, pod: &str) -> ControllerProcess {
+        let kubeconfig = self
+            .server
+            .service_account_kubeconfig(&self.namespace, &self.fullname)
+            .await;
+        let selector = format!("{RUN_LABEL}={}", self.id);
+        let mut args = vec![
+            "--lease-namespace",
+            &self.namespace,
+            "--lease-name",
+            &self.fullname,
+        ];
+        if self.namespaced {
+            args.extend(["--namespace", &self.workload]);
+        } else {
+            args.extend(["--selector", &selector]);
+        }
+        let log = self
+            .server
+            .dir()
+            .join(format!("controller-{}-{pod}.log", self.id));
+        ControllerProcess::start(&kubeconfig, pod, log, &args)
+    }
+
+    fn rollouts(&self) -> Api<FeatureRollout> {
+        Api::namespaced(self.admin.clone(), &self.workload)
+    }
+
+    fn config_maps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.admin.clone(), &self.workload)
+    }
+
+    /// Applies a ConfigMap-target rollout labelled for this run.
+    async fn apply_rollout(&self, name: &str, weights: &[u32], duration: &str) {
+        let mut manifest = config_map_rollout(name, name, "shop-flags", weights, duration);
+        manifest["metadata"]["labels"] = json!({ RUN_LABEL: self.id });
+        self.rollouts()
+            .patch(
+                name,
+                &PatchParams::apply("sluice-test"),
+                &Patch::Apply(manifest),
+            )
+            .await
+            .expect("the rollout applies");
+    }
+
+    async fn phase(&self, name: &str) -> Option<Phase> {
+        status_of(&self.rollouts(), name).await.map(|s| s.phase)
+    }
+
+    async fn lease_holder(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.admin.clone(), &self.namespace);
+        leases
+            .get_opt(&self.fullname)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    }
+
+    /// Waits for promotion and checks the stages were each entered once, in order, and
+    /// the flag is served on the candidate.
+    async fn promoted(&self, name: &str, controller: &ControllerProcess) {
+        wait_until(&format!("{name} promoted"), || async {
+            self.phase(name).await == Some(Phase::Promoted)
+        })
+        .await;
+        let history = status_of(&self.rollouts(), name).await.unwrap().history;
+        let weights: Vec<&str> = history.iter().map(|h| h.weight.as_str()).collect();
+        assert_eq!(
+            weights,
+            vec!["10%", "50%", "100%"],
+            "{name}: every stage once, in order\n{}",
+            controller.log()
+        );
+        let flag = served_flag(&self.config_maps(), "shop-flags", name)
+            .await
+            .expect("the flag is served");
+        assert_eq!(flag["defaultVariant"], "on");
+    }
+
+    fn assert_nothing_forbidden(&self, controller: &ControllerProcess) {
+        let forbidden = self.server.forbidden_for(&self.user());
+        assert!(
+            forbidden.is_empty(),
+            "the chart's RBAC refused {} request(s): {forbidden:#?}\n{}",
+            forbidden.len(),
+            controller.log()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_wide_chart_rbac_is_enough_for_a_whole_rollout() {
+    let release = Release::install(false, |_| {}).await;
+    let controller = release.controller("sluice-0").await;
+    release
+        .apply_rollout("checkout", &[10, 50, 100], "2s")
+        .await;
+    release.promoted("checkout", &controller).await;
+    release.assert_nothing_forbidden(&controller);
+}
+
+#[tokio::test]
+async fn the_watch_namespaces_chart_rbac_is_enough_for_a_whole_rollout() {
+    let release = Release::install(true, |docs| {
+        assert!(
+            !docs.iter().any(|d| d["kind"] == "ClusterRole"),
+            "watchNamespaces renders no ClusterRole"
+        );
+    })
+    .await;
+    let controller = release.controller("sluice-0").await;
+    release
+        .apply_rollout("checkout", &[10, 50, 100], "2s")
+        .await;
+    release.promoted("checkout", &controller).await;
+    release.assert_nothing_forbidden(&controller);
+}
+
+/// The check above can fail: without the ConfigMap rule the controller is refused, the
+/// rollout does not start, and the refusal is named by the Ready condition
+/// (`FlagWriteFailed`) and the log.
+#[tokio::test]
+async fn without_the_config_map_rule_the_controller_is_refused_visibly() {
+    let release = Release::install(false, |docs| {
+        let role = docs
+            .iter_mut()
+            .find(|d| d["kind"] == "ClusterRole")
+            .expect("a ClusterRole");
+        let rules = role["rules"].as_array_mut().unwrap();
+        let before = rules.len();
+        rules.retain(|r| r["resources"] != json!(["configmaps"]));
+        assert_eq!(rules.len(), before - 1, "the ConfigMap rule was removed");
+    })
+    .await;
+    let controller = release.controller("sluice-0").await;
+    release
+        .apply_rollout("checkout", &[10, 50, 100], "2s")
+        .await;
+    wait_until("a refused ConfigMap request", || async {
+        release
+            .server
+            .forbidden_for(&release.user())
+            .iter()
+            .any(|r| r.contains("configmaps"))
+    })
+    .await;
+    wait_until("a condition naming the refusal", || async {
+        status_of(&release.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Ready"
+                        && c.status == "False"
+                        && c.reason == "FlagWriteFailed"
+                        && c.message.contains("403 Forbidden")
+                        && c.message.contains("configmaps")
+                })
+            })
+    })
+    .await;
+    assert_ne!(release.phase("checkout").await, Some(Phase::Promoted));
+    assert!(
+        release
+            .config_maps()
+            .get_opt("shop-flags")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing was written"
+    );
+    assert!(
+        controller.log().contains("403 Forbidden"),
+        "the log names the refusal:\n{}",
+        controller.log()
+    );
+}
+
+/// Two replicas on the chart's Lease: the first leads and acts, the second waits; when
+/// the leader is killed (SIGKILL, no release of the Lease) the second takes over once the
+/// Lease expires and finishes the rollout, every stage once.
+#[tokio::test]
+async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
+    let release = Release::install(false, |_| {}).await;
+    let mut leader = release.controller("sluice-a").await;
+    wait_until("sluice-a to hold the Lease", || async {
+        release.lease_holder().await.as_deref() == Some("sluice-a")
+    })
+    .await;
+    let standby = release.controller("sluice-b").await;
+    wait_until("sluice-b to stand by", || async {
+        standby.log().contains("waiting to lead")
+    })
+    .await;
+
+    release
+        .apply_rollout("checkout", &[10, 50, 100], "4s")
+        .await;
+    wait_until("the first stage", || async {
+        release.phase("checkout").await == Some(Phase::Progressing)
+    })
+    .await;
+    assert!(
+        !standby.log().contains("reconciling FeatureRollouts"),
+        "the standby acts while the leader leads:\n{}",
+        standby.log()
+    );
+    assert_eq!(release.lease_holder().await.as_deref(), Some("sluice-a"));
+
+    leader.kill();
+    let killed = Instant::now();
+    wait_until("sluice-b to take the Lease", || async {
+        release.lease_holder().await.as_deref() == Some("sluice-b")
+    })
+    .await;
+    println!(
+        "take-over: sluice-b holds the Lease {:.1} s after sluice-a was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    release.promoted("checkout", &standby).await;
+    assert!(standby.log().contains("became the leader"));
+    release.assert_nothing_forbidden(&standby);
+}

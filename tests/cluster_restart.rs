@@ -1,0 +1,90 @@
+//! The API server restarted mid-rollout (etcd keeps the data): `sluice controller` (the
+//! binary, admin credentials, one replica) notices the outage, reconnects when the server
+//! is back, and finishes the rollout with no stage skipped or repeated. A server of its
+//! own, since the test stops it.
+
+mod support;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use sluice::crd::{FeatureRollout, Phase};
+use support::apiserver::{
+    ApiServer, ControllerProcess, config_map_rollout, install_feature_rollout_crd, served_flag,
+    status_of, wait_until,
+};
+
+/// How long each stage but the last lasts.
+const STAGE: SignedDuration = SignedDuration::from_secs(3);
+
+#[tokio::test]
+async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
+    let mut server = ApiServer::start().await;
+    let admin = server.admin().await;
+    install_feature_rollout_crd(&admin).await;
+    let namespace = server.namespace("sluice-restart").await;
+    let rollouts: Api<FeatureRollout> = Api::namespaced(admin.clone(), &namespace);
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &namespace);
+
+    let controller = ControllerProcess::start(
+        server.admin_kubeconfig(),
+        "sluice-0",
+        server.dir().join("controller.log"),
+        &["--leader-election", "false", "--namespace", &namespace],
+    );
+    let manifest = config_map_rollout("checkout", "checkout", "shop-flags", &[10, 50, 100], "3s");
+    rollouts
+        .patch(
+            "checkout",
+            &PatchParams::apply("sluice-test"),
+            &Patch::Apply(manifest),
+        )
+        .await
+        .expect("the rollout applies");
+    wait_until("the first stage", || async {
+        status_of(&rollouts, "checkout")
+            .await
+            .is_some_and(|s| s.phase == Phase::Progressing && s.stage == Some(0))
+    })
+    .await;
+    let started = status_of(&rollouts, "checkout")
+        .await
+        .and_then(|s| s.stage_started_at)
+        .expect("the stage's start");
+
+    // Down for longer than the stage: its end passes while the server is away.
+    server.stop_apiserver();
+    let seen = controller.log().len();
+    wait_until("the controller to notice the outage", || async {
+        controller.log()[seen..].contains("error")
+    })
+    .await;
+    wait_until("the first stage's end to pass", || async {
+        Timestamp::now() > started + STAGE + SignedDuration::from_secs(1)
+    })
+    .await;
+    server.restart_apiserver().await;
+
+    wait_until("promotion after the restart", || async {
+        status_of(&rollouts, "checkout")
+            .await
+            .is_some_and(|s| s.phase == Phase::Promoted)
+    })
+    .await;
+    let history = status_of(&rollouts, "checkout").await.unwrap().history;
+    let stages: Vec<(Option<u32>, &str)> = history
+        .iter()
+        .map(|h| (h.stage, h.weight.as_str()))
+        .collect();
+    assert_eq!(
+        stages,
+        vec![(Some(0), "10%"), (Some(1), "50%"), (Some(2), "100%")],
+        "every stage once, in order\n{}",
+        controller.log()
+    );
+    let flag = served_flag(&config_maps, "shop-flags", "checkout")
+        .await
+        .expect("the flag is served");
+    assert_eq!(flag["defaultVariant"], "on");
+}
