@@ -275,3 +275,170 @@ async fn more_than_one_page_of_rollouts_are_all_reconciled() {
     .await;
     cluster.stop().await;
 }
+
+/// The rollout of the kubectl test: a canary, then two stages that wait for approval.
+fn approval_rollout(name: &str) -> Value {
+    let mut manifest = config_map_rollout(name, name, "shop-flags", &[10, 50, 80, 100], "2s");
+    let stages = &mut manifest["spec"]["stages"];
+    for (index, stage) in ["canary", "half", "most", "everyone"].iter().enumerate() {
+        stages[index]["name"] = json!(stage);
+    }
+    stages[1]["approval"] = json!("required");
+    stages[2]["approval"] = json!("required");
+    manifest
+}
+
+#[tokio::test]
+async fn kubectl_sluice_looks_and_steers_on_the_real_server() {
+    let cluster = Cluster::start("sluice-kubectl").await;
+    let kubeconfig = ApiServer::shared().admin_kubeconfig().to_owned();
+    let namespace = cluster.namespace.clone();
+    let kubectl = |args: &'static [&'static str]| {
+        let kubeconfig = kubeconfig.clone();
+        let namespace = namespace.clone();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["-n", &namespace])
+                .args(args)
+                .output()
+                .await
+                .expect("kubectl-sluice runs");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "kubectl sluice {args:?}: {}\n{stdout}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+        }
+    };
+    let reaches = |phase: Phase| {
+        let cluster = &cluster;
+        async move {
+            wait_until(&format!("phase {phase:?}"), || async {
+                cluster.phase("checkout").await == Some(phase)
+            })
+            .await;
+        }
+    };
+
+    cluster.apply(approval_rollout("checkout")).await;
+    reaches(Phase::Progressing).await;
+    kubectl(&["pause", "checkout"]).await;
+    reaches(Phase::Paused).await;
+    kubectl(&["resume", "checkout"]).await;
+    reaches(Phase::WaitingForApproval).await;
+    let listed = kubectl(&["get"]).await;
+    assert!(
+        listed.contains("checkout") && listed.contains("WaitingForApproval"),
+        "{listed}"
+    );
+    let status = kubectl(&["status", "checkout"]).await;
+    assert!(status.contains("half"), "{status}");
+
+    kubectl(&["abort", "checkout"]).await;
+    reaches(Phase::RolledBack).await;
+    kubectl(&["retry", "checkout"]).await;
+    wait_until("the retry", || async {
+        status_of(&cluster.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| s.retries == 1 && s.phase == Phase::WaitingForApproval)
+    })
+    .await;
+    kubectl(&["approve", "checkout"]).await;
+    wait_until("the next approval", || async {
+        status_of(&cluster.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| s.phase == Phase::WaitingForApproval && s.stage == Some(1))
+    })
+    .await;
+    kubectl(&["promote", "checkout"]).await;
+    reaches(Phase::Promoted).await;
+
+    let history = kubectl(&["history", "checkout"]).await;
+    for phase in ["Paused", "RolledBack", "WaitingForApproval", "Promoted"] {
+        assert!(
+            history.contains(phase),
+            "{phase} in the history:\n{history}"
+        );
+    }
+    let rollout = cluster.rollouts().get("checkout").await.unwrap();
+    let managers: Vec<String> = rollout
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(
+        managers.contains(&sluice::kubectl::FIELD_MANAGER.to_owned()),
+        "kubectl sluice writes as its own field manager: {managers:?}"
+    );
+    cluster.stop().await;
+}
+
+/// A GitOps tool applying the spec with server-side apply (its own field manager, no
+/// force) and the controller's writes (status, finalizer) never conflict: re-applying the
+/// same spec changes nothing, a changed spec is taken up, and the controller owns no spec
+/// field.
+#[tokio::test]
+async fn a_gitops_apply_of_the_spec_does_not_fight_the_controller() {
+    const GITOPS: &str = "argocd-controller";
+    let cluster = Cluster::start("sluice-gitops").await;
+    let apply = |manifest: Value| {
+        let rollouts = cluster.rollouts();
+        async move {
+            rollouts
+                .patch(
+                    "checkout",
+                    &PatchParams::apply(GITOPS),
+                    &Patch::Apply(manifest),
+                )
+                .await
+                .expect("the GitOps apply meets no conflict")
+        }
+    };
+    let mut manifest =
+        config_map_rollout("checkout", "checkout", "shop-flags", &[10, 50, 100], "1h");
+    apply(manifest.clone()).await;
+    wait_until("the first stage", || async {
+        status_of(&cluster.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| s.phase == Phase::Progressing)
+    })
+    .await;
+
+    let before = cluster.rollouts().get("checkout").await.unwrap();
+    let again = apply(manifest.clone()).await;
+    assert_eq!(again.metadata.generation, before.metadata.generation);
+    assert_eq!(again.metadata.finalizers, before.metadata.finalizers);
+    assert_eq!(again.status.map(|s| s.phase), Some(Phase::Progressing));
+
+    manifest["spec"]["stages"][0]["duration"] = json!("2s");
+    manifest["spec"]["stages"][1]["duration"] = json!("2s");
+    let changed = apply(manifest.clone()).await;
+    wait_until("promotion on the changed spec", || async {
+        cluster.phase("checkout").await == Some(Phase::Promoted)
+    })
+    .await;
+    let rollout = cluster.rollouts().get("checkout").await.unwrap();
+    assert_eq!(
+        rollout.status.as_ref().unwrap().observed_generation,
+        changed.metadata.generation
+    );
+    apply(manifest).await;
+    for entry in rollout.metadata.managed_fields.unwrap_or_default() {
+        let fields = entry.fields_v1.map(|f| f.0).unwrap_or_default();
+        if entry.manager.as_deref() != Some(GITOPS) {
+            assert!(
+                fields.get("f:spec").is_none(),
+                "{:?} owns spec fields: {fields}",
+                entry.manager
+            );
+        }
+    }
+    cluster.stop().await;
+}

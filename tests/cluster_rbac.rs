@@ -6,6 +6,13 @@
 //! rendered role makes the controller fail (403s in the audit log, the rollout stuck, the
 //! Ready condition and the log naming the refusal), so the check can fail.
 //!
+//! The FeatureFlag target is tested on a CRD written here to match the OpenFeature
+//! Operator's `core.openfeature.dev/v1beta1` FeatureFlag (the schema of
+//! `config/crd/bases/core.openfeature.dev_featureflags.yaml` in
+//! github.com/open-feature/open-feature-operator): `spec.flagSpec.flags` maps a key to a
+//! flag with a required `state` (ENABLED or DISABLED), `variants` and `defaultVariant`
+//! and an optional `targeting`; `spec.flagSpec.$evaluators` is free-form.
+//!
 //! Two controller processes on one real Lease: one acts, the other takes over when the
 //! leader is killed (the seconds it takes are printed).
 //!
@@ -18,13 +25,14 @@ use std::time::Instant;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{DynamicObject, PostParams};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice::crd::{FeatureRollout, Phase};
 use support::apiserver::{
-    ApiServer, ControllerProcess, apply_all, config_map_rollout, install_feature_rollout_crd,
-    served_flag, status_of, wait_until,
+    ApiServer, ControllerProcess, apply_all, config_map_rollout, install_crd,
+    install_feature_rollout_crd, served_flag, status_of, wait_until,
 };
 use support::helm;
 
@@ -129,7 +137,12 @@ impl Release {
 
     /// Applies a ConfigMap-target rollout labelled for this run.
     async fn apply_rollout(&self, name: &str, weights: &[u32], duration: &str) {
-        let mut manifest = config_map_rollout(name, name, "shop-flags", weights, duration);
+        let manifest = config_map_rollout(name, name, "shop-flags", weights, duration);
+        self.apply_manifest(name, manifest).await;
+    }
+
+    /// Applies a rollout manifest labelled for this run.
+    async fn apply_manifest(&self, name: &str, mut manifest: Value) {
         manifest["metadata"]["labels"] = json!({ RUN_LABEL: self.id });
         self.rollouts()
             .patch(
@@ -157,8 +170,17 @@ impl Release {
     }
 
     /// Waits for promotion and checks the stages were each entered once, in order, and
-    /// the flag is served on the candidate.
+    /// the flag is served on the candidate by the ConfigMap.
     async fn promoted(&self, name: &str, controller: &ControllerProcess) {
+        self.promoted_in_order(name, controller).await;
+        let flag = served_flag(&self.config_maps(), "shop-flags", name)
+            .await
+            .expect("the flag is served");
+        assert_eq!(flag["defaultVariant"], "on");
+    }
+
+    /// Waits for promotion and checks the stages were each entered once, in order.
+    async fn promoted_in_order(&self, name: &str, controller: &ControllerProcess) {
         wait_until(&format!("{name} promoted"), || async {
             self.phase(name).await == Some(Phase::Promoted)
         })
@@ -171,10 +193,6 @@ impl Release {
             "{name}: every stage once, in order\n{}",
             controller.log()
         );
-        let flag = served_flag(&self.config_maps(), "shop-flags", name)
-            .await
-            .expect("the flag is served");
-        assert_eq!(flag["defaultVariant"], "on");
     }
 
     fn assert_nothing_forbidden(&self, controller: &ControllerProcess) {
@@ -319,4 +337,94 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
     release.promoted("checkout", &standby).await;
     assert!(standby.log().contains("became the leader"));
     release.assert_nothing_forbidden(&standby);
+}
+
+/// A CRD matching the OpenFeature Operator's `core.openfeature.dev/v1beta1` FeatureFlag
+/// (see the module's comment for where its schema comes from).
+fn feature_flag_crd() -> Value {
+    let free_form = json!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true });
+    let flag = json!({
+        "type": "object",
+        "required": ["defaultVariant", "state", "variants"],
+        "properties": {
+            "defaultVariant": { "type": "string" },
+            "state": { "type": "string", "enum": ["ENABLED", "DISABLED"] },
+            "targeting": free_form,
+            "variants": free_form,
+        },
+    });
+    let flag_spec = json!({
+        "type": "object",
+        "required": ["flags"],
+        "properties": {
+            "$evaluators": free_form,
+            "flags": { "type": "object", "additionalProperties": flag },
+        },
+    });
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "apiVersion": { "type": "string" },
+            "kind": { "type": "string" },
+            "metadata": { "type": "object" },
+            "spec": { "type": "object", "properties": { "flagSpec": flag_spec } },
+            "status": { "type": "object" },
+        },
+    });
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "featureflags.core.openfeature.dev" },
+        "spec": {
+            "group": "core.openfeature.dev",
+            "names": {
+                "kind": "FeatureFlag",
+                "listKind": "FeatureFlagList",
+                "plural": "featureflags",
+                "singular": "featureflag",
+                "shortNames": ["ff"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1beta1",
+                "served": true,
+                "storage": true,
+                "subresources": { "status": {} },
+                "schema": { "openAPIV3Schema": schema },
+            }],
+        },
+    })
+}
+
+#[tokio::test]
+async fn the_chart_rbac_is_enough_for_a_whole_rollout_on_a_feature_flag() {
+    let release = Release::install(false, |_| {}).await;
+    install_crd(&release.admin, &feature_flag_crd()).await;
+    let resource = sluice::controller::targets::feature_flag_resource();
+    let flags: Api<DynamicObject> =
+        Api::namespaced_with(release.admin.clone(), &release.workload, &resource);
+    let other =
+        json!({ "state": "ENABLED", "variants": { "a": 1, "b": 2 }, "defaultVariant": "a" });
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "core.openfeature.dev/v1beta1",
+        "kind": "FeatureFlag",
+        "metadata": { "name": "shop-flags" },
+        "spec": { "flagSpec": { "flags": { "other": other } } },
+    }))
+    .unwrap();
+    flags
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("the FeatureFlag is created");
+
+    let controller = release.controller("sluice-0").await;
+    let mut manifest = config_map_rollout("banner", "banner", "unused", &[10, 50, 100], "2s");
+    manifest["spec"]["target"] = json!({ "featureFlag": { "name": "shop-flags" } });
+    release.apply_manifest("banner", manifest).await;
+    release.promoted_in_order("banner", &controller).await;
+    let object = flags.get("shop-flags").await.unwrap();
+    let served = &object.data["spec"]["flagSpec"]["flags"];
+    assert_eq!(served["banner"]["defaultVariant"], "on", "{served}");
+    assert_eq!(served["other"], other, "the other flag is untouched");
+    release.assert_nothing_forbidden(&controller);
 }
