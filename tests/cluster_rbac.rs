@@ -21,7 +21,7 @@
 
 mod support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -31,7 +31,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice::crd::{FeatureRollout, Phase};
 use support::apiserver::{
-    ApiServer, ControllerProcess, apply_all, config_map_rollout, install_crd,
+    ApiServer, ControllerProcess, WAIT_LIMIT, apply_all, config_map_rollout, install_crd,
     install_feature_rollout_crd, served_flag, status_of, wait_until,
 };
 use support::helm;
@@ -337,6 +337,44 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
     release.promoted("checkout", &standby).await;
     assert!(standby.log().contains("became the leader"));
     release.assert_nothing_forbidden(&standby);
+}
+
+/// Issue 14's first controller defect: a leader frozen past its Lease (SIGSTOP while the
+/// standby takes the Lease over), then resumed, must see it lost leadership and still stop
+/// on SIGTERM. (With a stand-in API it logged "leadership lost" and then ignored SIGTERM,
+/// renewing the Lease without reconciling, 3 of 3 tries.)
+#[tokio::test]
+async fn a_leader_frozen_past_its_lease_then_resumed_stops_on_sigterm() {
+    let release = Release::install(false, |_| {}).await;
+    let mut frozen = release.controller("sluice-a").await;
+    wait_until("sluice-a to hold the Lease", || async {
+        release.lease_holder().await.as_deref() == Some("sluice-a")
+    })
+    .await;
+    let standby = release.controller("sluice-b").await;
+    frozen.send("STOP");
+    wait_until("sluice-b to take the Lease", || async {
+        release.lease_holder().await.as_deref() == Some("sluice-b")
+    })
+    .await;
+    frozen.send("CONT");
+    wait_until("sluice-a to see it lost leadership", || async {
+        frozen.log().contains("leadership lost")
+    })
+    .await;
+
+    frozen.send("TERM");
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while frozen.exited().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "sluice-a ignored SIGTERM for {WAIT_LIMIT:?} after losing leadership:\n{}",
+            frozen.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(release.lease_holder().await.as_deref(), Some("sluice-b"));
+    drop(standby);
 }
 
 /// A CRD matching the OpenFeature Operator's `core.openfeature.dev/v1beta1` FeatureFlag

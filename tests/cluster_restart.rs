@@ -1,9 +1,12 @@
 //! The API server restarted mid-rollout (etcd keeps the data): `sluice controller` (the
 //! binary, admin credentials, one replica) notices the outage, reconnects when the server
-//! is back, and finishes the rollout with no stage skipped or repeated. A server of its
-//! own, since the test stops it.
+//! is back, and finishes the rollout with no stage skipped or repeated. And a leader cut
+//! off from its API server still stops on SIGTERM. Each test has a server of its own,
+//! since it stops it.
 
 mod support;
+
+use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -11,8 +14,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use sluice::crd::{FeatureRollout, Phase};
 use support::apiserver::{
-    ApiServer, ControllerProcess, config_map_rollout, install_feature_rollout_crd, served_flag,
-    status_of, wait_until,
+    ApiServer, ControllerProcess, WAIT_LIMIT, config_map_rollout, install_feature_rollout_crd,
+    served_flag, status_of, wait_until,
 };
 
 /// How long each stage but the last lasts.
@@ -87,4 +90,41 @@ async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
         .await
         .expect("the flag is served");
     assert_eq!(flag["defaultVariant"], "on");
+}
+
+/// Issue 14's first controller defect, on the real server: a leader whose API server goes
+/// away loses its leadership ("leadership lost") and must still stop on SIGTERM, as the
+/// kubelet asks at every rolling update.
+#[tokio::test]
+async fn a_leader_cut_off_from_its_api_server_still_stops_on_sigterm() {
+    let mut server = ApiServer::start().await;
+    let admin = server.admin().await;
+    install_feature_rollout_crd(&admin).await;
+    let namespace = server.namespace("sluice-sigterm").await;
+    let mut controller = ControllerProcess::start(
+        server.admin_kubeconfig(),
+        "sluice-0",
+        server.dir().join("controller-sigterm.log"),
+        &["--lease-namespace", &namespace, "--namespace", &namespace],
+    );
+    wait_until("leadership", || async {
+        controller.log().contains("became the leader")
+    })
+    .await;
+    server.stop_apiserver();
+    wait_until("leadership lost", || async {
+        controller.log().contains("leadership lost")
+    })
+    .await;
+
+    controller.send("TERM");
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while controller.exited().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the controller ignored SIGTERM for {WAIT_LIMIT:?} after losing leadership:\n{}",
+            controller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

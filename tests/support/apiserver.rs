@@ -39,17 +39,18 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The field manager of everything the harness applies.
 pub const HARNESS_MANAGER: &str = "sluice-test-harness";
 
-/// The guard around each server process: the server runs in the background; a reader of
-/// the pipe on file descriptor 3 (the test process's end of stdin) sends it SIGTERM when
-/// the pipe closes or says "stop", and SIGKILL 5 s later if it is still there (a
+/// The guard around each process the harness starts (servers and controllers): the
+/// process runs in the background; a reader of the pipe on file descriptor 3 (the test
+/// process's end of stdin) sends it each signal named on the pipe (a line "KILL"), and
+/// when the pipe closes SIGTERM, then SIGKILL 5 s later if it is still there (a
 /// kube-apiserver whose etcd is gone does not finish its graceful shutdown); the guard
-/// exits with the server, then removes `$SLUICE_CLEANUP` if set.
+/// exits with the process, then removes `$SLUICE_CLEANUP` if set.
 const GUARD: &str = r#"exec 3<&0
 "$@" 3<&- </dev/null &
 pid=$!
 {
-    read -r _ <&3
-    kill "$pid" 2>/dev/null
+    while read -r signal <&3; do kill -s "$signal" "$pid" 2>/dev/null; done
+    kill -s TERM "$pid" 2>/dev/null
     i=0
     while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     kill -9 "$pid" 2>/dev/null
@@ -75,11 +76,22 @@ impl Guarded {
         log: PathBuf,
         cleanup: Option<&Path>,
     ) -> Guarded {
+        Self::spawn_with(name, program, args, log, cleanup, &[])
+    }
+
+    fn spawn_with(
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+        cleanup: Option<&Path>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Guarded {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
-            .expect("server log file");
+            .expect("log file");
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -87,6 +99,9 @@ impl Guarded {
             .arg("sluice-guard")
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
+            // The Lease's namespace is always passed as an argument.
+            .env_remove("POD_NAMESPACE")
             .stdin(Stdio::piped())
             .stdout(out.try_clone().expect("log file handle"))
             .stderr(out);
@@ -110,12 +125,24 @@ impl Guarded {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Stops the server (SIGTERM from the guard) and waits until it has exited.
-    fn stop(&mut self) {
-        if let Some(mut pipe) = self.pipe.take() {
-            let _ = pipe.write_all(b"stop\n");
+    /// Sends the process `signal` (`TERM`, `KILL`, `STOP`, ...) through the guard.
+    fn send(&mut self, signal: &str) {
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = writeln!(pipe, "{signal}");
+            let _ = pipe.flush();
         }
+    }
+
+    /// Stops the process (SIGTERM, SIGKILL if it lingers) and waits until it has exited.
+    fn stop(&mut self) {
+        drop(self.pipe.take());
         let _ = self.child.wait();
+    }
+
+    /// SIGKILL, and wait until the process has exited.
+    fn kill(&mut self) {
+        self.send("KILL");
+        self.stop();
     }
 
     fn log_tail(&self) -> String {
@@ -670,11 +697,11 @@ where
     }
 }
 
-/// A `sluice controller` process (the binary under test) using `kubeconfig`; killed when
-/// dropped. Its JSON log lines go to a file.
+/// A `sluice controller` process (the binary under test) using `kubeconfig`, under the
+/// guard (it ends with the test process however that ends); SIGKILLed when dropped. Its
+/// JSON log lines go to a file.
 pub struct ControllerProcess {
-    child: Child,
-    log: PathBuf,
+    process: Guarded,
 }
 
 impl ControllerProcess {
@@ -687,42 +714,47 @@ impl ControllerProcess {
         log: PathBuf,
         args: &[&str],
     ) -> ControllerProcess {
-        let out = std::fs::File::create(&log).expect("controller log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("controller")
-            .args(["--admin-address", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .env("POD_NAME", pod_name)
-            .env_remove("POD_NAMESPACE")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log file handle"))
-            .stderr(out)
-            .spawn()
-            .expect("sluice controller starts");
-        ControllerProcess { child, log }
-    }
-
-    /// The process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
+        let mut all: Vec<String> = ["controller", "--admin-address", "127.0.0.1:0"]
+            .into_iter()
+            .chain(["--log-format", "json"])
+            .map(String::from)
+            .collect();
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let env: [(&str, &std::ffi::OsStr); 3] = [
+            ("KUBECONFIG", kubeconfig.as_os_str()),
+            ("RUST_LOG", "info".as_ref()),
+            ("POD_NAME", pod_name.as_ref()),
+        ];
+        let process = Guarded::spawn_with(
+            "sluice controller",
+            Path::new(env!("CARGO_BIN_EXE_sluice")),
+            &all,
+            log,
+            None,
+            &env,
+        );
+        ControllerProcess { process }
     }
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
     /// Whether the process has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.process.exited()
     }
 
     /// SIGKILL, and wait for the process to be gone.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
+    }
+
+    /// Sends a signal (`TERM`, `STOP`, `CONT`, ...) and returns at once (see
+    /// [`ControllerProcess::exited`]).
+    pub fn send(&mut self, signal: &str) {
+        self.process.send(signal);
     }
 }
 
