@@ -55,7 +55,25 @@ if ready; then
 fi
 
 stage=$(mktemp -d "$cache_root/.build.XXXXXX")
-trap 'rm -rf "$stage"' EXIT INT TERM
+# An interrupted build leaves nothing behind: the next run starts over.
+go_pid=""
+trap 'rm -rf "$stage"' EXIT
+trap 'stop_build; exit 130' INT
+trap 'stop_build; exit 143' TERM
+stop_build() {
+    if [ -n "$go_pid" ]; then
+        kill "$go_pid" 2>/dev/null || true
+    fi
+}
+# Runs `go build` in the background so that a signal interrupts the wait (a shell runs
+# its traps only between commands) and the trap can stop the build.
+go_build() {
+    GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
+        nice -n 19 "$GO" build -trimpath "$@" &
+    go_pid=$!
+    wait "$go_pid"
+    go_pid=""
+}
 
 echo "building kube-apiserver $KUBE_VERSION and etcd $ETCD_VERSION with $("$GO" version)"
 echo "(once; about 7 minutes on 2 cores) into $dir"
@@ -68,12 +86,8 @@ version_flags="-s -w \
 cd "$module"
 # GOTOOLCHAIN=local: build with the Go that is installed, never download another.
 # -mod=readonly: go.sum is committed; a missing sum is an error, not a silent update.
-GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
-    nice -n 19 "$GO" build -trimpath -ldflags "$version_flags" \
-    -o "$stage/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
-    nice -n 19 "$GO" build -trimpath -ldflags "-s -w" \
-    -o "$stage/etcd" go.etcd.io/etcd/server/v3
+go_build -ldflags "$version_flags" -o "$stage/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+go_build -ldflags "-s -w" -o "$stage/etcd" go.etcd.io/etcd/server/v3
 "$stage/kube-apiserver" --version
 "$stage/etcd" --version | head -n 1
 
@@ -81,6 +95,6 @@ GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 \
 chmod 755 "$stage"
 rm -rf "$dir"
 mv "$stage" "$dir"
-trap - EXIT INT TERM
+trap - EXIT
 echo "built in $(($(date +%s) - start)) s:"
 echo "$dir"
