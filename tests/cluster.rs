@@ -273,6 +273,22 @@ async fn more_than_one_page_of_rollouts_are_all_reconciled() {
         }
     })
     .await;
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .arg("--kubeconfig")
+        .arg(ApiServer::shared().admin_kubeconfig())
+        .args(["-n", &cluster.namespace, "get"])
+        .output()
+        .await
+        .expect("kubectl-sluice runs");
+    assert!(output.status.success(), "{output:?}");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    for name in &names {
+        assert!(
+            listed.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "kubectl sluice get lists {name}"
+        );
+    }
     cluster.stop().await;
 }
 
@@ -440,5 +456,59 @@ async fn a_gitops_apply_of_the_spec_does_not_fight_the_controller() {
             );
         }
     }
+    cluster.stop().await;
+}
+
+/// Issue 14's second controller defect, on the real server: every transition of the
+/// history is findable in the Events (events.k8s.io) of the rollout, with its reason and
+/// note, the later stages' too. (A stand-in API showed successive `StageAdvanced` Events
+/// folded into one series, whose note is only the first one's.)
+#[tokio::test]
+async fn every_transition_is_findable_in_the_events() {
+    let cluster = Cluster::start("sluice-events").await;
+    let manifest = config_map_rollout(
+        "checkout",
+        "checkout",
+        "shop-flags",
+        &[5, 10, 25, 50, 100],
+        "1s",
+    );
+    cluster.apply(manifest).await;
+    wait_until("promotion", || async {
+        cluster.phase("checkout").await == Some(Phase::Promoted)
+    })
+    .await;
+    let history = status_of(&cluster.rollouts(), "checkout")
+        .await
+        .unwrap()
+        .history;
+    assert_eq!(history.len(), 5, "{history:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let missing = || async {
+        let listed = events.list(&ListParams::default()).await.unwrap().items;
+        history
+            .iter()
+            .filter(|h| {
+                !listed.iter().any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("checkout")
+                        && e.reason.as_deref() == Some(h.reason.as_str())
+                        && e.note.as_deref() == Some(h.message.as_str())
+                })
+            })
+            .map(|h| format!("{} {}: {}", h.weight, h.reason, h.message))
+            .collect::<Vec<_>>()
+    };
+    // Events are written after the status: wait for them, then name what is missing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut absent = missing().await;
+    while !absent.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        absent = missing().await;
+    }
+    assert!(
+        absent.is_empty(),
+        "transitions found in no Event: {absent:#?}"
+    );
     cluster.stop().await;
 }
