@@ -675,8 +675,8 @@ async fn deliver(inner: &Inner, url: &str, body: String) -> Result<u32, (u32, St
             Err(e) => last = error_text(e),
         }
         if attempt < config.attempts {
-            let factor = 2u32.saturating_pow(attempt - 1);
-            tokio::time::sleep(config.backoff.saturating_mul(factor)).await;
+            let policy = crate::runtime::Backoff::new(config.backoff, Duration::MAX);
+            tokio::time::sleep(policy.delay(attempt)).await;
         }
     }
     Err((config.attempts, last))

@@ -555,7 +555,7 @@ fn backoff_doubles_per_object_up_to_five_minutes_and_resets_on_success() {
     backoff.succeeded("shop/a");
     assert_eq!(backoff.failed("shop/a").as_secs(), 5);
     for _ in 0..100 {
-        let jittered = Backoff::jittered(Duration::from_secs(100)).as_secs_f64();
+        let jittered = backoff.jittered(Duration::from_secs(100)).as_secs_f64();
         assert!((90.0..=110.0).contains(&jittered), "{jittered}");
     }
 }
