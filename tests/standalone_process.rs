@@ -8,107 +8,16 @@
 //!
 //! Every wait polls a condition with a generous deadline; none asserts a duration.
 
-use std::io::{Read as _, Write as _};
+mod support;
+
+use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use sluice::crd::{FeatureRolloutStatus, Phase};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn sluice() -> &'static str {
-    env!("CARGO_BIN_EXE_sluice")
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A running `sluice standalone`, killed on drop.
-struct Standalone {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Standalone {
-    fn start(rollouts: &Path, state: &Path, stdin: Stdio, log: &Path) -> Self {
-        let child = Command::new(sluice())
-            .args(["standalone", "--plain", "--poll", "100ms", "--rollouts"])
-            .arg(rollouts)
-            .arg("--state")
-            .arg(state)
-            .stdin(stdin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(log).unwrap()))
-            .spawn()
-            .expect("sluice standalone starts");
-        Standalone {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, name: &str) {
-        let sent = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill runs");
-        assert!(sent.success());
-    }
-
-    /// Waits for the process to end on its own.
-    fn exited(&mut self) -> ExitStatus {
-        let child = &mut self.child;
-        wait_for("sluice standalone to exit", || child.try_wait().unwrap())
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn status(state: &Path, name: &str) -> Option<FeatureRolloutStatus> {
-    let text = std::fs::read_to_string(state.join(format!("{name}.status.json"))).ok()?;
-    Some(serde_json::from_str(&text).expect("the status file is always whole"))
-}
-
-fn ctl(state: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(sluice())
-        .arg("ctl")
-        .arg("--state")
-        .arg(state)
-        .args(args)
-        .output()
-        .expect("sluice ctl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use support::standalone::{Standalone, ctl, directories, read_request, sluice, status, wait_for};
 
 /// A rollout whose first stage lasts an hour, with one metric queried at `port`, each
 /// query allowed `timeout`.
@@ -159,10 +68,7 @@ fn a_signal_ends_standalone_mode_promptly_in_every_case() {
         (&["TERM", "TERM"], Stdio::piped, true),
     ];
     for (i, (signals, stdin, hanging)) in cases.into_iter().enumerate() {
-        let dir = tempfile::tempdir().unwrap();
-        let rollouts = dir.path().join("rollouts");
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(&rollouts).unwrap();
+        let (dir, rollouts, state) = directories();
         if hanging {
             std::fs::write(
                 rollouts.join("stuck.yaml"),
@@ -171,7 +77,7 @@ fn a_signal_ends_standalone_mode_promptly_in_every_case() {
             .unwrap();
         }
         let log = dir.path().join("sluice.log");
-        let mut process = Standalone::start(&rollouts, &state, stdin(), &log);
+        let mut process = Standalone::start_with(&rollouts, &state, &[], &log, stdin());
         wait_for("standalone to start", || {
             process
                 .log()
@@ -260,10 +166,7 @@ fn concurrent_ctl_commands_lose_no_change() {
 #[test]
 fn an_abort_does_not_wait_for_a_look_in_progress() {
     let (_silent, port) = silent_prometheus();
-    let dir = tempfile::tempdir().unwrap();
-    let rollouts = dir.path().join("rollouts");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&rollouts).unwrap();
+    let (dir, rollouts, state) = directories();
     // Each look waits up to ten minutes for the silent Prometheus, far past the deadline:
     // only an abort that abandons the look rolls back in time.
     std::fs::write(
@@ -272,7 +175,7 @@ fn an_abort_does_not_wait_for_a_look_in_progress() {
     )
     .unwrap();
     let log = dir.path().join("sluice.log");
-    let mut process = Standalone::start(&rollouts, &state, Stdio::null(), &log);
+    let mut process = Standalone::start(&rollouts, &state, &[], &log);
     wait_for("the stage to start", || {
         status(&state, "stuck").filter(|s| s.phase == Phase::Progressing)
     });
@@ -316,34 +219,8 @@ fn echoing_prometheus() -> (u16, Arc<AtomicUsize>) {
 }
 
 fn echo_authorization(mut stream: TcpStream) {
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 4096];
-    // Headers, then the body by Content-Length.
-    loop {
-        let Ok(n) = stream.read(&mut buffer) else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        request.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&request).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if request.len() >= end + 4 + length {
-                break;
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&request).to_string();
-    let authorization = text
+    let (head, _) = read_request(&mut stream);
+    let authorization = head
         .lines()
         .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
         .unwrap_or("no authorization")
@@ -362,10 +239,7 @@ fn echo_authorization(mut stream: TcpStream) {
 #[test]
 fn a_secret_echoed_by_prometheus_never_leaves_the_process() {
     let (port, served) = echoing_prometheus();
-    let dir = tempfile::tempdir().unwrap();
-    let rollouts = dir.path().join("rollouts");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&rollouts).unwrap();
+    let (dir, rollouts, state) = directories();
     let token = "tok-3f9a8c1d2e7b4a60";
     let password = "pw-91c2d3e4f5a6b7c8";
     std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
@@ -396,7 +270,7 @@ fn a_secret_echoed_by_prometheus_never_leaves_the_process() {
     )
     .unwrap();
     let log = dir.path().join("sluice.log");
-    let process = Standalone::start(&rollouts, &state, Stdio::null(), &log);
+    let process = Standalone::start(&rollouts, &state, &[], &log);
     for name in ["bearer", "basic"] {
         wait_for(&format!("{name}'s look to fail"), || {
             status(&state, name).filter(|s| {
@@ -483,10 +357,7 @@ fn validate_refuses_names_the_api_server_refuses_and_duplicate_keys() {
 
 #[test]
 fn standalone_mode_refuses_duplicate_keys_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let rollouts = dir.path().join("rollouts");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&rollouts).unwrap();
+    let (_dir, rollouts, state) = directories();
     let twice = analysed("twice", 9, "5s", "").replacen(
         "    - { weight: 10, duration: 1h }\n",
         "    - { weight: 10, weight: 90, duration: 1h }\n",
