@@ -135,6 +135,48 @@ impl KeyedBackoff {
     }
 }
 
+/// Rollbacks that must interrupt work in progress, by key (a rollout): rollback never
+/// waits for a look at the metrics. The shell raises a key when it sees an abort arrive;
+/// a reconcile in progress for that key, started before, is abandoned (its look has
+/// written nothing) and the rollout is reconciled again at once.
+#[derive(Debug, Default)]
+pub struct Interrupts {
+    keys: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Interrupts {
+    /// Interrupts what is in progress for `key`.
+    pub fn raise(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.entry(key.to_owned())
+            .or_insert_with(|| watch::Sender::new(0))
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Completes at the first [`Interrupts::raise`] of `key` after this call.
+    pub fn next(&self, key: &str) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            keys.entry(key.to_owned())
+                .or_insert_with(|| watch::Sender::new(0))
+                .subscribe()
+        };
+        async move {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Forgets `key` (its rollout is gone).
+    pub fn forget(&self, key: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
 /// How far a shutdown has gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
@@ -528,6 +570,24 @@ mod tests {
         register_secret("ab");
         let text = "Authorization: Bearer s3cr3t-token-for-redaction-test; ab";
         assert_eq!(redact(text), "Authorization: Bearer [REDACTED]; ab");
+    }
+
+    #[tokio::test]
+    async fn an_interrupt_reaches_only_what_began_before_it() {
+        let interrupts = Interrupts::default();
+        interrupts.raise("a");
+        let waiting = interrupts.next("a");
+        let other = interrupts.next("b");
+        interrupts.raise("a");
+        waiting.await;
+        // "b" was never raised; an earlier raise of "a" does not reach a later waiter.
+        let late = interrupts.next("a");
+        tokio::select! {
+            biased;
+            () = other => panic!("b was not raised"),
+            () = late => panic!("no raise of a came after"),
+            () = tokio::task::yield_now() => {}
+        }
     }
 
     #[tokio::test]

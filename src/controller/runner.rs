@@ -134,7 +134,12 @@ async fn apply(rollout: &FeatureRollout, state: &State) -> Result<Action, Error>
     let shell = KubeShell::new(state, rollout);
     let namespace = rollout.namespace().unwrap_or_default();
     let name = rollout.name_any();
-    let outcome = reconcile::reconcile(
+    let key = object_key(&rollout.metadata);
+    // Rollback never waits: an abort that arrives while this reconcile (of a rollout not
+    // aborted yet) looks at the metrics abandons it, and the rollout is reconciled again
+    // at once. Until its flag write, the reconcile has written nothing.
+    let interrupted = state.interrupts.next(&key);
+    let work = reconcile::reconcile(
         &shell,
         &state.context,
         Rollout {
@@ -147,8 +152,18 @@ async fn apply(rollout: &FeatureRollout, state: &State) -> Result<Action, Error>
             generation: rollout.metadata.generation,
         },
         now,
-    )
-    .await?;
+    );
+    let outcome = if rollout.spec.control.abort {
+        work.await?
+    } else {
+        tokio::select! {
+            outcome = work => outcome?,
+            () = interrupted => {
+                tracing::info!(rollout = %key, "an abort arrived: the reconcile in progress is abandoned");
+                return Ok(Action::requeue(Duration::from_millis(1)));
+            }
+        }
+    };
     state.metrics.decision(outcome.decision.kind());
     if let Some(took) = outcome.analysis_took {
         state.metrics.analysis_took(took);
@@ -194,6 +209,7 @@ async fn cleanup(rollout: &FeatureRollout, state: &State) -> Result<Action, Erro
         Err(error) => return Err(Error::Release(error)),
     }
     state.metrics.forget_rollout(&namespace, &name);
+    state.interrupts.forget(&object_key(&rollout.metadata));
     Ok(Action::await_change())
 }
 
@@ -231,17 +247,27 @@ pub async fn run_controllers(
         let (reader, writer) = reflector::store();
         let health = health.clone();
         let listed = listed.clone();
+        let watching = state.clone();
         let stream = watcher(api, config.clone())
             .default_backoff()
             .reflect(writer)
-            .inspect(move |event| {
-                if let Ok(watcher::Event::InitDone) = event {
+            .inspect(move |event| match event {
+                Ok(watcher::Event::InitDone) => {
                     let mut done = listed.lock().unwrap_or_else(|e| e.into_inner());
                     done.insert(index);
                     if done.len() == total {
                         health.set_listed(true);
                     }
                 }
+                // An abort interrupts the reconcile of that rollout in progress.
+                Ok(watcher::Event::Apply(object)) => {
+                    if let Ok(rollout) = &object.0
+                        && rollout.spec.control.abort
+                    {
+                        watching.interrupts.raise(&object_key(&rollout.metadata));
+                    }
+                }
+                _ => {}
             })
             .touched_objects();
         let controller = Controller::for_stream(stream, reader)

@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use super::leader::Leadership;
 use super::{Backoff, CALL_TIMEOUT, Clock};
 use crate::reconcile;
+use crate::runtime::Interrupts;
 use crate::telemetry::Metrics;
 
 /// What every reconcile shares.
@@ -29,6 +30,9 @@ pub struct State {
     pub backoff: Backoff,
     /// The timeout of one API call.
     pub call_timeout: Duration,
+    /// Aborts seen by the watch, which interrupt a reconcile of the same rollout in
+    /// progress (a look hanging on a slow Prometheus never delays a rollback).
+    pub interrupts: Interrupts,
 }
 
 impl std::fmt::Debug for State {
@@ -56,6 +60,7 @@ impl State {
             metrics: Arc::new(Metrics::new()),
             backoff: Backoff::default(),
             call_timeout: CALL_TIMEOUT,
+            interrupts: Interrupts::default(),
         }
     }
 }
