@@ -399,3 +399,29 @@ fn analyze_stops_at_the_first_look_that_cannot_be_made() {
     let requests = served.load(Ordering::SeqCst);
     assert!(requests <= 6, "{requests} requests");
 }
+
+#[test]
+fn a_signal_ends_a_once_run_whose_look_hangs() {
+    let (silent, port) = silent_prometheus();
+    let (dir, rollouts, state) = directories();
+    std::fs::write(
+        rollouts.join("stuck.yaml"),
+        analysed("stuck", port, "10m", ""),
+    )
+    .unwrap();
+    let log = dir.path().join("sluice.log");
+    // The first run starts the stage; the second one looks, and its look hangs.
+    let mut first = Standalone::start(&rollouts, &state, &["--once"], &log);
+    assert!(first.exited().success(), "{}", first.log());
+    let mut second = Standalone::start(&rollouts, &state, &["--once"], &log);
+    silent.set_nonblocking(true).unwrap();
+    let mut held = Vec::new();
+    wait_for("the look to be in progress", || {
+        let (stream, _) = silent.accept().ok()?;
+        held.push(stream);
+        Some(())
+    });
+    second.signal("TERM");
+    let exit = second.exited();
+    assert!(exit.success(), "{exit:?}\n{}", second.log());
+}

@@ -199,7 +199,14 @@ pub fn run(options: Options) -> Result<bool, Error> {
         });
         let fine = if options.once {
             drop(view_rx);
-            run_once(&options, &state, &context, &view_tx).await
+            // A stop abandons the reconciles in progress (their looks), as in a long run.
+            tokio::select! {
+                fine = run_once(&options, &state, &context, &view_tx) => fine,
+                () = shutdown.requested() => {
+                    println!("interrupted: not every rollout was reconciled");
+                    true
+                }
+            }
         } else {
             // The view ends on the stop, not when every sender is gone: the notification
             // bridge keeps one for as long as the notifier lives.
