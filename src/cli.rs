@@ -119,20 +119,20 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn run_controller(args: crate::controller::Args) -> ExitCode {
-    if let Err(error) = crate::telemetry::init_logging(args.log_format) {
+    use crate::runtime::{self, LogTo};
+    if let Err(error) = runtime::init_logging(args.log_format, LogTo::Stderr) {
         eprintln!("sluice controller: {error}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
+    let result = runtime::run(|shutdown| crate::controller::run_with(args, shutdown));
+    match result {
         Err(error) => {
-            eprintln!("sluice controller: tokio runtime: {error}");
-            return ExitCode::from(2);
+            eprintln!("sluice controller: {error}");
+            ExitCode::from(2)
         }
-    };
-    match runtime.block_on(crate::controller::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        // A second signal stopped it at once.
+        Ok(None) | Ok(Some(Ok(()))) => ExitCode::SUCCESS,
+        Ok(Some(Err(error))) => {
             tracing::error!(%error, category = error.category(), "sluice controller stopped");
             ExitCode::FAILURE
         }
@@ -269,6 +269,20 @@ fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
                 previous.as_ref(),
             )
             .await;
+            // A look that could not be made (Prometheus down, a query refused) would fail
+            // the same way at every later look: stop at the first and say so.
+            if status.verdict == Verdict::Error {
+                let why = status
+                    .metrics
+                    .iter()
+                    .filter(|m| m.verdict == Verdict::Error)
+                    .find_map(|m| m.reason.as_deref().map(|r| format!("{}: {r}", m.name)))
+                    .unwrap_or_else(|| "a query failed".into());
+                eprintln!(
+                    "sluice analyze: stopped at look {k} of {looks}: the look could not be made ({why})"
+                );
+                return status;
+            }
             previous = Some(status);
         }
         previous.expect("at least one look")

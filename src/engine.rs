@@ -40,6 +40,13 @@ pub struct Observations {
     pub analysis: Option<AnalysisStatus>,
     /// The `metadata.generation` of the spec.
     pub generation: Option<i64>,
+    /// What the shell's setup finds wrong with the spec beyond [`validate`]: no
+    /// Prometheus to query, a credential file outside the directory Sluice may read, an
+    /// unusable Prometheus address. Decided as an invalid spec is (no look, and no
+    /// rollback for it; an abort or harm already seen still rolls back): the rollout holds
+    /// with `Ready=False` (`InvalidSpec`) until the spec (or Sluice's configuration)
+    /// changes.
+    pub setup_problems: Vec<Problem>,
 }
 
 /// What to do, decided.
@@ -146,6 +153,10 @@ pub fn analysis_due(
         return false;
     };
     let Some(status) = status else { return false };
+    if spec.control.abort {
+        // Rollback never waits for a look at the metrics (nor for a slow provider).
+        return false;
+    }
     let active = matches!(
         status.phase,
         Phase::Progressing | Phase::WaitingForApproval | Phase::Paused
@@ -316,6 +327,11 @@ pub fn plan(
     }
     if let Some(reason) = p.harm(&valid) {
         return p.rollback("RolledBack", reason);
+    }
+    // A spec the shell cannot act on (no Prometheus, a credential file it may not read)
+    // holds like an invalid one, after abort and harm already seen have rolled back.
+    if !observations.setup_problems.is_empty() {
+        return p.invalid(observations.setup_problems.clone());
     }
 
     match p.next.stage_started_at {

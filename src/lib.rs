@@ -20,6 +20,7 @@ pub mod notify;
 pub mod prometheus;
 pub mod rbac;
 pub mod reconcile;
+pub mod runtime;
 pub mod simulate;
 pub mod standalone;
 pub mod telemetry;

@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use crate::analysis::look::RolloutRef;
 use crate::crd::validate::check_webhook_url;
 use crate::crd::{
-    FeatureRolloutSpec, FeatureRolloutStatus, NotificationFormat, NotificationTrigger, Phase,
-    Verdict,
+    FeatureRolloutSpec, FeatureRolloutStatus, MetricCause, NotificationFormat, NotificationTrigger,
+    Phase, Verdict,
 };
 use crate::engine::{Event, EventType};
 
@@ -210,10 +210,7 @@ fn attention_hold(status: &FeatureRolloutStatus) -> Option<(&'static str, String
         ));
     }
     let no_data = analysis.metrics.iter().find(|m| {
-        m.verdict == Verdict::Inconclusive
-            && m.reason
-                .as_deref()
-                .is_some_and(|r| r.contains("during the whole stage"))
+        m.verdict == Verdict::Inconclusive && m.cause == Some(MetricCause::NoDataAllStage)
     })?;
     Some((
         "NoData",
@@ -675,8 +672,8 @@ async fn deliver(inner: &Inner, url: &str, body: String) -> Result<u32, (u32, St
             Err(e) => last = error_text(e),
         }
         if attempt < config.attempts {
-            let factor = 2u32.saturating_pow(attempt - 1);
-            tokio::time::sleep(config.backoff.saturating_mul(factor)).await;
+            let policy = crate::runtime::Backoff::new(config.backoff, Duration::MAX);
+            tokio::time::sleep(policy.delay(attempt)).await;
         }
     }
     Err((config.attempts, last))

@@ -29,7 +29,8 @@ use crate::analysis::judge::{self, Observed};
 use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{
-    AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, PrometheusSpec, validate,
+    AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, Problem, PrometheusSpec,
+    validate,
 };
 use crate::engine::{self, Decision, Event, EventType, Observations};
 use crate::flagd::{FlagDefinition, FlagState, FlagdError, render_flag};
@@ -157,7 +158,7 @@ impl Context {
     }
 
     /// Refuses credential files outside the allowed directory, naming the field.
-    fn check_credentials(&self, settings: &PrometheusSpec) -> Result<(), String> {
+    fn check_credentials(&self, settings: &PrometheusSpec) -> Result<(), (String, String)> {
         let Some(dir) = &self.credentials_dir else {
             return Ok(());
         };
@@ -178,9 +179,12 @@ impl Context {
                 && path.starts_with(dir)
                 && !path.components().any(|c| c == Component::ParentDir);
             if !inside {
-                return Err(format!(
-                    "spec.analysis.prometheus.{field}: {file:?} is not under {}, the only directory Sluice reads Prometheus credentials from (mount the Secret there; see --prometheus-credentials-dir)",
-                    dir.display()
+                return Err((
+                    format!("spec.analysis.prometheus.{field}"),
+                    format!(
+                        "{file:?} is not under {}, the only directory Sluice reads Prometheus credentials from (mount the Secret there; see --prometheus-credentials-dir)",
+                        dir.display()
+                    ),
                 ));
             }
         }
@@ -194,16 +198,60 @@ impl Context {
         self
     }
 
-    fn client(&self, spec: &FeatureRolloutSpec) -> Result<PrometheusClient, String> {
-        let settings = spec
-            .analysis
+    /// What this context finds wrong with a spec that [`validate`] accepted: a spec with
+    /// metrics but no Prometheus to ask, a credential file outside the allowed directory,
+    /// an address or client setting that cannot be used. Each is a mistake only a change
+    /// can cure (of the spec, or of Sluice's flags), never a failed look: the engine holds
+    /// the rollout on them ([`Observations::setup_problems`]).
+    pub fn setup_problems(&self, spec: &FeatureRolloutSpec, valid: &ValidSpec) -> Vec<Problem> {
+        if !valid.has_metrics {
+            return Vec::new();
+        }
+        let Some(settings) = self.settings(spec) else {
+            return vec![Problem {
+                field: "spec.analysis.prometheus.address".into(),
+                message: "no Prometheus is configured: set it (or start Sluice with --default-prometheus)".into(),
+            }];
+        };
+        if let Err((field, message)) = self.check_credentials(settings) {
+            return vec![Problem { field, message }];
+        }
+        let invalid = |e: &crate::prometheus::Error| {
+            matches!(
+                e,
+                crate::prometheus::Error::InvalidUrl { .. }
+                    | crate::prometheus::Error::InvalidConfig { .. }
+            )
+        };
+        match client_config(settings) {
+            Err(message) => vec![Problem {
+                field: "spec.analysis.prometheus".into(),
+                message,
+            }],
+            Ok(config) => match PrometheusClient::new(config) {
+                Err(e) if invalid(&e) => vec![Problem {
+                    field: "spec.analysis.prometheus".into(),
+                    message: e.to_string(),
+                }],
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// The Prometheus settings a spec uses: its own, or the default.
+    fn settings<'a>(&'a self, spec: &'a FeatureRolloutSpec) -> Option<&'a PrometheusSpec> {
+        spec.analysis
             .as_ref()
             .and_then(|a| a.prometheus.as_ref())
             .or(self.default_prometheus.as_ref())
-            .ok_or(
-                "no Prometheus is configured: set spec.analysis.prometheus.address (or start Sluice with --default-prometheus)",
-            )?;
-        self.check_credentials(settings)?;
+    }
+
+    fn client(&self, spec: &FeatureRolloutSpec) -> Result<PrometheusClient, String> {
+        let settings = self.settings(spec).ok_or(
+            "no Prometheus is configured: set spec.analysis.prometheus.address (or start Sluice with --default-prometheus)",
+        )?;
+        self.check_credentials(settings)
+            .map_err(|(field, message)| format!("{field}: {message}"))?;
         let key = serde_json::to_string(settings).map_err(|e| e.to_string())?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
@@ -260,7 +308,12 @@ pub async fn reconcile<S: Shell>(
     let spec = rollout.spec;
     let mut analysis = None;
     let mut analysis_took = None;
-    if engine::analysis_due(spec, rollout.status, now)
+    let setup_problems = match validate(spec) {
+        Ok(valid) => context.setup_problems(spec, &valid),
+        Err(_) => Vec::new(),
+    };
+    if setup_problems.is_empty()
+        && engine::analysis_due(spec, rollout.status, now)
         && let (Ok(valid), Some(status)) = (validate(spec), rollout.status)
         && let (Some(stage), Some(started)) = (status.stage, status.stage_started_at)
     {
@@ -281,6 +334,7 @@ pub async fn reconcile<S: Shell>(
     let observations = Observations {
         analysis,
         generation: rollout.generation,
+        setup_problems,
     };
     let plan = engine::plan(spec, rollout.status, &observations, now);
     let previous = rollout.status.cloned().unwrap_or_default();

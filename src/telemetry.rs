@@ -1,7 +1,7 @@
 //! Logs, metrics and health: what an operator of Sluice watches.
 //!
-//! - [`init_logging`]: `tracing` to stderr as JSON or plain text, filtered by `RUST_LOG`,
-//!   with the audit target (`sluice::audit`) always on.
+//! - Logging is set up by [`crate::runtime::init_logging`] (JSON or plain text, filtered
+//!   by `RUST_LOG`, with the audit target [`AUDIT_TARGET`] always on).
 //! - [`Metrics`]: Sluice's own Prometheus metrics (prefix `sluice`, bounded labels).
 //! - [`Health`] and [`admin_router`]: `/livez`, `/readyz` (ready only after the first
 //!   list of FeatureRollouts) and `/metrics`.
@@ -40,15 +40,12 @@ pub enum LogFormat {
     Plain,
 }
 
-/// Why logging could not start.
+/// Why the admin server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// `RUST_LOG` does not parse.
-    #[error("RUST_LOG is not a valid filter: {0}")]
-    Filter(String),
-    /// A global subscriber was already installed.
-    #[error("logging is already initialised")]
-    AlreadyInitialised,
+    /// Logging could not start.
+    #[error(transparent)]
+    Logging(#[from] crate::runtime::LogError),
     /// The admin server could not bind or serve.
     #[error("admin server on {address}: {message}")]
     Admin {
@@ -63,52 +60,10 @@ impl Error {
     /// A bounded name for metrics labels.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Filter(_) => "filter",
-            Error::AlreadyInitialised => "already_initialised",
+            Error::Logging(e) => e.category(),
             Error::Admin { .. } => "admin",
         }
     }
-}
-
-/// The filter used: `RUST_LOG` (default `info`), plus `sluice::audit=info` unless
-/// `RUST_LOG` names the audit target itself, so the audit trail survives `RUST_LOG=warn`.
-pub fn filter(rust_log: Option<&str>) -> Result<tracing_subscriber::EnvFilter, Error> {
-    let base = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
-    let directives = if base.contains(AUDIT_TARGET) {
-        base.to_owned()
-    } else {
-        format!("{base},{AUDIT_TARGET}=info")
-    };
-    tracing_subscriber::EnvFilter::builder()
-        .parse(&directives)
-        .map_err(|e| Error::Filter(e.to_string()))
-}
-
-/// Installs the global `tracing` subscriber: `format` to stderr, filtered by `RUST_LOG`.
-pub fn init_logging(format: LogFormat) -> Result<(), Error> {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = filter(std::env::var("RUST_LOG").ok().as_deref())?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Plain => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-    };
-    result.map_err(|_| Error::AlreadyInitialised)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -258,6 +258,11 @@ async fn verdicts_follow_the_data() {
         "{:?}",
         silent.message
     );
+    assert_eq!(
+        silent.metrics[0].cause,
+        Some(sluice::crd::MetricCause::NoDataAllStage),
+        "the typed cause the notifier decides on"
+    );
 
     let slow = analyse(&url, &spec("slow", SLOW, false)).await;
     assert_eq!(slow.verdict, Verdict::Fail, "{slow:#?}");

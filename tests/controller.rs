@@ -555,7 +555,7 @@ fn backoff_doubles_per_object_up_to_five_minutes_and_resets_on_success() {
     backoff.succeeded("shop/a");
     assert_eq!(backoff.failed("shop/a").as_secs(), 5);
     for _ in 0..100 {
-        let jittered = Backoff::jittered(Duration::from_secs(100)).as_secs_f64();
+        let jittered = backoff.jittered(Duration::from_secs(100)).as_secs_f64();
         assert!((90.0..=110.0).contains(&jittered), "{jittered}");
     }
 }
@@ -700,4 +700,70 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Rollback never waits: an abort that arrives while a look hangs on a Prometheus that
+/// never answers (each query allowed ten minutes, far past the deadline) abandons the
+/// look, and the flag goes back to the baseline at once.
+#[tokio::test]
+async fn an_abort_interrupts_a_look_hanging_on_prometheus() {
+    use sluice::telemetry::Health;
+    use std::sync::Arc;
+
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let h = Harness::new(at(0));
+    h.api.insert(
+        &config_map_path("shop-flags"),
+        config_map("shop-flags", OTHER_FLAG),
+    );
+    let spec = format!(
+        "{TIMED}analysis:\n  interval: 1m\n  prometheus: {{ address: \"http://127.0.0.1:{port}\", timeout: 10m }}\n  metrics:\n    - name: errors\n      ratio: {{ errors: e, requests: r }}\n      maxIncrease: {{ relative: \"10%\" }}\n"
+    );
+    h.api
+        .insert(&rollout_path("checkout"), rollout("checkout", &spec));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run_controllers(
+        h.state(),
+        vec!["shop".into()],
+        None,
+        Arc::new(Health::default()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    wait_for("the first stage", || {
+        h.status("checkout")
+            .is_some_and(|s| s.phase == Phase::Progressing)
+    })
+    .await;
+    // The next reconcile looks at once (no look yet in this stage), and the look hangs.
+    // The connection is kept open and never answered.
+    silent.set_nonblocking(true).unwrap();
+    let mut held = Vec::new();
+    wait_for("the look to be in progress", || match silent.accept() {
+        Ok((stream, _)) => {
+            held.push(stream);
+            true
+        }
+        Err(_) => false,
+    })
+    .await;
+    h.api.modify(&rollout_path("checkout"), |object| {
+        object["spec"]["control"] = json!({ "abort": true });
+        object["metadata"]["generation"] = json!(2);
+    });
+    wait_for("the rollback", || {
+        h.status("checkout")
+            .is_some_and(|s| s.phase == Phase::RolledBack)
+    })
+    .await;
+    let flag = h.config_map_flag("shop-flags", "checkout").unwrap();
+    assert_eq!(flag["defaultVariant"], "off");
+    assert!(flag.get("targeting").is_none_or(Value::is_null), "{flag}");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), controller)
+        .await
+        .expect("the controller stops")
+        .unwrap();
 }

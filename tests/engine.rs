@@ -57,6 +57,7 @@ fn look(stage: u32, when: Timestamp, verdict: Verdict) -> Observations {
             request_share: None,
         }),
         generation: Some(1),
+        ..Observations::default()
     }
 }
 
@@ -64,6 +65,7 @@ fn nothing() -> Observations {
     Observations {
         analysis: None,
         generation: Some(1),
+        ..Observations::default()
     }
 }
 

@@ -222,6 +222,7 @@ fn observe(step: &Step, stage: u32, now: Timestamp) -> Observations {
     Observations {
         analysis,
         generation: Some(1),
+        ..Observations::default()
     }
 }
 

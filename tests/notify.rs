@@ -386,12 +386,21 @@ fn running_status() -> FeatureRolloutStatus {
 }
 
 fn look(verdict: Verdict, reason: &str, mismatch: Option<bool>) -> AnalysisStatus {
+    look_with_cause(verdict, reason, mismatch, None)
+}
+
+fn look_with_cause(
+    verdict: Verdict,
+    reason: &str,
+    mismatch: Option<bool>,
+    cause: Option<&str>,
+) -> AnalysisStatus {
     serde_json::from_value(serde_json::json!({
         "at": at(12).to_string(),
         "stage": 0,
         "verdict": format!("{verdict:?}"),
         "message": reason,
-        "metrics": [{ "name": "errors", "verdict": format!("{verdict:?}"), "reason": reason }],
+        "metrics": [{ "name": "errors", "verdict": format!("{verdict:?}"), "reason": reason, "cause": cause }],
     }))
     .map(|mut a: AnalysisStatus| {
         a.sample_ratio = mismatch.map(|mismatch| SampleRatio {
@@ -433,10 +442,11 @@ fn holds_that_need_a_person_are_told_once_when_they_begin() {
     // No data during the whole stage (the query is probably wrong) needs a person; no
     // data yet does not.
     let mut no_data = running_status();
-    no_data.last_analysis = Some(look(
+    no_data.last_analysis = Some(look_with_cause(
         Verdict::Inconclusive,
         "no data for the candidate cohort during the whole stage: the query is probably wrong",
         None,
+        Some("NoDataAllStage"),
     ));
     let told = notifications(&id, &spec, &before, &no_data, &[], at(12));
     assert_eq!(
@@ -450,6 +460,30 @@ fn holds_that_need_a_person_are_told_once_when_they_begin() {
         Some(false),
     ));
     assert!(notifications(&id, &spec, &before, &early, &[], at(12)).is_empty());
+    // The decision is on the cause, never on the words: the same words without it (a
+    // reworded or translated message elsewhere) make no notification, and the cause
+    // with other words does.
+    let mut words_only = running_status();
+    words_only.last_analysis = Some(look(
+        Verdict::Inconclusive,
+        "no data for the candidate cohort during the whole stage",
+        None,
+    ));
+    assert!(notifications(&id, &spec, &before, &words_only, &[], at(12)).is_empty());
+    let mut cause_only = running_status();
+    cause_only.last_analysis = Some(look_with_cause(
+        Verdict::Inconclusive,
+        "keine Daten",
+        None,
+        Some("NoDataAllStage"),
+    ));
+    assert_eq!(
+        notifications(&id, &spec, &before, &cause_only, &[], at(12))
+            .iter()
+            .map(|n| n.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["NoData"]
+    );
 
     // Events map to their notifications; routine ones make none.
     let events = [

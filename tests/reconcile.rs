@@ -167,7 +167,7 @@ fn failing_look(stage: u32, when: Timestamp) -> AnalysisStatus {
 #[tokio::test]
 async fn a_rollback_whose_flag_write_fails_is_not_lost() {
     let shell = MemoryShell::default();
-    let spec = spec(ANALYSED);
+    let spec = spec_with_prometheus(&spec(ANALYSED));
     run(&shell, &spec, at(0)).await.unwrap();
     // The look made in this stage failed (as persisted by an earlier reconcile).
     let mut status = shell.status().unwrap();
@@ -204,23 +204,62 @@ async fn a_rollback_whose_flag_write_fails_is_not_lost() {
     assert_eq!(shell.served()["defaultVariant"], "off");
 }
 
+/// A spec with metrics and no Prometheus to ask is a mistake only a change can cure: it
+/// waits for one with a condition saying what to set. It never becomes a failed look,
+/// which `onError: rollback` would turn into a rollback.
 #[tokio::test]
-async fn a_look_without_prometheus_is_an_error_that_holds() {
+async fn a_spec_without_prometheus_waits_for_a_change_and_never_rolls_back() {
     let shell = MemoryShell::default();
-    let spec = spec(ANALYSED);
-    run(&shell, &spec, at(0)).await.unwrap();
-    let outcome = run(&shell, &spec, at(1)).await.unwrap();
-    let look = outcome.status.last_analysis.expect("a look was due");
-    assert_eq!(look.verdict, Verdict::Error);
-    assert!(
-        look.message
-            .unwrap()
-            .contains("no Prometheus is configured"),
-        "the message says what to set"
+    let spec = spec(&format!(
+        "{ANALYSED}  onError: {{ consecutive: 1, action: rollback }}\n"
+    ));
+    let mut outcome = None;
+    for minute in [0, 1, 2, 3] {
+        outcome = Some(run(&shell, &spec, at(minute)).await.unwrap());
+    }
+    let outcome = outcome.unwrap();
+    assert_ne!(outcome.status.phase, Phase::RolledBack);
+    assert!(outcome.status.last_analysis.is_none(), "no look is made");
+    assert!(outcome.analysis_took.is_none());
+    assert_eq!(outcome.status.consecutive_errors, 0);
+    assert_eq!(outcome.next_look, None, "it waits for a change");
+    let ready = outcome
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
     );
-    assert!(outcome.analysis_took.is_some());
-    assert_eq!(outcome.status.phase, Phase::Progressing);
-    assert_eq!(outcome.status.consecutive_errors, 1);
+    assert!(
+        ready.message.contains("spec.analysis.prometheus.address")
+            && ready.message.contains("no Prometheus is configured"),
+        "the condition names the field: {}",
+        ready.message
+    );
+
+    // Given a Prometheus, the same rollout goes on (the next look is due).
+    let fixed = spec_with_prometheus(&spec);
+    let outcome = run(&shell, &fixed, at(4)).await.unwrap();
+    assert!(outcome.next_look.is_some());
+    assert!(
+        outcome
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}
+
+fn spec_with_prometheus(spec: &FeatureRolloutSpec) -> FeatureRolloutSpec {
+    let mut fixed = spec.clone();
+    fixed.analysis.as_mut().unwrap().prometheus = Some(sluice::crd::PrometheusSpec {
+        address: "http://127.0.0.1:9".into(),
+        ..Default::default()
+    });
+    fixed
 }
 
 #[tokio::test]
@@ -252,11 +291,12 @@ async fn deletion_restores_the_baseline_unless_promoted() {
 
 /// In the cluster, a rollout's author must not make the controller send any file it can
 /// read (its own ServiceAccount token) to an address of their choosing: credential files
-/// outside the allowed directory make the look an `Error` that names the field.
+/// outside the allowed directory are a spec mistake naming the field, which holds the
+/// rollout (no look, no rollback) until the spec changes.
 #[tokio::test]
 async fn credential_files_outside_the_allowed_directory_are_refused() {
     let yaml = format!(
-        "{ANALYSED}  prometheus:\n    address: http://127.0.0.1:9\n    bearerTokenFile: {{FILE}}\n"
+        "{ANALYSED}  onError: {{ consecutive: 1, action: rollback }}\n  prometheus:\n    address: http://127.0.0.1:9\n    bearerTokenFile: {{FILE}}\n"
     );
     for (file, refused) in [
         ("/var/run/secrets/kubernetes.io/serviceaccount/token", true),
@@ -285,19 +325,29 @@ async fn credential_files_outside_the_allowed_directory_are_refused() {
                     .unwrap(),
             );
         }
-        let look = outcome
-            .unwrap()
-            .status
-            .last_analysis
-            .expect("a look was due");
-        let message = look.message.unwrap_or_default();
-        assert_eq!(
-            message.contains("spec.analysis.prometheus.bearerTokenFile"),
-            refused,
-            "{file}: {message}"
-        );
-        // Allowed or not, the look is an error here (nothing listens on port 9), and the
-        // refused one never tried to read the file.
-        assert_eq!(look.verdict, Verdict::Error, "{file}");
+        let status = outcome.unwrap().status;
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .expect("a Ready condition");
+        if refused {
+            assert_eq!(ready.reason, "InvalidSpec", "{file}");
+            assert!(
+                ready
+                    .message
+                    .contains("spec.analysis.prometheus.bearerTokenFile"),
+                "{file}: {}",
+                ready.message
+            );
+            assert!(status.last_analysis.is_none(), "{file}: no look is made");
+            assert_ne!(status.phase, Phase::RolledBack, "{file}");
+        } else {
+            // Allowed: the look is made, and is an error here (nothing listens on port
+            // 9, and the file does not exist), which onError turns into a rollback.
+            let look = status.last_analysis.expect("a look was due");
+            assert_eq!(look.verdict, Verdict::Error, "{file}");
+            assert_eq!(status.phase, Phase::RolledBack, "{file}");
+        }
     }
 }

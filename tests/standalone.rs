@@ -6,85 +6,14 @@
 //!
 //! Every wait polls a condition with a generous deadline.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 use sluice::crd::{FeatureRolloutStatus, Phase, Verdict};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn sluice() -> &'static str {
-    env!("CARGO_BIN_EXE_sluice")
-}
-
-/// A running `sluice standalone`, killed on drop; its output goes to files.
-struct Standalone {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Standalone {
-    fn start(rollouts: &Path, state: &Path, extra: &[&str], log: &Path) -> Self {
-        let stderr = log.to_path_buf();
-        let child = Command::new(sluice())
-            .args(["standalone", "--plain", "--poll", "100ms", "--rollouts"])
-            .arg(rollouts)
-            .arg("--state")
-            .arg(state)
-            .args(extra)
-            .stdout(Stdio::from(
-                std::fs::File::create(log.with_extension("out")).unwrap(),
-            ))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .unwrap(),
-            ))
-            .spawn()
-            .expect("sluice standalone starts");
-        Standalone { child, stderr }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    fn kill(&mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn status(state: &Path, name: &str) -> Option<FeatureRolloutStatus> {
-    let text = std::fs::read_to_string(state.join(format!("{name}.status.json"))).ok()?;
-    Some(serde_json::from_str(&text).expect("the status file is always whole"))
-}
+use support::standalone::{DEADLINE, Standalone, ctl, read_request, sluice, status, wait_for};
 
 fn wait_phase(state: &Path, name: &str, phase: Phase) -> FeatureRolloutStatus {
     wait_for(&format!("{name} to be {phase:?}"), || {
@@ -114,22 +43,6 @@ spec:
 {stages}
 "#
     )
-}
-
-fn ctl(state: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(sluice())
-        .arg("ctl")
-        .arg("--state")
-        .arg(state)
-        .args(args)
-        .output()
-        .expect("sluice ctl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[test]
@@ -520,35 +433,10 @@ fn the_flag_key_and_target_of_a_running_rollout_cannot_move() {
 /// Reads one HTTP request from `stream` (headers and a Content-Length body), answers 200
 /// and returns the body.
 fn serve_one(mut stream: std::net::TcpStream) -> String {
-    use std::io::{Read as _, Write as _};
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        data.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&data).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if data.len() >= end + 4 + length {
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-                return text[end + 4..].to_string();
-            }
-        }
-    }
-    String::from_utf8_lossy(&data).to_string()
+    use std::io::Write as _;
+    let (_, body) = read_request(&mut stream);
+    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    body
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use sluice::crd::Phase;
-use sluice::telemetry::{Admin, Health, Metrics, admin_router, filter, serve_admin};
+use sluice::runtime::log_filter as filter;
+use sluice::telemetry::{Admin, Health, Metrics, admin_router, serve_admin};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
 

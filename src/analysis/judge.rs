@@ -10,8 +10,8 @@ use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 use super::srm::{self, RequestShareOutcome, SrmOutcome};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{
-    AnalysisStatus, CohortNumbers, FeatureRolloutSpec, MetricAnalysis, MetricSpec, RequestShare,
-    SampleRatio, Verdict, Weight, parse_percent,
+    AnalysisStatus, CohortNumbers, FeatureRolloutSpec, MetricAnalysis, MetricCause, MetricSpec,
+    RequestShare, SampleRatio, Verdict, Weight, parse_percent,
 };
 use crate::prometheus::{Buckets, PerCohort};
 
@@ -192,6 +192,7 @@ pub fn failed(name: &str, query: String, reason: String) -> MetricAnalysis {
         evidence: None,
         verdict: Verdict::Error,
         reason: Some(reason),
+        cause: None,
     }
 }
 
@@ -231,6 +232,7 @@ pub fn judge_metric(
         evidence,
         verdict: Verdict::Inconclusive,
         reason: None,
+        cause: None,
     };
     let result = match observed {
         Observed::Failed(message) => Err((Verdict::Error, message.clone())),
@@ -349,6 +351,7 @@ fn judge_share(
         Err((Verdict::Inconclusive, message))
     };
     let Some(candidate) = candidate.filter(|c| c.total > 0.0) else {
+        out.cause = whole_stage.then_some(MetricCause::NoDataAllStage);
         return no_data("candidate");
     };
     let ceiling = metric.max.as_deref().and_then(|m| parse_percent(m).ok());
@@ -382,6 +385,7 @@ fn judge_share(
     }
     if let Some(tolerance) = tolerance(metric).filter(|_| look.comparable()) {
         let Some(baseline) = baseline.filter(|b| b.total > 0.0) else {
+            out.cause = whole_stage.then_some(MetricCause::NoDataAllStage);
             return no_data("baseline");
         };
         let c = compare::compare(

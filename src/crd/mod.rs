@@ -884,6 +884,18 @@ pub struct MetricAnalysis {
     /// Why, in a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why, as a code, when something acts on it (a notification that needs a person);
+    /// `reason` says it in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<MetricCause>,
+}
+
+/// Why a metric's look ended as it did, for decisions (never the message text).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum MetricCause {
+    /// A cohort had no data during the whole stage: the query is probably wrong (the
+    /// flag key or the cohort label), and the stage holds until somebody looks.
+    NoDataAllStage,
 }
 
 /// The evidence of one comparison kept across looks: per stage, the sums of the looks'

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine as _;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
@@ -387,10 +388,10 @@ impl PrometheusClient {
                         error: Some(error),
                         error_type,
                         ..
-                    }) => match error_type {
+                    }) => crate::runtime::redact(&match error_type {
                         Some(kind) => format!("{kind}: {error}"),
                         None => error,
-                    },
+                    }),
                     _ => excerpt(body),
                 };
                 Err(Failure::Retryable(Transient::Status(status, detail)))
@@ -466,11 +467,7 @@ impl PrometheusClient {
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 1u32 << (attempts - 1).min(16);
-        self.config
-            .retry_backoff
-            .saturating_mul(factor)
-            .min(MAX_BACKOFF)
+        crate::runtime::Backoff::new(self.config.retry_backoff, MAX_BACKOFF).delay(attempts)
     }
 
     fn read_credentials(&self) -> Result<Credentials, Error> {
@@ -478,9 +475,15 @@ impl PrometheusClient {
             return Ok(Credentials::Bearer(read_secret(path, "bearer token file")?));
         }
         if let Some(basic) = &self.config.basic_auth {
+            let password = read_secret(&basic.password_file, "basic auth password file")?;
+            // `Authorization: Basic` carries the base64 of `user:password`.
+            crate::runtime::register_secret(
+                &base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", basic.username, password.0)),
+            );
             return Ok(Credentials::Basic {
                 username: basic.username.clone(),
-                password: read_secret(&basic.password_file, "basic auth password file")?,
+                password,
             });
         }
         Ok(Credentials::None)
@@ -569,6 +572,9 @@ fn read_secret(path: &Path, what: &'static str) -> Result<Secret, Error> {
     if trimmed.is_empty() {
         return Err(file_error("the file is empty".into()));
     }
+    // A server may echo what it was sent (its `Authorization` header) in an error body:
+    // every text that leaves the process is redacted of it.
+    crate::runtime::register_secret(trimmed);
     Ok(Secret(trimmed.to_owned()))
 }
 
@@ -601,13 +607,14 @@ fn rejected(status: StatusCode, envelope: Envelope) -> Error {
     Error::QueryRejected {
         status: status.as_u16(),
         error_type: envelope.error_type.unwrap_or_else(|| "unknown".into()),
-        message: envelope.error.unwrap_or_default(),
+        message: crate::runtime::redact(&envelope.error.unwrap_or_default()),
     }
 }
 
-/// The start of a body, on one line, for an error message.
+/// The start of a body, on one line and without any secret it echoes, for an error
+/// message.
 fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+    let text = crate::runtime::redact(&String::from_utf8_lossy(body));
     let text = text.trim();
     if text.is_empty() {
         return "(empty body)".to_owned();

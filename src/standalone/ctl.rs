@@ -118,13 +118,43 @@ pub fn run(args: &CtlArgs) -> Result<String, Error> {
             }
         )));
     };
-    let mut control = state.read_control(name)?;
-    let said = change(&mut control, &current, stage)?;
-    state.write_control(name, &control)?;
+    let said = {
+        // Read, change and write under the rollout's control lock: two commands at once
+        // (an abort and a pause) each see the other's change, so none is lost.
+        let _held = lock_controls(&state, name)?;
+        let mut control = state.read_control(name)?;
+        let said = change(&mut control, &current, stage)?;
+        state.write_control(name, &control)?;
+        said
+    };
     Ok(format!(
         "{name}: {said}; sluice standalone applies it at its next poll ({})\n",
         state.control_path(name).display()
     ))
+}
+
+/// The lock file that serialises the commands changing one rollout's controls.
+fn control_lock_path(state: &StateDir, name: &str) -> PathBuf {
+    state.path().join(format!(".{name}.control.lock"))
+}
+
+/// Takes the rollout's control lock (an advisory `flock` on a file of its own, since the
+/// control file itself is replaced at every write), waiting for a command that holds it.
+/// Released when the returned file is dropped, or when the process dies.
+fn lock_controls(state: &StateDir, name: &str) -> Result<std::fs::File, Error> {
+    let path = control_lock_path(state, name);
+    let fail = |e: std::io::Error| Error::State {
+        path: path.clone(),
+        message: format!("cannot lock the controls: {e}"),
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(fail)?;
+    file.lock().map_err(fail)?;
+    Ok(file)
 }
 
 fn status(state: &StateDir, name: Option<&str>) -> Result<String, Error> {

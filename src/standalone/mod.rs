@@ -38,6 +38,8 @@ use crate::analysis::look::RolloutRef;
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, PrometheusSpec, Verdict};
 use crate::notify::{self, Notifier, NotifyArgs};
 use crate::reconcile::{self, Context, Rollout, Shell as _};
+use crate::runtime::{self, Backoff, LogTo, Shutdown};
+use crate::telemetry::LogFormat;
 
 use source::{FileProblem, Source};
 use store::{ControlOverride, FileShell, LogLine, StateDir};
@@ -140,8 +142,12 @@ struct Running {
 /// by rename makes a file vanish for an instant).
 const MISSING_POLLS: u32 = 2;
 
-/// Runs standalone mode until Ctrl-C or SIGTERM (or once, with `--once`). Returns whether
+/// Runs standalone mode until SIGTERM or SIGINT (or once, with `--once`). Returns whether
 /// everything was fine (for `--once`'s exit code).
+///
+/// On the first signal every rollout task stops at its next await point: a look at the
+/// metrics in progress is abandoned (it writes nothing), a write in hand finishes (each
+/// is an atomic replace), and the process exits. A second signal stops at once.
 pub fn run(options: Options) -> Result<bool, Error> {
     if !options.rollouts.is_dir() {
         return Err(Error::Usage(format!(
@@ -156,12 +162,14 @@ pub fn run(options: Options) -> Result<bool, Error> {
     } else {
         Mode::Table
     };
-    init_logging(mode, &state);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Runtime(e.to_string()))?;
-    runtime.block_on(async move {
+    let log_to = match mode {
+        Mode::Table => LogTo::File(state.path().join("sluice.log")),
+        Mode::Plain => LogTo::Stderr,
+    };
+    if let Err(e) = runtime::init_logging(LogFormat::Plain, log_to) {
+        eprintln!("sluice standalone: {e}");
+    }
+    let finished = runtime::run(|shutdown| async move {
         let default_prometheus = options
             .default_prometheus
             .clone()
@@ -191,45 +199,38 @@ pub fn run(options: Options) -> Result<bool, Error> {
         });
         let fine = if options.once {
             drop(view_rx);
-            run_once(&options, &state, &context, &view_tx).await
+            // A stop abandons the reconciles in progress (their looks), as in a long run.
+            tokio::select! {
+                fine = run_once(&options, &state, &context, &view_tx) => fine,
+                () = shutdown.requested() => {
+                    println!("interrupted: not every rollout was reconciled");
+                    true
+                }
+            }
         } else {
-            let view = tokio::spawn(view::run(view_rx, mode));
-            supervise(&options, &state, &context, &view_tx).await;
+            // The view ends on the stop, not when every sender is gone: the notification
+            // bridge keeps one for as long as the notifier lives.
+            let view = tokio::spawn(view::run(view_rx, mode, shutdown.requested()));
+            supervise(&options, &state, &context, &view_tx, &shutdown).await;
             drop(view_tx);
             let _ = view.await;
             true
         };
-        // Let the notifications in flight go out (each has its own timeout).
-        let _ = tokio::time::timeout(Duration::from_secs(15), notifier.idle()).await;
+        // Let the notifications in flight go out (each has its own timeout); after a stop
+        // was asked for, only briefly.
+        let grace = if shutdown.is_requested() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(15)
+        };
+        let _ = tokio::time::timeout(grace, notifier.idle()).await;
         Ok(fine)
     })
-}
-
-/// Logs to stderr; while the live table owns the terminal, to `STATE/sluice.log`.
-/// (A minimal init of its own: the shared telemetry module is not there yet.)
-fn init_logging(mode: Mode, state: &StateDir) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let log_file = (mode == Mode::Table)
-        .then(|| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(state.path().join("sluice.log"))
-                .ok()
-        })
-        .flatten();
-    let _ = match log_file {
-        Some(file) => builder
-            .with_ansi(false)
-            .with_writer(std::sync::Mutex::new(file))
-            .try_init(),
-        None => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .try_init(),
-    };
+    .map_err(|e| Error::Runtime(e.0.to_string()))?;
+    // `None`: a second signal stopped the process at once.
+    let result = finished.unwrap_or(Ok(true));
+    tracing::info!("stopped");
+    result
 }
 
 async fn run_once(
@@ -295,6 +296,7 @@ async fn supervise(
     state: &StateDir,
     context: &Arc<Context>,
     view_tx: &mpsc::UnboundedSender<ViewMsg>,
+    shutdown: &Shutdown,
 ) {
     let mut source = Source::new(&options.rollouts);
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
@@ -302,8 +304,8 @@ async fn supervise(
     let mut first = true;
     let mut poll = tokio::time::interval(options.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let stop = shutdown.requested();
+    tokio::pin!(stop);
     tracing::info!(
         rollouts = %options.rollouts.display(),
         state = %state.path().display(),
@@ -311,7 +313,7 @@ async fn supervise(
     );
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            () = &mut stop => break,
             _ = poll.tick() => {}
         }
         let scan = source.scan();
@@ -394,6 +396,7 @@ async fn supervise(
                 rx,
                 view_tx.clone(),
                 options.reconcile_timeout,
+                shutdown.clone(),
             ));
             tracing::info!(rollout = %name, file = %found.file.display(), flag_file = %found.flag_path.display(), "rollout found");
             running.insert(
@@ -422,13 +425,10 @@ async fn supervise(
             true
         });
     }
-    tracing::info!("stopping: finishing the writes in hand");
+    // Every task sees the stop at its next await point: a look in progress is abandoned,
+    // a write in hand (never more than an atomic replace) finishes.
     let handles: Vec<JoinHandle<()>> = running.into_values().map(|r| r.handle).collect();
-    let _ = tokio::time::timeout(
-        options.reconcile_timeout,
-        futures::future::join_all(handles),
-    )
-    .await;
+    futures::future::join_all(handles).await;
 }
 
 fn input(found: &source::Found, overrides: &ControlOverride) -> Input {
@@ -453,29 +453,17 @@ fn report_problem(state: &StateDir, problem: &FileProblem) {
     });
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+/// The wait after failed reconciles of one rollout: 2 s, 4 s ... up to 30 s, ± 10 %.
+const RETRY: Backoff =
+    Backoff::new(Duration::from_secs(2), Duration::from_secs(30)).with_jitter(0.1);
+
+/// Whether `next` must interrupt a reconcile made for `current`: a rollback (an abort,
+/// or the rollout's removal) never waits for a look at the metrics in progress.
+fn interrupts(current: &Input, next: &Input) -> bool {
+    (next.removed && !current.removed) || (next.spec.control.abort && !current.spec.control.abort)
 }
 
-/// One rollout, until its sender goes away (shutdown) or it is removed.
+/// One rollout, until its sender goes away, a stop is asked for, or it is removed.
 async fn rollout_task(
     name: String,
     state: StateDir,
@@ -483,12 +471,15 @@ async fn rollout_task(
     mut rx: watch::Receiver<Input>,
     view: mpsc::UnboundedSender<ViewMsg>,
     limit: Duration,
+    shutdown: Shutdown,
 ) {
     let mut status: Option<FeatureRolloutStatus> = None;
     let mut loaded = false;
     let mut wake: Option<Instant> = Some(Instant::now());
     let mut failures: u32 = 0;
     let mut last_problem: Option<String> = None;
+    let stop = shutdown.requested();
+    tokio::pin!(stop);
     loop {
         let sleep = async {
             match wake {
@@ -497,6 +488,7 @@ async fn rollout_task(
             }
         };
         tokio::select! {
+            () = &mut stop => return,
             changed = rx.changed() => if changed.is_err() { return },
             () = sleep => {}
         }
@@ -543,9 +535,38 @@ async fn rollout_task(
             let _ = view.send(ViewMsg::Removed { name });
             return;
         }
-        let result = step(&name, &state, &context, &input, &mut status, &view, limit).await;
+        // The reconcile races the stop and a rollback: both abandon a look in progress
+        // (it has written nothing yet; the flag write, once begun, is one atomic replace
+        // with no await point before the status is written).
+        let mut seen_change = false;
+        let result = {
+            let step = step(&name, &state, &context, &input, &mut status, &view, limit);
+            tokio::pin!(step);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return,
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        if interrupts(&input, &rx.borrow()) {
+                            tracing::info!(rollout = %name, "a rollback arrived: the reconcile in progress is abandoned");
+                            break None;
+                        }
+                        seen_change = true;
+                    }
+                    result = &mut step => break Some(result),
+                }
+            }
+        };
+        // The input may have changed during the reconcile: go again at once if so.
+        let changed_meanwhile = seen_change || rx.has_changed().unwrap_or(false);
         match result {
-            Ok(next) => {
+            None => {
+                wake = Some(Instant::now());
+            }
+            Some(Ok(next)) => {
                 failures = 0;
                 last_problem = None;
                 wake = next.map(|next| {
@@ -554,7 +575,7 @@ async fn rollout_task(
                     Instant::now() + wait.max(Duration::from_millis(50))
                 });
             }
-            Err(message) => {
+            Some(Err(message)) => {
                 failures += 1;
                 if last_problem.as_ref() != Some(&message) {
                     tracing::error!(rollout = %name, "{message}");
@@ -568,10 +589,11 @@ async fn rollout_task(
                     });
                 }
                 last_problem = Some(message);
-                let backoff =
-                    Duration::from_secs(1 << failures.min(5)).min(Duration::from_secs(30));
-                wake = Some(Instant::now() + backoff);
+                wake = Some(Instant::now() + RETRY.jittered(failures));
             }
+        }
+        if changed_meanwhile {
+            wake = Some(Instant::now());
         }
     }
 }

@@ -208,13 +208,25 @@ impl State {
     }
 }
 
-/// Draws what it is told until every sender is gone.
-pub async fn run(mut rx: mpsc::UnboundedReceiver<ViewMsg>, mode: Mode) {
+/// Draws what it is told until every sender is gone or `stop` completes (then what is
+/// already queued is drawn too).
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<ViewMsg>,
+    mode: Mode,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut state = State::default();
     let mut dirty = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tokio::pin!(stop);
     loop {
         tokio::select! {
+            () = &mut stop => {
+                while let Ok(msg) = rx.try_recv() {
+                    apply(&mut state, msg, mode);
+                }
+                break;
+            }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 apply(&mut state, msg, mode);

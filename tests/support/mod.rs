@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests: a real Prometheus server loaded with known
 //! data, an OpenMetrics writer for that data, a fake HTTP server whose misbehaviour a test
-//! chooses, an in-memory Kubernetes API and an in-memory reconcile shell, a real
-//! kube-apiserver with etcd, the FeatureRollout manifests of known validity and the Helm
-//! chart rendered.
+//! chooses, an in-memory Kubernetes API and an in-memory reconcile shell, `sluice standalone`
+//! as a process, a real kube-apiserver with etcd, the FeatureRollout manifests of known
+//! validity and the Helm chart rendered.
 //!
 //! Each test binary uses only some of them, hence the `dead_code` allowance.
 #![allow(dead_code)]
@@ -15,4 +15,5 @@ pub mod kube_api;
 pub mod memory_shell;
 pub mod openmetrics;
 pub mod server;
+pub mod standalone;
 pub mod tls;

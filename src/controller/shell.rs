@@ -1,0 +1,208 @@
+//! One rollout's [`Shell`] in the cluster: the flag in a ConfigMap or a `FeatureFlag`
+//! ([`super::targets`]), the status through the status subresource (server-side apply),
+//! events through kube-runtime's [`kube::runtime::events::Recorder`].
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::Value;
+
+use super::{FIELD_MANAGER, State, targets};
+use crate::crd::{FeatureRollout, FeatureRolloutStatus, Target};
+use crate::engine::{Event, EventType};
+use crate::reconcile::{self, FlagWriteError, Shell};
+
+/// Where a rollout's flag goes in the cluster.
+#[derive(Clone, Debug)]
+enum FlagTarget {
+    ConfigMap { name: String, key: String },
+    FeatureFlag { name: String },
+    Unsupported(String),
+}
+
+impl FlagTarget {
+    fn of(target: &Target) -> Self {
+        if let Some(c) = &target.config_map {
+            FlagTarget::ConfigMap {
+                name: c.name.clone(),
+                key: c.key.clone(),
+            }
+        } else if let Some(f) = &target.feature_flag {
+            FlagTarget::FeatureFlag {
+                name: f.name.clone(),
+            }
+        } else if target.file.is_some() {
+            FlagTarget::Unsupported(
+                "spec.target.file is for standalone mode; in a cluster use spec.target.configMap or spec.target.featureFlag".into(),
+            )
+        } else {
+            FlagTarget::Unsupported("spec.target sets none of configMap or featureFlag".into())
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            FlagTarget::ConfigMap { .. } => "configMap",
+            FlagTarget::FeatureFlag { .. } => "featureFlag",
+            FlagTarget::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// One rollout's [`Shell`] in the cluster. Every write first checks [`Leadership`].
+pub struct KubeShell<'a> {
+    state: &'a State,
+    namespace: String,
+    name: String,
+    target: FlagTarget,
+    reference: ObjectReference,
+}
+
+impl<'a> KubeShell<'a> {
+    /// The shell for `rollout` (which must have a namespace and a name).
+    pub fn new(state: &'a State, rollout: &FeatureRollout) -> Self {
+        KubeShell {
+            state,
+            namespace: rollout.namespace().unwrap_or_default(),
+            name: rollout.name_any(),
+            target: FlagTarget::of(&rollout.spec.target),
+            reference: rollout.object_ref(&()),
+        }
+    }
+}
+
+impl Shell for KubeShell<'_> {
+    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
+        if !self.state.leadership.is_leader() {
+            return Err(FlagWriteError::Unavailable {
+                category: "not_leader",
+                message: "this replica no longer leads: the flag is not written".into(),
+            });
+        }
+        let client = self.state.client.clone();
+        let timeout = self.state.call_timeout;
+        let changed = match &self.target {
+            FlagTarget::ConfigMap {
+                name,
+                key: data_key,
+            } => {
+                targets::write_config_map(
+                    client,
+                    &self.namespace,
+                    name,
+                    data_key,
+                    key,
+                    flag,
+                    timeout,
+                )
+                .await?
+            }
+            FlagTarget::FeatureFlag { name } => {
+                targets::write_feature_flag(client, &self.namespace, name, key, flag, timeout)
+                    .await?
+            }
+            FlagTarget::Unsupported(why) => return Err(FlagWriteError::Target(why.clone())),
+        };
+        if changed {
+            self.state.metrics.flag_written(self.target.metric_label());
+        }
+        Ok(changed)
+    }
+
+    async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), reconcile::Error> {
+        if !self.state.leadership.is_leader() {
+            return Err(reconcile::Error::WriteStatus {
+                category: "not_leader",
+                message: "this replica no longer leads: the status is not written".into(),
+            });
+        }
+        let api: Api<FeatureRollout> = Api::namespaced(self.state.client.clone(), &self.namespace);
+        // Server-side apply of the whole status with one field manager: fields the new
+        // status no longer has are removed (a merge patch would keep them).
+        let patch = serde_json::json!({
+            "apiVersion": FeatureRollout::api_version(&()),
+            "kind": FeatureRollout::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        // featurerollouts/status: patch
+        match tokio::time::timeout(
+            self.state.call_timeout,
+            api.patch_status(&self.name, &params, &Patch::Apply(&patch)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(reconcile::Error::WriteStatus {
+                category: "api",
+                message: format!("FeatureRollout {}/{}: {error}", self.namespace, self.name),
+            }),
+            Err(_) => Err(reconcile::Error::WriteStatus {
+                category: "timeout",
+                message: format!(
+                    "FeatureRollout {}/{}: no answer within {:?}",
+                    self.namespace, self.name, self.state.call_timeout
+                ),
+            }),
+        }
+    }
+
+    async fn publish(&self, event: &Event) {
+        if !self.state.leadership.is_leader() {
+            return;
+        }
+        let type_ = match event.type_ {
+            EventType::Normal => KubeEventType::Normal,
+            EventType::Warning => KubeEventType::Warning,
+        };
+        publish(
+            self.state,
+            &self.reference,
+            type_,
+            event.reason,
+            &event.message,
+        )
+        .await;
+    }
+}
+
+/// Publishes one Event about `reference`, best effort (a lost event is logged).
+pub(super) async fn publish(
+    state: &State,
+    reference: &ObjectReference,
+    type_: KubeEventType,
+    reason: &str,
+    message: &str,
+) {
+    // Events are at most 1 kB of note.
+    let note: String = message.chars().take(1000).collect();
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // events.k8s.io events: create (a repeat within minutes: patch of its series)
+    match tokio::time::timeout(
+        state.call_timeout,
+        state.recorder.publish(&event, reference),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, reason, "an Event could not be published"),
+        Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
+    }
+}
+
+pub(super) fn object_key(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> String {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
