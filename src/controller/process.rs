@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::EventType as KubeEventType;
 use kube::{Client, Resource};
@@ -138,19 +139,33 @@ pub async fn run_with(args: Args, shutdown: Shutdown) -> Result<(), Error> {
         tracing::info!(namespaces = ?args.namespaces, selector = ?args.selector, "reconciling FeatureRollouts");
         let lost = leadership.clone();
         let stop = stopped();
-        run_controllers(
+        let ended = async move {
+            tokio::select! {
+                () = lost.lost() => tracing::warn!("leadership lost: stopping the controller"),
+                () = stop => {}
+            }
+        }
+        .shared();
+        let controllers = run_controllers(
             state.clone(),
             args.namespaces.clone(),
             args.selector.clone(),
             health.clone(),
-            async move {
-                tokio::select! {
-                    () = lost.lost() => tracing::warn!("leadership lost: stopping the controller"),
-                    () = stop => {}
-                }
-            },
-        )
-        .await;
+            ended.clone(),
+        );
+        // The writes in hand get a bounded time to finish once the controllers are told to
+        // stop: a reconcile still running after it (one frozen with the process, one
+        // waiting on an API server that went away) is abandoned. Every write is a single
+        // API call, so abandoning one leaves the old state or the new, and the next leader
+        // repairs a flag written without its status.
+        let grace = drain_time(state.call_timeout);
+        tokio::select! {
+            () = controllers => {}
+            () = async move {
+                ended.await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(?grace, "reconciles still running after the stop: abandoned"),
+        }
         health.set_listed(false);
         if shutdown.is_requested() {
             break;
@@ -166,6 +181,12 @@ pub async fn run_with(args: Args, shutdown: Shutdown) -> Result<(), Error> {
     let _ = admin_task.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long the reconciles in hand may take to finish once the controllers stop: two API
+/// calls (a flag write and the status that claims it), each bounded by `call_timeout`.
+fn drain_time(call_timeout: Duration) -> Duration {
+    call_timeout.saturating_mul(2)
 }
 
 fn hostname() -> Option<String> {

@@ -180,8 +180,8 @@ pub(super) async fn publish(
     let event = KubeEvent {
         type_,
         reason: reason.to_owned(),
+        action: action_of(&note),
         note: Some(note),
-        action: "Reconcile".into(),
         secondary: None,
     };
     // events.k8s.io events: create (a repeat within minutes: patch of its series)
@@ -195,6 +195,17 @@ pub(super) async fn publish(
         Ok(Err(error)) => tracing::warn!(%error, reason, "an Event could not be published"),
         Err(_) => tracing::warn!(reason, "publishing an Event timed out"),
     }
+}
+
+/// The Event's `action`: kube's Recorder folds Events with the same type, reason, action
+/// and object into one series and keeps the first one's note, so each transition (a
+/// different note: "advanced to stage 3", then "to stage 4") needs an action of its own,
+/// while an identical repeat still folds. A digest of the note, prefixed by the verb.
+fn action_of(note: &str) -> String {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let mut hasher = DefaultHasher::new();
+    note.hash(&mut hasher);
+    format!("Reconcile-{:016x}", hasher.finish())
 }
 
 pub(super) fn object_key(
