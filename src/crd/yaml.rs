@@ -3,8 +3,8 @@
 //! `serde_yaml_ng` writes YAML 1.2, where `on`, `off`, `yes`, `no`, `y` and `n` are plain
 //! strings, and leaves them unquoted. kubectl and Helm read YAML with `sigs.k8s.io/yaml`,
 //! which follows YAML 1.1: there they are booleans, and a boolean key becomes the string
-//! `"true"` or `"false"`. The CRD's `notifications[].on` property would be installed as
-//! `true`, and its CEL rule naming `self.on` would not compile. [`quote_yaml_1_1_words`]
+//! `"true"` or `"false"`. kubectl refused the CRD (`required: [n]` read as `[false]`), and
+//! `notifications[].on` would have been a property named `true`. [`quote_yaml_1_1_words`]
 //! quotes such words where they stand as a key or a plain value.
 
 /// The plain scalars YAML 1.1 resolves to a boolean or null, which YAML 1.2 (and so
