@@ -7,7 +7,11 @@
 //!
 //! Rust-only rules (the server accepts them; the controller reports an invalid spec): an
 //! audience with an unknown JSONLogic operator, an unknown template variable, a malformed
-//! template, a redefined built-in template variable.
+//! template, a redefined built-in template variable, and a `flag.baseline` or
+//! `flag.candidate` that names no variant (`flag.variants` holds untyped JSON values, and
+//! the server gives CEL no map whose values have no schema, so no rule can read its keys).
+//! An audience's single operator key is a schema bound (`minProperties`/`maxProperties`
+//! 1), not CEL, for the same reason.
 
 mod support;
 

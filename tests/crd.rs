@@ -24,6 +24,35 @@ fn committed_crd_matches_the_rust_types() {
     );
 }
 
+/// kubectl and Helm read YAML as YAML 1.1 (`sigs.k8s.io/yaml`), where an unquoted `on` is
+/// the boolean true: the committed CRD and the chart's copy must read the same there as
+/// in YAML 1.2, or `notifications[].on` is installed as a property named `true` and the
+/// CEL rule naming `self.on` does not compile. PyYAML (in the test venv) reads YAML 1.1.
+#[test]
+fn committed_crds_read_the_same_as_yaml_1_1() {
+    let script = "import json, sys, yaml\n\
+                  print(json.dumps(yaml.safe_load(open(sys.argv[1]))))";
+    for path in [
+        "crds/featurerollout.yaml",
+        "charts/sluice/crds/featurerollout.yaml",
+    ] {
+        let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+        let output = std::process::Command::new(support::helm::python())
+            .args(["-c", script, &path])
+            .output()
+            .expect("python runs");
+        assert!(
+            output.status.success(),
+            "PyYAML reads {path}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let yaml_1_1: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let yaml_1_2: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        pretty_assertions::assert_eq!(yaml_1_1, yaml_1_2, "{path} reads differently as YAML 1.1");
+    }
+}
+
 #[test]
 fn every_schema_field_is_documented() {
     fn walk(path: &str, schema: &Value, missing: &mut Vec<String>) {

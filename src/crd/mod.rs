@@ -8,6 +8,7 @@
 
 mod units;
 pub mod validate;
+mod yaml;
 
 use std::collections::BTreeMap;
 
@@ -73,7 +74,9 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("!self.stages.exists(s, has(s.minSamples)) || (has(self.analysis) && has(self.analysis.metrics) && size(self.analysis.metrics) > 0)").message("stages[].minSamples needs analysis.metrics to count samples"))]
+// `fieldPath` makes the server name `spec.stages` rather than `spec`: a CEL rule cannot
+// name the stage's index.
+#[x_kube(validation = kube::core::Rule::new("!self.stages.exists(s, has(s.minSamples)) || (has(self.analysis) && has(self.analysis.metrics) && size(self.analysis.metrics) > 0)").message("stages[].minSamples needs analysis.metrics to count samples").field_path(".stages"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.analysis) || !has(self.analysis.onError) || !has(self.analysis.onError.action) || self.analysis.onError.action != 'rollback' || (has(self.analysis.metrics) && size(self.analysis.metrics) > 0)").message("analysis.onError.action rollback needs analysis.metrics"))]
 pub struct FeatureRolloutSpec {
     /// The flag to roll out: its key, its variants, and which one is safe today.
@@ -86,7 +89,10 @@ pub struct FeatureRolloutSpec {
     /// first and are exempt), and the last stage is 100% for everybody, after which the
     /// candidate is promoted to the default.
     #[schemars(length(min = 1, max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.filter(s, !has(s.audience)).map(s, double(string(s.weight).replace('%', ''))).isSorted()").message("stage weights must never decrease (audience stages excepted)"))]
+    // Audience stages count as 0 (they come first, by the rule below): the server bounds
+    // the cost of `s.weight` only when `s` ranges over `self` itself, not over a
+    // `filter` of it.
+    #[x_kube(validation = kube::core::Rule::new("self.map(s, has(s.audience) ? 0.0 : double(string(s.weight).replace('%', ''))).isSorted()").message("stage weights must never decrease (audience stages excepted)"))]
     #[x_kube(validation = kube::core::Rule::new("!has(self[size(self) - 1].audience) && double(string(self[size(self) - 1].weight).replace('%', '')) == 100.0").message("the last stage must be 100% with no audience"))]
     #[x_kube(validation = kube::core::Rule::new("self.map(s, !has(s.audience)).isSorted()").message("audience stages must come before all other stages"))]
     #[x_kube(validation = kube::core::Rule::new("self.all(s, has(s.duration) || (!has(s.audience) && double(string(s.weight).replace('%', '')) == 100.0))").message("every stage below 100% (and every audience stage) needs a duration"))]
@@ -175,8 +181,9 @@ pub enum NotificationTrigger {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.baseline != self.candidate").message("flag.candidate must differ from flag.baseline"))]
-#[x_kube(validation = kube::core::Rule::new("self.baseline in self.variants").message("flag.baseline must name one of flag.variants"))]
-#[x_kube(validation = kube::core::Rule::new("self.candidate in self.variants").message("flag.candidate must name one of flag.variants"))]
+// That `baseline` and `candidate` name variants is a Rust-only rule (`validate`): the
+// variants' values are untyped (any JSON), and the API server gives CEL no map whose
+// values have no schema, so `self.variants` does not exist there.
 pub struct FlagSpec {
     /// The flag key, as the application evaluates it. Sluice owns this one key in the
     /// document and never changes any other. Immutable.
@@ -187,11 +194,12 @@ pub struct FlagSpec {
     /// object).
     #[schemars(schema_with = "variants_schema")]
     pub variants: BTreeMap<String, Value>,
-    /// The variant that is safe today. It is the default until promotion, what every
-    /// user gets after a rollback, and what an evaluation error falls back to.
+    /// The variant that is safe today, one of `variants`. It is the default until
+    /// promotion, what every user gets after a rollback, and what an evaluation error
+    /// falls back to.
     #[schemars(length(min = 1, max = 256))]
     pub baseline: String,
-    /// The variant being rolled out.
+    /// The variant being rolled out, one of `variants`.
     #[schemars(length(min = 1, max = 256))]
     pub candidate: String,
 }
@@ -263,9 +271,10 @@ pub struct Stage {
     /// Share of eligible users who get the candidate: a whole number of percent (`5`)
     /// or a string of percent with up to four decimals (`"0.5%"`, the `%` optional).
     pub weight: Weight,
-    /// Restricts the stage to the users this JSONLogic rule matches on the evaluation
-    /// context (e.g. `{"ends_with": [{"var": "email"}, "@example.com"]}`); everybody else
-    /// gets the baseline. Audience stages come before the general ones.
+    /// Restricts the stage to the users this JSONLogic rule (an object with exactly one
+    /// operator key) matches on the evaluation context (e.g.
+    /// `{"ends_with": [{"var": "email"}, "@example.com"]}`); everybody else gets the
+    /// baseline. Audience stages come before the general ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "json_logic_schema")]
     pub audience: Option<Value>,
@@ -305,10 +314,10 @@ fn json_logic_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
-        "x-kubernetes-validations": [{
-            "rule": "size(self) == 1",
-            "message": "an audience is one JSONLogic rule: an object with exactly one operator key"
-        }]
+        // One JSONLogic rule: exactly one operator key. A bound, not a CEL rule: the
+        // server gives CEL no size of an object whose fields have no schema.
+        "minProperties": 1,
+        "maxProperties": 1
     })
 }
 
@@ -1003,8 +1012,18 @@ pub struct HistoryEntry {
 }
 
 /// The CRD as YAML, as `sluice crd` prints it and `crds/featurerollout.yaml` holds it.
+/// Words YAML 1.1 takes for booleans (the key `on`) are quoted, so that kubectl and Helm
+/// read the same CRD.
 pub fn crd_yaml() -> String {
-    let yaml =
-        serde_yaml_ng::to_string(&FeatureRollout::crd()).expect("the CRD serializes to YAML");
+    let crd = FeatureRollout::crd();
+    let yaml = yaml::quote_yaml_1_1_words(
+        &serde_yaml_ng::to_string(&crd).expect("the CRD serializes to YAML"),
+    );
+    let read: serde_json::Value = serde_yaml_ng::from_str(&yaml).expect("the quoted CRD is YAML");
+    assert_eq!(
+        read,
+        serde_json::to_value(&crd).expect("the CRD serializes to JSON"),
+        "quoting YAML 1.1 words changed the CRD"
+    );
     format!("# Generated by `sluice crd` from src/crd. Do not edit.\n{yaml}")
 }

@@ -571,79 +571,9 @@ pub fn committed_crd() -> Value {
     serde_yaml_ng::from_str(&text).expect("the committed CRD parses")
 }
 
-/// For the controller's tests: installs the committed CRD; if the server refuses some of
-/// its CEL rules, installs it without those rules instead (printing which), so that the
-/// controller can still be tested while `tests/cluster_crd.rs` fails on the refusal.
-/// Once the server takes the committed CRD whole, nothing is removed.
+/// For the controller's tests: installs the committed CRD as it is.
 pub async fn install_feature_rollout_crd(client: &Client) {
-    let crd = committed_crd();
-    let error = match try_install_crd(client, &crd).await {
-        Ok(()) => return,
-        Err(error) => error,
-    };
-    let kube::Error::Api(status) = &error else {
-        panic!("the CRD installs: {error}");
-    };
-    let refused: Vec<String> = status
-        .details
-        .iter()
-        .flat_map(|d| d.causes.iter())
-        .map(|c| c.field.clone())
-        .filter(|f| f.ends_with(".rule"))
-        .collect();
-    assert!(!refused.is_empty(), "the CRD installs: {error}");
-    let mut stripped = crd.clone();
-    let schema = stripped
-        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema")
-        .expect("a schema");
-    let mut pointers: Vec<(String, usize)> = refused
-        .iter()
-        .map(|field| rule_pointer(field).unwrap_or_else(|| panic!("a rule path: {field}")))
-        .collect();
-    // Highest index first, so that removing one does not move the next.
-    pointers.sort_by(|a, b| b.cmp(a));
-    pointers.dedup();
-    for (pointer, index) in &pointers {
-        let rules = schema
-            .pointer_mut(pointer)
-            .and_then(Value::as_array_mut)
-            .unwrap_or_else(|| panic!("the refused rules at {pointer}"));
-        rules.remove(*index);
-    }
-    eprintln!(
-        "warning: kube-apiserver refuses the committed CRD's CEL rules at {refused:?}; \
-         the controller tests run without them (tests/cluster_crd.rs fails until they are fixed)"
-    );
-    install_crd(client, &stripped).await;
-}
-
-/// The JSON pointer (within the openAPIV3Schema) of the rules array and the rule's index
-/// for a field the server names, e.g.
-/// `spec.validation.openAPIV3Schema.properties[spec].items.x-kubernetes-validations[1].rule`.
-fn rule_pointer(field: &str) -> Option<(String, usize)> {
-    let rest = field
-        .strip_prefix("spec.validation.openAPIV3Schema")?
-        .strip_suffix(".rule")?;
-    let mut pointer = String::new();
-    let mut index = None;
-    for segment in rest.trim_start_matches('.').split('.') {
-        if let Some(name) = segment
-            .strip_prefix("properties[")
-            .and_then(|s| s.strip_suffix(']'))
-        {
-            pointer.push_str(&format!("/properties/{name}"));
-        } else if let Some(n) = segment
-            .strip_prefix("x-kubernetes-validations[")
-            .and_then(|s| s.strip_suffix(']'))
-        {
-            pointer.push_str("/x-kubernetes-validations");
-            index = Some(n.parse().ok()?);
-        } else {
-            pointer.push('/');
-            pointer.push_str(segment);
-        }
-    }
-    Some((pointer, index?))
+    install_crd(client, &committed_crd()).await;
 }
 
 /// Server-side applies each document (any kind the server serves) as the harness.

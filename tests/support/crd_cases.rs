@@ -133,13 +133,13 @@ pub fn invalid_cases() -> Vec<InvalidCase> {
             "unknown baseline variant",
             edited(&[("/spec/flag/baseline", Some(json!("of")))]),
             "spec.flag.baseline",
-            Server::Cel,
+            Server::RustOnly,
         ),
         (
             "unknown candidate variant",
             edited(&[("/spec/flag/candidate", Some(json!("yes")))]),
             "spec.flag.candidate",
-            Server::Cel,
+            Server::RustOnly,
         ),
         (
             "zero duration",
@@ -172,7 +172,13 @@ pub fn invalid_cases() -> Vec<InvalidCase> {
                 stage(json!({"ends_with": [{"var": "email"}, "@x"], "var": "email"})),
             )]),
             "spec.stages[0].audience",
-            Server::Cel,
+            Server::Schema,
+        ),
+        (
+            "audience with no operator",
+            edited(&[("/spec/stages/0/audience", stage(json!({})))]),
+            "spec.stages[0].audience",
+            Server::Schema,
         ),
         (
             "audience with an unknown operator",
