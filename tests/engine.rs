@@ -102,7 +102,7 @@ fn a_new_rollout_starts_its_first_stage() {
     assert_eq!(p.status.phase, Phase::Progressing);
     assert_eq!(p.status.stage, Some(0));
     assert_eq!(p.status.stage_name.as_deref(), Some("stage-1"));
-    assert_eq!(p.status.weight.as_deref(), Some("1%"));
+    assert_eq!(p.status.exposure.as_deref(), Some("1%"));
     assert_eq!(p.status.stage_started_at, Some(t0()));
     assert_eq!(p.flag, split(1));
     assert_eq!(reasons(&p), ["Started"]);
@@ -285,7 +285,7 @@ fn a_failing_look_rolls_back_at_once_whatever_else_holds() {
     assert!(matches!(failed.decision, Decision::Rollback { .. }));
     assert_eq!(failed.flag, Some(FlagState::Baseline));
     assert_eq!(failed.status.phase, Phase::RolledBack);
-    assert_eq!(failed.status.weight.as_deref(), Some("0%"));
+    assert_eq!(failed.status.exposure.as_deref(), Some("0%"));
     assert_eq!(reasons(&failed), ["RolledBack"]);
     assert_eq!(failed.events[0].type_, EventType::Warning);
     assert_eq!(failed.next_look, None);

@@ -244,7 +244,7 @@ async fn deletion_restores_the_baseline_unless_promoted() {
     // Promoted: the candidate stays the default.
     let promoted = FeatureRolloutStatus {
         phase: Phase::Promoted,
-        weight: Some(Weight::FULL.to_string()),
+        weight: Some(Weight::FULL),
         ..Default::default()
     };
     assert_eq!(state_on_delete(Some(&promoted)), None);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use sluice::crd::Phase;
+use sluice::crd::{Phase, Weight};
 use sluice::telemetry::{Admin, Health, Metrics, admin_router, filter, serve_admin};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
@@ -64,9 +64,15 @@ async fn metrics_carry_the_contracted_names() {
         "checkout",
         "new-checkout",
         Phase::Progressing,
-        Some("5%"),
+        Some(Weight::parse("5%").unwrap()),
     );
-    m.observe_rollout("shop", "banner", "banner", Phase::Promoted, Some("100%"));
+    m.observe_rollout(
+        "shop",
+        "banner",
+        "banner",
+        Phase::Promoted,
+        Some(Weight::FULL),
+    );
     m.analysis_took(std::time::Duration::from_millis(120));
     sluice::telemetry::observe_prometheus_query(std::time::Duration::from_millis(30));
     m.flag_written("configMap");

@@ -57,7 +57,7 @@ pub const DEFAULT_CONFIDENCE: f64 = 0.95;
     printcolumn(
         name = "Weight",
         type_ = "string",
-        json_path = ".status.weight",
+        json_path = ".status.exposure",
         description = "Share of eligible users on the candidate"
     ),
     printcolumn(
@@ -660,10 +660,27 @@ pub struct FeatureRolloutStatus {
     /// Name of the current stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_name: Option<String>,
-    /// The exposure the flag document serves now (share of eligible users on the
-    /// candidate).
+    /// The share of eligible users the flag document serves the candidate now (`"5%"`);
+    /// a share of the stage's audience only when `audience` is true.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_served_weight"
+    )]
+    #[schemars(schema_with = "served_weight_schema")]
+    pub weight: Option<Weight>,
+    /// Whether `weight` is a share of the current stage's audience only (users outside
+    /// the audience get the baseline).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audience: bool,
+    /// `weight` and `audience` for people and `kubectl get` (`"5%"`, `"5% of
+    /// audience"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<String>,
+    pub exposure: Option<String>,
+    /// The stage that waits for `control.approve`, while the phase is
+    /// `WaitingForApproval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<AwaitedStage>,
     /// When the current stage began; unset until the first stage begins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_started_at: Option<Timestamp>,
@@ -727,6 +744,50 @@ impl FeatureRolloutStatus {
             None => self.conditions.push(condition),
         }
     }
+}
+
+/// The stage a rollout waits to have approved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwaitedStage {
+    /// Its index (0-based) in `spec.stages`.
+    pub index: u32,
+    /// Its name: the value `control.approve` must take.
+    pub name: String,
+}
+
+/// How an exposure reads for people: `"5%"`, or `"5% of audience"` when only the
+/// stage's audience is eligible.
+pub fn exposure_text(weight: Weight, audience: bool) -> String {
+    if audience {
+        format!("{weight} of audience")
+    } else {
+        weight.to_string()
+    }
+}
+
+/// The schema of a served weight in status: the percentage text `Weight` writes, 0% included.
+fn served_weight_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 32,
+    })
+}
+
+/// A served weight, also in the display form older versions wrote (`"5% of audience"`),
+/// so a status written by them still reads.
+fn served_weight<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Weight, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let number = text.strip_suffix(" of audience").unwrap_or(&text);
+    Weight::parse(number).map_err(serde::de::Error::custom)
+}
+
+fn optional_served_weight<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Weight>, D::Error> {
+    #[derive(Deserialize)]
+    struct Served(#[serde(deserialize_with = "served_weight")] Weight);
+    Ok(Option::<Served>::deserialize(deserializer)?.map(|s| s.0))
 }
 
 /// A condition in the Kubernetes style.
@@ -982,8 +1043,13 @@ pub struct HistoryEntry {
     /// The stage (index) after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<u32>,
-    /// The exposure after.
-    pub weight: String,
+    /// The exposure after (share of eligible users on the candidate).
+    #[serde(deserialize_with = "served_weight")]
+    #[schemars(schema_with = "served_weight_schema")]
+    pub weight: Weight,
+    /// Whether `weight` is a share of the stage's audience only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audience: bool,
     /// A PascalCase reason, as on the Event.
     pub reason: String,
     /// Why, in a sentence.
