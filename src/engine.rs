@@ -226,6 +226,7 @@ pub fn plan(
         events: Vec::new(),
         observed_fail,
         retry_token: spec.control.retry,
+        resync: None,
     };
     p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
 
@@ -267,6 +268,7 @@ pub fn plan(
         }
     };
     p.set_condition("Ready", true, "Valid", "The spec is valid.");
+    p.resync = Some(valid.interval);
     if p.next.phase == Phase::Failed {
         p.next.phase = if p.next.stage_started_at.is_some() {
             Phase::Progressing
@@ -414,6 +416,10 @@ struct Planner {
     observed_fail: Option<AnalysisStatus>,
     /// `control.retry` in the spec being planned.
     retry_token: u32,
+    /// At most how long a running rollout goes without a reconcile (the analysis
+    /// interval), so a flag somebody else changed is repaired then, with or without
+    /// metrics; `None` for an invalid spec.
+    resync: Option<SignedDuration>,
 }
 
 impl Planner {
@@ -527,6 +533,16 @@ impl Planner {
         let phase = format!("{:?}", self.next.phase);
         let message = self.next.message.clone().unwrap_or_default();
         self.set_condition("Progressing", progressing, &phase, &message);
+        // A running rollout that serves a flag looks again within one interval, even
+        // with nothing to analyse, so somebody else's edit of its flag does not last
+        // until the stage ends (finished rollouts wait for a change).
+        let next_look = match self.resync {
+            Some(resync) if progressing && flag.is_some() => {
+                let by = self.now + resync;
+                Some(next_look.map_or(by, |n| n.min(by)))
+            }
+            _ => next_look,
+        };
         Plan {
             decision,
             status: self.next,

@@ -108,8 +108,8 @@ fn a_new_rollout_starts_its_first_stage() {
     assert_eq!(reasons(&p), ["Started"]);
     assert_eq!(
         p.next_look,
-        Some(at(10)),
-        "without metrics the next look is the stage's end"
+        Some(at(1)),
+        "without metrics the next look is one interval away (the flag is checked then), not the stage's end"
     );
     assert_eq!(p.status.history.len(), 1);
 }
@@ -407,8 +407,9 @@ fn pause_holds_and_resume_goes_on() {
     assert_eq!(p.status.phase, Phase::Paused, "no stage ends while paused");
     assert!(p.events.is_empty());
     assert_eq!(
-        p.next_look, None,
-        "without metrics a paused rollout waits for a change"
+        p.next_look,
+        Some(at(31)),
+        "without metrics a paused rollout still looks at its flag every interval"
     );
     let p = step(&s, Some(&p.status), &nothing(), at(31));
     assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
