@@ -344,6 +344,14 @@ fn an_approval_gate_waits_at_the_previous_exposure_until_approved() {
     assert_eq!(p.status.phase, Phase::WaitingForApproval);
     assert_eq!(p.status.stage, Some(1));
     assert_eq!(
+        p.status.awaiting_approval,
+        Some(sluice::crd::AwaitedStage {
+            index: 2,
+            name: "quarter".into()
+        }),
+        "the status names the stage that waits (kubectl reads it)"
+    );
+    assert_eq!(
         p.flag,
         split(5),
         "the gated stage's exposure is not applied before approval"
@@ -373,6 +381,7 @@ fn an_approval_gate_waits_at_the_previous_exposure_until_approved() {
         at(22),
     );
     assert_eq!(p.decision, Decision::Advance { from: 1, to: 2 });
+    assert_eq!(p.status.awaiting_approval, None, "nothing waits any more");
     assert_eq!(p.flag, split(25));
 }
 

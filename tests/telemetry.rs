@@ -150,3 +150,33 @@ fn the_audit_target_survives_a_quiet_filter() {
     assert!(!explicit.contains("sluice::audit=info"), "{explicit}");
     assert!(filter(Some("=garbage=")).is_err());
 }
+
+#[tokio::test]
+async fn the_weight_metric_reads_an_audience_stage_from_the_status() {
+    // An audience stage used to be "5% of audience" in status, which the metric read as 0.
+    let spec: sluice::crd::FeatureRolloutSpec = serde_yaml_ng::from_str(
+        r#"
+flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
+target: { file: { path: flags.json } }
+stages:
+  - { weight: 5, audience: { ends_with: [{ var: email }, "@example.com"] }, duration: 10m }
+  - { weight: 100 }
+"#,
+    )
+    .unwrap();
+    let now = "2026-11-24T12:00:00Z".parse().unwrap();
+    let plan = sluice::engine::plan(&spec, None, &Default::default(), now);
+    assert_eq!(plan.status.exposure.as_deref(), Some("5% of audience"));
+    assert!(plan.status.audience);
+    let admin = admin();
+    admin.metrics.observe_rollout(
+        "shop",
+        "checkout",
+        "checkout",
+        plan.status.phase,
+        plan.status.weight,
+    );
+    let (_, text) = get(&admin, "/metrics").await;
+    let sample = r#"sluice_rollout_weight{namespace="shop",name="checkout",flag="checkout"} 0.05"#;
+    assert!(text.contains(sample), "missing {sample:?} in\n{text}");
+}

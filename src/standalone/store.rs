@@ -949,4 +949,93 @@ mod tests {
             Swap::Conflict
         );
     }
+
+    /// Another process's read-modify-write of the same file: `count` times, add one to
+    /// `metadata.count`, under `flock(<file>.lock)` when `lock`, replacing the file by an
+    /// atomic rename when `rename` (else rewriting it in place).
+    fn other_writer(path: PathBuf, count: u64, lock: bool, rename: bool) {
+        let lock_path = path.with_file_name("flags.json.lock");
+        for _ in 0..count {
+            let guard = lock.then(|| {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&lock_path)
+                    .unwrap();
+                file.lock().unwrap();
+                file
+            });
+            let mut doc: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let n = doc["metadata"]["count"].as_u64().unwrap();
+            doc["metadata"]["count"] = json!(n + 1);
+            let text = doc.to_string();
+            if rename {
+                atomic_write(&path, text.as_bytes()).unwrap();
+            } else {
+                std::fs::write(&path, text).unwrap();
+            }
+            drop(guard);
+            // Paces the writer (about the 5–30 ms of the report, faster), so that Sluice's
+            // writes interleave with it rather than only conflicting.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Sluice rewrites its flag (alternating between two weights) as fast as it can while
+    /// the other writer runs; returns the other writer's count at the end and how many of
+    /// Sluice's writes landed during the race.
+    async fn race(lock: bool, rename: bool) -> (u64, u32) {
+        const COUNT: u64 = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        std::fs::write(&path, r#"{"metadata": {"count": 0}, "flags": {}}"#).unwrap();
+        let (shell, _) = file_shell(dir.path(), &path);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || other_writer(path, COUNT, lock, rename))
+        };
+        let (mut weight, mut landed) = (1, 0);
+        let split = |w| FlagState::Split {
+            candidate_weight: w,
+            audience: None,
+        };
+        while !writer.is_finished() {
+            weight = 3 - weight;
+            match shell.write_flag(&definition(), &split(weight)).await {
+                Ok(write) => landed += u32::from(write.changed),
+                Err(e) if e.category() == "conflict" => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.join().unwrap();
+        // Alone again, Sluice's write lands.
+        shell.write_flag(&definition(), &split(7)).await.unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            doc["flags"]["mine"]["targeting"]["fractional"][0][1], 7,
+            "Sluice's flag is there"
+        );
+        (doc["metadata"]["count"].as_u64().unwrap(), landed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cooperating_writers_changes_are_never_lost() {
+        for (rename, how) in [(true, "by rename"), (false, "in place")] {
+            let (count, landed) = race(true, rename).await;
+            eprintln!(
+                "with the lock, {how}: count {count} of 400, {landed} writes of Sluice's landed"
+            );
+            assert_eq!(
+                count, 400,
+                "with the lock, {how}: the other writer lost changes"
+            );
+            assert!(
+                landed >= 10,
+                "{how}: the writes did not interleave ({landed})"
+            );
+        }
+    }
 }
