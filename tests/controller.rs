@@ -138,8 +138,8 @@ async fn the_first_reconcile_adds_the_finalizer_then_creates_the_document_and_th
     assert_eq!(status.phase, Phase::Progressing);
     assert_eq!(status.exposure.as_deref(), Some("1%"));
     assert_eq!(status.observed_generation, Some(1));
-    // The next look is when the stage may end.
-    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+    // The next look is one interval away (the flag is checked then), before the stage ends.
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
 #[tokio::test]
@@ -318,7 +318,7 @@ async fn a_status_that_already_matches_causes_no_write() {
     assert!(!calls.is_empty());
     assert_eq!(writes(&calls), Vec::<String>::new(), "{:?}", lines(&calls));
     assert!(!calls.iter().any(|c| c.method == "PATCH"));
-    assert_eq!(action, Action::requeue(Duration::from_secs(540)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
 #[tokio::test]

@@ -806,6 +806,15 @@ mod tests {
         );
     }
 
+    /// The error of a baseline write to `flag_path`, which must fail.
+    async fn refusal(dir: &Path, flag_path: &Path) -> FlagWriteError {
+        let (shell, _) = file_shell(dir, flag_path);
+        shell
+            .write_flag(&definition(), &FlagState::Baseline)
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test]
     async fn special_files_are_refused_without_being_opened() {
         let dir = tempfile::tempdir().unwrap();
@@ -834,11 +843,7 @@ mod tests {
             "left alone"
         );
 
-        let (shell, _) = file_shell(dir.path(), Path::new("/dev/null"));
-        let error = shell
-            .write_flag(&definition(), &FlagState::Baseline)
-            .await
-            .unwrap_err();
+        let error = refusal(dir.path(), Path::new("/dev/null")).await;
         assert!(
             error
                 .to_string()
@@ -852,11 +857,7 @@ mod tests {
                 .is_char_device()
         );
 
-        let (shell, _) = file_shell(dir.path(), dir.path());
-        let error = shell
-            .write_flag(&definition(), &FlagState::Baseline)
-            .await
-            .unwrap_err();
+        let error = refusal(dir.path(), dir.path()).await;
         assert!(error.to_string().contains("is a directory"), "{error}");
     }
 
@@ -902,11 +903,7 @@ mod tests {
 
         let dangling = dir.path().join("dangling.json");
         std::os::unix::fs::symlink("nowhere/flags.json", &dangling).unwrap();
-        let (shell, _) = file_shell(dir.path(), &dangling);
-        let error = shell
-            .write_flag(&definition(), &FlagState::Baseline)
-            .await
-            .unwrap_err();
+        let error = refusal(dir.path(), &dangling).await;
         assert!(
             error
                 .to_string()
