@@ -117,7 +117,7 @@ pub struct LogLine {
     /// What happened, in a sentence.
     pub message: String,
     /// For flag writes: what the document now serves (`baseline`, `promoted` or the
-    /// candidate's share in millionths, as in the document).
+    /// candidate's share, `25%` or `5% of audience`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serves: Option<String>,
 }
@@ -553,14 +553,53 @@ impl FileStore {
             if now != *expected {
                 return Ok(Swap::Conflict);
             }
-            std::fs::rename(&temp, &real)
-                .map_err(|e| self.unavailable(format!("cannot replace: {e}")))?;
-            Ok(Swap::Done)
+            self.replace(&temp, &real, expected)
         })();
-        if !matches!(result, Ok(Swap::Done)) {
-            let _ = std::fs::remove_file(&temp);
-        }
+        // The temporary file, or after an exchange the file replaced.
+        let _ = std::fs::remove_file(&temp);
         result
+    }
+
+    /// Puts `temp` in place of `real`, which was at `expected` a moment ago (checked under
+    /// the lock). Where the file system can, the two are exchanged atomically
+    /// (`renameat2(RENAME_EXCHANGE)`) and the file taken out is checked: if a writer that
+    /// does not take the lock renamed its own file in between, the exchange is undone and
+    /// its file stays. A file that did not exist is created only if it still does not
+    /// (`RENAME_NOREPLACE`). Elsewhere, a plain rename.
+    fn replace(
+        &self,
+        temp: &Path,
+        real: &Path,
+        expected: &FileVersion,
+    ) -> Result<Swap, FlagWriteError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use rustix::io::Errno;
+        let flags = if expected.0.is_some() {
+            RenameFlags::EXCHANGE
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        match renameat_with(CWD, temp, CWD, real, flags) {
+            Ok(()) if expected.0.is_none() => Ok(Swap::Done),
+            Ok(()) => {
+                let (replaced, _) = self.read_real(temp)?;
+                if replaced == *expected {
+                    return Ok(Swap::Done);
+                }
+                renameat_with(CWD, temp, CWD, real, RenameFlags::EXCHANGE)
+                    .map_err(|e| self.unavailable(format!("cannot undo a replace: {e}")))?;
+                Ok(Swap::Conflict)
+            }
+            Err(Errno::EXIST) => Ok(Swap::Conflict),
+            // The file went away since the check: read again.
+            Err(Errno::NOENT) if expected.0.is_some() => Ok(Swap::Conflict),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
+                std::fs::rename(temp, real)
+                    .map_err(|e| self.unavailable(format!("cannot replace: {e}")))?;
+                Ok(Swap::Done)
+            }
+            Err(e) => Err(self.unavailable(format!("cannot replace: {e}"))),
+        }
     }
 }
 
@@ -1020,15 +1059,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cooperating_writers_changes_are_never_lost() {
-        for (rename, how) in [(true, "by rename"), (false, "in place")] {
-            let (count, landed) = race(true, rename).await;
-            eprintln!(
-                "with the lock, {how}: count {count} of 400, {landed} writes of Sluice's landed"
-            );
-            assert_eq!(
-                count, 400,
-                "with the lock, {how}: the other writer lost changes"
-            );
+        for (lock, rename, how) in [
+            (true, true, "with the lock, by rename"),
+            (true, false, "with the lock, in place"),
+            (false, true, "without the lock, by rename"),
+        ] {
+            let (count, landed) = race(lock, rename).await;
+            eprintln!("{how}: count {count} of 400, {landed} writes of Sluice's landed");
+            assert_eq!(count, 400, "{how}: the other writer lost changes");
             assert!(
                 landed >= 10,
                 "{how}: the writes did not interleave ({landed})"
