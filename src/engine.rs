@@ -25,8 +25,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::crd::validate::{ValidSpec, ValidStage};
 use crate::crd::{
-    AnalysisStatus, Approval, ErrorAction, FeatureRolloutSpec, FeatureRolloutStatus, HistoryEntry,
-    Phase, Problem, Verdict, Weight, validate,
+    AnalysisStatus, Approval, AwaitedStage, ErrorAction, FeatureRolloutSpec, FeatureRolloutStatus,
+    HistoryEntry, Phase, Problem, Verdict, Weight, exposure_text as weight_text, validate,
 };
 use crate::flagd::FlagState;
 
@@ -237,6 +237,7 @@ pub fn plan(
         events: Vec::new(),
         observed_fail,
         retry_token: spec.control.retry,
+        resync: None,
     };
     p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
 
@@ -278,6 +279,7 @@ pub fn plan(
         }
     };
     p.set_condition("Ready", true, "Valid", "The spec is valid.");
+    p.resync = Some(valid.interval);
     if p.next.phase == Phase::Failed {
         p.next.phase = if p.next.stage_started_at.is_some() {
             Phase::Progressing
@@ -340,6 +342,87 @@ pub fn plan(
     }
 }
 
+/// Why the flag could not be written, as far as planning cares: whether only a fix of
+/// the document or the spec helps, or another attempt may.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The document holds something Sluice must not overwrite (not a flagd document).
+    Document(String),
+    /// The target cannot be used where Sluice runs (a `file` target in the cluster, a
+    /// special file, ...).
+    Target(String),
+    /// The target could not be read or written (API error, conflicts past the retries,
+    /// a file system error); the shell tries again with backoff.
+    Unavailable(String),
+}
+
+impl WriteFailure {
+    /// The PascalCase reason of the `Ready=False` condition and the Warning event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            WriteFailure::Document(_) => "FlagDocumentInvalid",
+            WriteFailure::Target(_) => "TargetUnsupported",
+            WriteFailure::Unavailable(_) => "FlagWriteFailed",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            WriteFailure::Document(e) => format!(
+                "The flag document is not one Sluice can change, so the flag is left as it is: {e}. Fix or remove the document."
+            ),
+            WriteFailure::Target(e) => {
+                format!("The flag target cannot be used here, so the flag is left as it is: {e}")
+            }
+            WriteFailure::Unavailable(e) => format!("Writing the flag failed; retrying: {e}"),
+        }
+    }
+}
+
+/// The plan when the flag `planned` wanted could not be written: the status keeps the
+/// stage, phase and exposure it had (it must never claim a flag that was not written),
+/// records the look just made (so a failing verdict still rolls back at the next
+/// attempt, even when the next look is inconclusive) and says in `Ready=False` what
+/// failed. One Warning event when that condition appears. It writes no flag, and its
+/// `next_look` is `None`: the shell retries an unavailable target with backoff and waits
+/// for a change otherwise. Pure, like [`plan`].
+pub fn plan_write_failure(
+    status: Option<&FeatureRolloutStatus>,
+    planned: &Plan,
+    failure: &WriteFailure,
+    now: Timestamp,
+) -> Plan {
+    let previous = status.cloned().unwrap_or_default();
+    let reason = failure.reason();
+    let message = failure.message();
+    let mut held = previous;
+    held.last_analysis = planned.status.last_analysis.clone();
+    held.consecutive_errors = planned.status.consecutive_errors;
+    held.observed_generation = planned.status.observed_generation;
+    held.fingerprint = held.fingerprint.or(planned.status.fingerprint.clone());
+    let appeared = !held
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason);
+    held.set_condition("Ready", false, reason, &message, now);
+    let events = if appeared {
+        vec![Event {
+            type_: EventType::Warning,
+            reason,
+            message: message.clone(),
+        }]
+    } else {
+        Vec::new()
+    };
+    Plan {
+        decision: Decision::Hold { reason: message },
+        status: held,
+        flag: None,
+        events,
+        next_look: None,
+    }
+}
+
 struct Planner {
     now: Timestamp,
     prev: FeatureRolloutStatus,
@@ -349,6 +432,10 @@ struct Planner {
     observed_fail: Option<AnalysisStatus>,
     /// `control.retry` in the spec being planned.
     retry_token: u32,
+    /// At most how long a running rollout goes without a reconcile (the analysis
+    /// interval), so a flag somebody else changed is repaired then, with or without
+    /// metrics; `None` for an invalid spec.
+    resync: Option<SignedDuration>,
 }
 
 impl Planner {
@@ -363,6 +450,13 @@ impl Planner {
     fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         self.next
             .set_condition(type_, status, reason, message, self.now);
+    }
+
+    /// Sets the exposure the plan serves: `weight`, of the audience only when `audience`.
+    fn serve(&mut self, weight: Weight, audience: bool) {
+        self.next.weight = Some(weight);
+        self.next.audience = audience;
+        self.next.exposure = Some(weight_text(weight, audience));
     }
 
     fn record_analysis(&mut self, analysis: &AnalysisStatus) {
@@ -425,8 +519,11 @@ impl Planner {
         flag: Option<FlagState>,
         next_look: Option<Timestamp>,
     ) -> Plan {
-        let from = (self.prev.phase, self.prev.stage, self.prev.weight.clone());
-        let to = (self.next.phase, self.next.stage, self.next.weight.clone());
+        if self.next.phase != Phase::WaitingForApproval {
+            self.next.awaiting_approval = None;
+        }
+        let from = (self.prev.phase, self.prev.stage, self.prev.weight);
+        let to = (self.next.phase, self.next.stage, self.next.weight);
         if from != to {
             let (reason, message) = match self.events.last() {
                 Some(e) => (e.reason.to_owned(), e.message.clone()),
@@ -437,11 +534,8 @@ impl Planner {
                 from: self.prev.phase,
                 to: self.next.phase,
                 stage: self.next.stage,
-                weight: self
-                    .next
-                    .weight
-                    .clone()
-                    .unwrap_or_else(|| Weight::ZERO.to_string()),
+                weight: self.next.weight.unwrap_or(Weight::ZERO),
+                audience: self.next.audience,
                 reason,
                 message,
             });
@@ -455,6 +549,16 @@ impl Planner {
         let phase = format!("{:?}", self.next.phase);
         let message = self.next.message.clone().unwrap_or_default();
         self.set_condition("Progressing", progressing, &phase, &message);
+        // A running rollout that serves a flag looks again within one interval, even
+        // with nothing to analyse, so somebody else's edit of its flag does not last
+        // until the stage ends (finished rollouts wait for a change).
+        let next_look = match self.resync {
+            Some(resync) if progressing && flag.is_some() => {
+                let by = self.now + resync;
+                Some(next_look.map_or(by, |n| n.min(by)))
+            }
+            _ => next_look,
+        };
         Plan {
             decision,
             status: self.next,
@@ -489,7 +593,7 @@ impl Planner {
 
     fn finished(mut self, spec: &FeatureRolloutSpec) -> Plan {
         let (flag, message) = if self.next.phase == Phase::Promoted {
-            self.next.weight = Some(Weight::FULL.to_string());
+            self.serve(Weight::FULL, false);
             let message = if spec.control.abort {
                 "Promoted; control.abort does nothing after promotion: to go back, roll the old variant out as a new candidate."
             } else {
@@ -497,7 +601,7 @@ impl Planner {
             };
             (FlagState::Promoted, message.to_owned())
         } else {
-            self.next.weight = Some(Weight::ZERO.to_string());
+            self.serve(Weight::ZERO, false);
             let message = self
                 .next
                 .message
@@ -515,7 +619,7 @@ impl Planner {
         self.next.retries = self.next.retries.max(self.retry_token);
         let message = format!("Rolled back: everybody gets the baseline. {why}");
         self.next.phase = Phase::RolledBack;
-        self.next.weight = Some(Weight::ZERO.to_string());
+        self.serve(Weight::ZERO, false);
         self.next.message = Some(message.clone());
         self.event(EventType::Warning, reason, message.clone());
         self.set_condition("Held", false, reason, &message);
@@ -534,7 +638,7 @@ impl Planner {
         reason: &str,
     ) -> Plan {
         self.next.phase = phase;
-        self.next.weight = Some(Weight::ZERO.to_string());
+        self.serve(Weight::ZERO, false);
         self.next.message = Some(message.clone());
         self.set_condition("Held", true, reason, &message);
         self.finish(decision, Some(FlagState::Baseline), None)
@@ -566,6 +670,10 @@ impl Planner {
             if self.prev.phase != Phase::WaitingForApproval {
                 self.event(EventType::Normal, "AwaitingApproval", message.clone());
             }
+            self.next.awaiting_approval = Some(AwaitedStage {
+                index: 0,
+                name: first.name.clone(),
+            });
             let decision = Decision::AwaitApproval {
                 stage: first.name.clone(),
             };
@@ -581,7 +689,7 @@ impl Planner {
 
     fn promote(mut self) -> Plan {
         self.next.phase = Phase::Promoted;
-        self.next.weight = Some(Weight::FULL.to_string());
+        self.serve(Weight::FULL, false);
         let message = "Promoted: the candidate is the default for everybody.".to_owned();
         self.next.message = Some(message.clone());
         self.event(EventType::Normal, "Promoted", message.clone());
@@ -607,7 +715,7 @@ impl Planner {
             return self.promote();
         }
         self.next.phase = Phase::Progressing;
-        self.next.weight = Some(weight_text(stage));
+        self.serve(stage.weight, stage.audience.is_some());
         let message = format!("Stage {:?} began: {}.", stage.name, exposure_text(stage));
         self.event(EventType::Normal, reason, message.clone());
         // The status says what the next plans will say while the stage runs, so the
@@ -656,7 +764,7 @@ impl Planner {
         }
         let stage = &valid.stages[index];
         self.next.stage_name = Some(stage.name.clone());
-        self.next.weight = Some(weight_text(stage));
+        self.serve(stage.weight, stage.audience.is_some());
         let flag = Some(split(stage));
         let exposure = stage_fingerprint(stage);
         let mut started = started;
@@ -845,6 +953,10 @@ impl Planner {
                 self.event(EventType::Normal, "AwaitingApproval", message.clone());
             }
             self.next.phase = Phase::WaitingForApproval;
+            self.next.awaiting_approval = Some(AwaitedStage {
+                index: index as u32 + 1,
+                name: upcoming.name.clone(),
+            });
             self.next.message = Some(message.clone());
             self.set_condition("Held", true, "AwaitingApproval", &message);
             let next_look = self.analysis_look(valid);
@@ -896,13 +1008,6 @@ fn split(stage: &ValidStage) -> FlagState {
     FlagState::Split {
         candidate_weight: stage.weight.units(),
         audience: stage.audience.clone(),
-    }
-}
-
-fn weight_text(stage: &ValidStage) -> String {
-    match stage.audience {
-        Some(_) => format!("{} of audience", stage.weight),
-        None => stage.weight.to_string(),
     }
 }
 

@@ -303,6 +303,88 @@ pub fn flag_in_document(document: &str, key: &str) -> Result<Option<Value>, Flag
     }
 }
 
+/// What a document serves for Sluice's flag, read back from it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Served {
+    /// The document (or its `flags`) has no entry under the key.
+    Absent,
+    /// The entry is what [`render_flag`] gives for this state (any `metadata` aside).
+    State(FlagState),
+    /// The entry is something Sluice did not render (edited by hand, other variants).
+    Unrecognized,
+}
+
+impl Served {
+    /// The exposure for audit lines: `"30%"`, `"5% of audience"`, `"0%"` (baseline),
+    /// `"100%"` (promoted), `"absent"` or `"unrecognized"`.
+    pub fn exposure(&self) -> String {
+        match self {
+            Served::Absent => "absent".into(),
+            Served::Unrecognized => "unrecognized".into(),
+            Served::State(state) => state.exposure(),
+        }
+    }
+}
+
+impl FlagState {
+    /// The exposure this state serves, for people: `"30%"`, `"5% of audience"`, `"0%"`
+    /// (baseline), `"100%"` (promoted).
+    pub fn exposure(&self) -> String {
+        use crate::crd::{Weight, exposure_text};
+        match self {
+            FlagState::Baseline => Weight::ZERO.to_string(),
+            FlagState::Promoted => Weight::FULL.to_string(),
+            FlagState::Split {
+                candidate_weight,
+                audience,
+            } => exposure_text(
+                Weight::from_units(*candidate_weight).unwrap_or(Weight::FULL),
+                audience.is_some(),
+            ),
+        }
+    }
+}
+
+/// Reads back what a document serves for the flag `def` describes: the [`FlagState`]
+/// whose rendering the entry is (its `metadata` aside), [`Served::Absent`] or
+/// [`Served::Unrecognized`]. Shape errors as [`merge_flag`].
+pub fn served(document: Option<&str>, def: &FlagDefinition) -> Result<Served, FlagdError> {
+    let Some(Value::Object(mut flag)) = flag_in_document(document.unwrap_or_default(), &def.key)?
+    else {
+        return Ok(Served::Absent);
+    };
+    flag.remove("metadata");
+    let fractional = |rule: &Value| -> Option<u32> {
+        let buckets = rule.get("fractional")?.as_array()?;
+        let weight = buckets.first()?.get(1)?.as_u64()?;
+        u32::try_from(weight).ok()
+    };
+    let state = match flag.get("targeting") {
+        None => match flag.get("defaultVariant").and_then(Value::as_str) {
+            Some(v) if v == def.baseline => Some(FlagState::Baseline),
+            Some(v) if v == def.candidate => Some(FlagState::Promoted),
+            _ => None,
+        },
+        Some(targeting) => match targeting.get("if").and_then(Value::as_array) {
+            Some(parts) if parts.len() == 3 => {
+                fractional(&parts[1]).map(|candidate_weight| FlagState::Split {
+                    candidate_weight,
+                    audience: Some(parts[0].clone()),
+                })
+            }
+            Some(_) => None,
+            None => fractional(targeting).map(|candidate_weight| FlagState::Split {
+                candidate_weight,
+                audience: None,
+            }),
+        },
+    };
+    Ok(match state {
+        Some(state) if render_flag(def, &state) == Value::Object(flag) => Served::State(state),
+        _ => Served::Unrecognized,
+    })
+}
+
 /// Parses a document and checks the shape Sluice relies on: an object whose `flags`, if
 /// present, is an object.
 fn parse_document(text: &str) -> Result<Map<String, Value>, FlagdError> {
@@ -789,6 +871,35 @@ mod tests {
             "the flag to write under `new-checkout` must be a JSON object, found an array"
         );
         assert_eq!(err.category(), "InvalidFlag");
+    }
+
+    #[test]
+    fn reads_back_what_a_document_serves() {
+        let def = definition();
+        for state in [
+            FlagState::Baseline,
+            split(300_000),
+            FlagState::Split {
+                candidate_weight: 50_000,
+                audience: Some(json!({ "in": ["@example.com", { "var": "email" }] })),
+            },
+            FlagState::Promoted,
+        ] {
+            let text = merge_flag(Some(SHARED), &def.key, render_flag(&def, &state)).unwrap();
+            assert_eq!(
+                served(Some(&text), &def).unwrap(),
+                Served::State(state.clone())
+            );
+        }
+        assert_eq!(served(None, &def).unwrap(), Served::Absent);
+        assert_eq!(served(Some("{}"), &def).unwrap(), Served::Absent);
+        let mut edited = render_flag(&def, &split(300_000));
+        edited["variants"]["on"] = json!("yes");
+        let text = merge_flag(None, &def.key, edited).unwrap();
+        assert_eq!(served(Some(&text), &def).unwrap(), Served::Unrecognized);
+        assert_eq!(split(300_000).exposure(), "30%");
+        assert_eq!(Served::Absent.exposure(), "absent");
+        assert!(served(Some("[]"), &def).is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Sluice rolls a feature flag out in stages and rolls it back on harm.
 //!
 //! The crate is organised by concern: [`crd`] holds the `FeatureRollout` resource and its
-//! validation, [`engine`] the pure rollout decisions, [`flagd`] the flag documents,
+//! validation, [`engine`] the pure rollout decisions, [`flagd`] the flag documents
+//! (and [`flag_store`] the one compare-and-swap write into wherever they live),
 //! [`prometheus`] the metrics queries and [`analysis`] the statistics that judge them.
 //! [`reconcile`] is one observe-decide-act step, shared by the two shells: the Kubernetes
 //! [`controller`] (with [`telemetry`] and the [`rbac`] it needs) and [`standalone`] mode.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod engine;
+pub mod flag_store;
 pub mod flagd;
 pub mod kubectl;
 pub mod manifest;

@@ -12,9 +12,13 @@
 //! the plan is a pure function of the persisted status, so it renders the same flag.
 //!
 //! When the flag cannot be written (a document that is not flagd's, a failing API), the
-//! status does not move to what the plan wanted: it keeps the stage it had, records the
-//! look (so a failing verdict still rolls back at the next attempt, even when the next
-//! look is inconclusive) and says why in the `Ready` condition.
+//! engine plans what to persist instead ([`engine::plan_write_failure`]): the stage it
+//! had, the look just made (so a failing verdict still rolls back at the next attempt,
+//! even when the next look is inconclusive) and why, in the `Ready` condition.
+//!
+//! Every reconcile writes the flag the plan wants (the write is skipped when the document
+//! already says it), so a flag changed or deleted by somebody else is repaired at the next
+//! reconcile, with an audit line that says what the document served.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +27,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use serde_json::Value;
 
 use crate::analysis::judge::{self, Observed};
 use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
@@ -32,8 +35,9 @@ use crate::crd::{
     AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, Problem, PrometheusSpec,
     validate,
 };
-use crate::engine::{self, Decision, Event, EventType, Observations};
-use crate::flagd::{FlagDefinition, FlagState, FlagdError, render_flag};
+use crate::engine::{self, Decision, Event, Observations, WriteFailure};
+use crate::flag_store::FlagWrite;
+use crate::flagd::{FlagDefinition, FlagState, FlagdError, Served};
 use crate::notify::Notifier;
 use crate::prometheus::PrometheusClient;
 
@@ -60,6 +64,17 @@ pub enum FlagWriteError {
 }
 
 impl FlagWriteError {
+    /// The failure as the engine plans on it.
+    pub fn failure(&self) -> WriteFailure {
+        match self {
+            FlagWriteError::Document(e) => WriteFailure::Document(e.to_string()),
+            FlagWriteError::Target(e) => WriteFailure::Target(e.clone()),
+            FlagWriteError::Unavailable { message, .. } => {
+                WriteFailure::Unavailable(message.clone())
+            }
+        }
+    }
+
     /// A bounded name for metrics labels and event reasons.
     pub fn category(&self) -> &'static str {
         match self {
@@ -108,14 +123,15 @@ impl Error {
 /// Where one rollout's flag and status live: the part of a reconcile that differs
 /// between the controller and standalone mode.
 pub trait Shell {
-    /// Writes `flag` under `flags[key]` of the rollout's flag document, keeping every other
-    /// flag and member, with optimistic concurrency. Returns whether the document changed
-    /// (false when it already held this flag: no write was made).
+    /// Makes the rollout's flag document serve `flag` in `state`, keeping every other flag
+    /// and member: [`crate::flag_store::write_flag`] on the store of the rollout's
+    /// target (compare-and-swap, bounded retries). Says whether the document changed and
+    /// what it served before.
     fn write_flag(
         &self,
-        key: &str,
-        flag: &Value,
-    ) -> impl Future<Output = Result<bool, FlagWriteError>> + Send;
+        flag: &FlagDefinition,
+        state: &FlagState,
+    ) -> impl Future<Output = Result<FlagWrite, FlagWriteError>> + Send;
 
     /// Writes the rollout's status. Only called when it changed.
     fn write_status(
@@ -340,22 +356,35 @@ pub async fn reconcile<S: Shell>(
     let previous = rollout.status.cloned().unwrap_or_default();
 
     // 1. The flag, before the status that claims it.
-    let mut flag_changed = false;
+    let mut written = None;
     if let Some(state) = &plan.flag {
-        let definition = definition(spec);
-        let flag = render_flag(&definition, state);
-        match shell.write_flag(&definition.key, &flag).await {
-            Ok(changed) => flag_changed = changed,
+        match shell.write_flag(&definition(spec), state).await {
+            Ok(write) => written = Some((write, state)),
             Err(error) => {
-                let held =
-                    hold_on_write_failure(shell, &previous, &plan.status, &error, now).await?;
-                if let (Some(notifier), Some((status, event))) = (&context.notifier, held) {
-                    notifier.notify(&rollout.id, spec, &previous, &status, &[event], now);
+                let held = engine::plan_write_failure(rollout.status, &plan, &error.failure(), now);
+                for event in &held.events {
+                    shell.publish(event).await;
+                }
+                if held.status != previous {
+                    shell.write_status(&held.status).await?;
+                }
+                if let Some(notifier) = &context.notifier
+                    && !held.events.is_empty()
+                {
+                    notifier.notify(
+                        &rollout.id,
+                        spec,
+                        &previous,
+                        &held.status,
+                        &held.events,
+                        now,
+                    );
                 }
                 return Err(Error::WriteFlag(error));
             }
         }
     }
+    let flag_changed = written.as_ref().is_some_and(|(w, _)| w.changed);
 
     // 2. The status, only when it changed (no write, no watch event, no wake-up).
     let status_written = plan.status != previous || rollout.status.is_none();
@@ -367,8 +396,8 @@ pub async fn reconcile<S: Shell>(
     for event in &plan.events {
         shell.publish(event).await;
     }
-    if flag_changed {
-        audit(&rollout, &previous, &plan.status, &plan.decision);
+    if let Some((write, state)) = written.as_ref().filter(|(w, _)| w.changed) {
+        audit(&rollout, &previous, &plan, &write.before, state);
     }
     // 4. Notifications, in the background.
     if let Some(notifier) = &context.notifier {
@@ -420,20 +449,18 @@ pub async fn release<S: Shell>(
         // A flag that cannot be rendered was never written by Sluice.
         return Ok(false);
     }
-    let changed = shell
-        .write_flag(&definition.key, &render_flag(&definition, &state))
-        .await?;
-    if changed {
+    let write = shell.write_flag(&definition, &state).await?;
+    if write.changed {
         tracing::info!(
             target: "sluice::audit",
             flag = %definition.key,
-            from_weight = status.and_then(|s| s.weight.as_deref()).unwrap_or("0%"),
-            to_weight = "0%",
+            from_weight = %write.before.exposure(),
+            to_weight = %state.exposure(),
             reason = "deleted",
             "flag changed: the rollout was deleted, everybody gets the baseline"
         );
     }
-    Ok(changed)
+    Ok(write.changed)
 }
 
 /// The flag as the spec defines it (also for a spec that fails other checks).
@@ -464,64 +491,37 @@ fn unreachable_look(
     judge::judge_look(spec, valid, at, observed, None, previous)
 }
 
-/// The status written when the flag could not be: the previous stage and exposure, the
-/// look just made (a failing one rolls back at the next attempt), and `Ready=False`
-/// saying what to fix. One Warning event when that condition appears: returned with the
-/// status written, for the notifier.
-async fn hold_on_write_failure<S: Shell>(
-    shell: &S,
-    previous: &FeatureRolloutStatus,
-    planned: &FeatureRolloutStatus,
-    error: &FlagWriteError,
-    now: Timestamp,
-) -> Result<Option<(FeatureRolloutStatus, Event)>, Error> {
-    let (reason, message) = match error {
-        FlagWriteError::Document(e) => (
-            "FlagDocumentInvalid",
-            format!(
-                "The flag document is not one Sluice can change, so the flag is left as it is: {e}. Fix or remove the document."
-            ),
-        ),
-        FlagWriteError::Target(e) => (
-            "TargetUnsupported",
-            format!("The flag target cannot be used here, so the flag is left as it is: {e}"),
-        ),
-        FlagWriteError::Unavailable { message, .. } => (
-            "FlagWriteFailed",
-            format!("Writing the flag failed; retrying: {message}"),
-        ),
-    };
-    let mut held = previous.clone();
-    held.last_analysis = planned.last_analysis.clone();
-    held.consecutive_errors = planned.consecutive_errors;
-    held.observed_generation = planned.observed_generation;
-    held.fingerprint = held.fingerprint.or(planned.fingerprint.clone());
-    let appeared = !held
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason);
-    held.set_condition("Ready", false, reason, &message, now);
-    let event = appeared.then(|| Event {
-        type_: EventType::Warning,
-        reason,
-        message: message.clone(),
-    });
-    if let Some(event) = &event {
-        shell.publish(event).await;
-    }
-    if held != *previous {
-        shell.write_status(&held).await?;
-    }
-    Ok(event.map(|e| (held, e)))
-}
-
-/// One structured line per flag change, on its own target (`sluice::audit`).
+/// One structured line per flag change, on its own target (`sluice::audit`): what the
+/// document served before (read from it, not from the status, which may be missing or
+/// stale) and what it serves now. A change the plan did not make (the status already
+/// claimed this exposure) repairs somebody else's edit: reason `drift_repaired`.
 fn audit(
     rollout: &Rollout<'_>,
     previous: &FeatureRolloutStatus,
-    next: &FeatureRolloutStatus,
-    decision: &Decision,
+    plan: &engine::Plan,
+    before: &Served,
+    state: &FlagState,
 ) {
+    let next = &plan.status;
+    let claimed = rollout.status.is_some_and(|s| {
+        (s.phase, s.stage, s.weight, s.audience)
+            == (next.phase, next.stage, next.weight, next.audience)
+    });
+    let (reason, message) = if claimed {
+        (
+            "drift_repaired",
+            format!(
+                "the document served {} instead of the rollout's {}: repaired",
+                before.exposure(),
+                state.exposure()
+            ),
+        )
+    } else {
+        (
+            plan.decision.kind(),
+            next.message.clone().unwrap_or_default(),
+        )
+    };
     let verdict = next
         .last_analysis
         .as_ref()
@@ -538,13 +538,13 @@ fn audit(
         namespace = rollout.id.namespace,
         rollout = rollout.id.name,
         flag = %rollout.spec.flag.key,
-        from_weight = previous.weight.as_deref().unwrap_or("0%"),
-        to_weight = next.weight.as_deref().unwrap_or("0%"),
+        from_weight = %before.exposure(),
+        to_weight = %state.exposure(),
+        from_phase = ?previous.phase,
         phase = ?next.phase,
         stage = next.stage_name.as_deref().unwrap_or_default(),
-        reason = decision.kind(),
+        reason,
         verdict = %verdict,
-        "flag changed: {}",
-        next.message.as_deref().unwrap_or_default()
+        "flag changed: {message}"
     );
 }

@@ -26,7 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::{Phase, parse_percent};
+use crate::crd::{Phase, Weight};
 
 /// The target that carries the audit trail: one line per flag change.
 pub const AUDIT_TARGET: &str = "sluice::audit";
@@ -275,16 +275,17 @@ impl Metrics {
         }
     }
 
-    /// Records a rollout's phase and exposure (`weight` as in status, e.g. `"5%"`).
+    /// Records a rollout's phase and exposure (`status.weight`: the candidate's share of
+    /// the eligible users, of the audience for an audience stage).
     pub fn observe_rollout(
         &self,
         namespace: &str,
         name: &str,
         flag: &str,
         phase: Phase,
-        weight: Option<&str>,
+        weight: Option<Weight>,
     ) {
-        let fraction = weight.and_then(|w| parse_percent(w).ok()).unwrap_or(0.0);
+        let fraction = weight.map_or(0.0, Weight::fraction);
         let key = (namespace.to_owned(), name.to_owned());
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, old_flag)) = phases.insert(key, (phase, flag.to_owned()))

@@ -160,7 +160,7 @@ async fn a_rollout_with_a_config_map_target_advances_to_promotion() {
         .await
         .unwrap()
         .history;
-    let weights: Vec<&str> = history.iter().map(|h| h.weight.as_str()).collect();
+    let weights: Vec<String> = history.iter().map(|h| h.weight.to_string()).collect();
     assert_eq!(weights, vec!["10%", "50%", "100%"]);
     cluster.stop().await;
 }

@@ -186,7 +186,7 @@ impl Release {
         })
         .await;
         let history = status_of(&self.rollouts(), name).await.unwrap().history;
-        let weights: Vec<&str> = history.iter().map(|h| h.weight.as_str()).collect();
+        let weights: Vec<String> = history.iter().map(|h| h.weight.to_string()).collect();
         assert_eq!(
             weights,
             vec!["10%", "50%", "100%"],

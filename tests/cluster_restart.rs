@@ -76,13 +76,17 @@ async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
     })
     .await;
     let history = status_of(&rollouts, "checkout").await.unwrap().history;
-    let stages: Vec<(Option<u32>, &str)> = history
+    let stages: Vec<(Option<u32>, String)> = history
         .iter()
-        .map(|h| (h.stage, h.weight.as_str()))
+        .map(|h| (h.stage, h.weight.to_string()))
         .collect();
     assert_eq!(
         stages,
-        vec![(Some(0), "10%"), (Some(1), "50%"), (Some(2), "100%")],
+        vec![
+            (Some(0), "10%".to_owned()),
+            (Some(1), "50%".to_owned()),
+            (Some(2), "100%".to_owned())
+        ],
         "every stage once, in order\n{}",
         controller.log()
     );

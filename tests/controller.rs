@@ -136,10 +136,10 @@ async fn the_first_reconcile_adds_the_finalizer_then_creates_the_document_and_th
     assert_eq!(flag["defaultVariant"], "off");
     let status = h.status("checkout").unwrap();
     assert_eq!(status.phase, Phase::Progressing);
-    assert_eq!(status.weight.as_deref(), Some("1%"));
+    assert_eq!(status.exposure.as_deref(), Some("1%"));
     assert_eq!(status.observed_generation, Some(1));
-    // The next look is when the stage may end.
-    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+    // The next look is one interval away (the flag is checked then), before the stage ends.
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
 #[tokio::test]
@@ -198,7 +198,10 @@ async fn a_conflict_is_retried_and_merged_with_the_other_writers_change() {
     let document: Value =
         serde_json::from_str(stored["data"]["flags.json"].as_str().unwrap()).unwrap();
     assert!(document["$evaluators"]["staff"].is_object());
-    assert_eq!(h.status("checkout").unwrap().weight.as_deref(), Some("1%"));
+    assert_eq!(
+        h.status("checkout").unwrap().exposure.as_deref(),
+        Some("1%")
+    );
 }
 
 #[tokio::test]
@@ -315,7 +318,7 @@ async fn a_status_that_already_matches_causes_no_write() {
     assert!(!calls.is_empty());
     assert_eq!(writes(&calls), Vec::<String>::new(), "{:?}", lines(&calls));
     assert!(!calls.iter().any(|c| c.method == "PATCH"));
-    assert_eq!(action, Action::requeue(Duration::from_secs(540)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
 }
 
 #[tokio::test]
@@ -330,7 +333,10 @@ async fn stages_advance_and_deletion_restores_the_baseline_then_removes_the_fina
     h.reconcile("checkout").await.unwrap();
     h.set_now(at(10));
     h.reconcile("checkout").await.unwrap();
-    assert_eq!(h.status("checkout").unwrap().weight.as_deref(), Some("5%"));
+    assert_eq!(
+        h.status("checkout").unwrap().exposure.as_deref(),
+        Some("5%")
+    );
     assert_eq!(
         candidate_weight(&h.config_map_flag("shop-flags", "checkout").unwrap()),
         json!(["on", 50_000])

@@ -89,7 +89,10 @@ async fn only_the_leader_writes_and_a_new_leader_continues_from_status() {
     assert_eq!(error.category(), "not_leader");
     assert_eq!(h.api.take_calls().len(), 0, "not even a read");
     h.reconcile_with("checkout", a.state.clone()).await.unwrap();
-    assert_eq!(h.status("checkout").unwrap().weight.as_deref(), Some("1%"));
+    assert_eq!(
+        h.status("checkout").unwrap().exposure.as_deref(),
+        Some("1%")
+    );
     h.api.take_calls();
 
     // The leader renews; the follower sees the record change and keeps following.
@@ -133,7 +136,7 @@ async fn only_the_leader_writes_and_a_new_leader_continues_from_status() {
     assert_eq!(b.elector.step().await.unwrap(), Step::Leading);
     h.reconcile_with("checkout", b.state.clone()).await.unwrap();
     let status = h.status("checkout").unwrap();
-    assert_eq!(status.weight.as_deref(), Some("5%"));
+    assert_eq!(status.exposure.as_deref(), Some("5%"));
     assert_eq!(status.stage, Some(1));
     assert_eq!(status.history.len(), 2, "{:#?}", status.history);
     assert_eq!(status.phase, Phase::Progressing);

@@ -131,7 +131,7 @@ async fn a_healthy_rollout_goes_through_every_stage_to_promotion() {
     let entered: Vec<(Option<u32>, String)> = status
         .history
         .iter()
-        .map(|e| (e.stage, e.weight.clone()))
+        .map(|e| (e.stage, e.weight.to_string()))
         .collect();
     assert_eq!(
         entered,

@@ -123,7 +123,7 @@ async fn run(crash: Option<Crash>) -> Trace {
     trace.history = status
         .history
         .iter()
-        .map(|e| (e.from, e.to, e.stage, e.weight.clone()))
+        .map(|e| (e.from, e.to, e.stage, e.weight.to_string()))
         .collect();
     assert!(h.api.get(&config_map_path("shop-flags")).is_some());
     trace

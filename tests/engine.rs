@@ -104,14 +104,14 @@ fn a_new_rollout_starts_its_first_stage() {
     assert_eq!(p.status.phase, Phase::Progressing);
     assert_eq!(p.status.stage, Some(0));
     assert_eq!(p.status.stage_name.as_deref(), Some("stage-1"));
-    assert_eq!(p.status.weight.as_deref(), Some("1%"));
+    assert_eq!(p.status.exposure.as_deref(), Some("1%"));
     assert_eq!(p.status.stage_started_at, Some(t0()));
     assert_eq!(p.flag, split(1));
     assert_eq!(reasons(&p), ["Started"]);
     assert_eq!(
         p.next_look,
-        Some(at(10)),
-        "without metrics the next look is the stage's end"
+        Some(at(1)),
+        "without metrics the next look is one interval away (the flag is checked then), not the stage's end"
     );
     assert_eq!(p.status.history.len(), 1);
 }
@@ -287,7 +287,7 @@ fn a_failing_look_rolls_back_at_once_whatever_else_holds() {
     assert!(matches!(failed.decision, Decision::Rollback { .. }));
     assert_eq!(failed.flag, Some(FlagState::Baseline));
     assert_eq!(failed.status.phase, Phase::RolledBack);
-    assert_eq!(failed.status.weight.as_deref(), Some("0%"));
+    assert_eq!(failed.status.exposure.as_deref(), Some("0%"));
     assert_eq!(reasons(&failed), ["RolledBack"]);
     assert_eq!(failed.events[0].type_, EventType::Warning);
     assert_eq!(failed.next_look, None);
@@ -346,6 +346,14 @@ fn an_approval_gate_waits_at_the_previous_exposure_until_approved() {
     assert_eq!(p.status.phase, Phase::WaitingForApproval);
     assert_eq!(p.status.stage, Some(1));
     assert_eq!(
+        p.status.awaiting_approval,
+        Some(sluice::crd::AwaitedStage {
+            index: 2,
+            name: "quarter".into()
+        }),
+        "the status names the stage that waits (kubectl reads it)"
+    );
+    assert_eq!(
         p.flag,
         split(5),
         "the gated stage's exposure is not applied before approval"
@@ -375,6 +383,7 @@ fn an_approval_gate_waits_at_the_previous_exposure_until_approved() {
         at(22),
     );
     assert_eq!(p.decision, Decision::Advance { from: 1, to: 2 });
+    assert_eq!(p.status.awaiting_approval, None, "nothing waits any more");
     assert_eq!(p.flag, split(25));
 }
 
@@ -409,8 +418,9 @@ fn pause_holds_and_resume_goes_on() {
     assert_eq!(p.status.phase, Phase::Paused, "no stage ends while paused");
     assert!(p.events.is_empty());
     assert_eq!(
-        p.next_look, None,
-        "without metrics a paused rollout waits for a change"
+        p.next_look,
+        Some(at(31)),
+        "without metrics a paused rollout still looks at its flag every interval"
     );
     let p = step(&s, Some(&p.status), &nothing(), at(31));
     assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });

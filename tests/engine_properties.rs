@@ -1,7 +1,9 @@
 //! Properties of the engine over random valid specs and random sequences of time,
 //! verdicts and user actions: no stage is ever skipped; exposure never exceeds the
 //! current stage's weight; a `Fail` verdict always serves only the baseline; a finished
-//! rollout stays finished; planning twice from the same inputs gives the same plan.
+//! rollout stays finished; planning twice from the same inputs gives the same plan. When
+//! the flag write fails ([`plan_write_failure`]), the status never claims the flag that
+//! was not written, and a rollback it held up is not lost.
 //!
 //! The random source has a fixed seed, printed by the test, so a failure reproduces.
 
@@ -15,7 +17,7 @@ use sluice::crd::{
     FileTarget, FlagSpec, MetricSpec, OnError, Phase, RatioMetric, Stage, Target, Tolerance,
     Verdict, Weight,
 };
-use sluice::engine::{Observations, plan};
+use sluice::engine::{Observations, WriteFailure, plan, plan_write_failure};
 use sluice::flagd::FlagState;
 
 const SEED: [u8; 32] = *b"sluice-engine-properties-seed-01";
@@ -174,6 +176,8 @@ struct Step {
     abort: Option<bool>,
     retry: bool,
     approve: Option<usize>,
+    /// The flag write of this step's plan fails.
+    write_fails: Option<WriteFailure>,
 }
 
 fn steps() -> impl Strategy<Value = Vec<Step>> {
@@ -192,9 +196,17 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::option::weighted(0.05, any::<bool>()),
         prop::bool::weighted(0.05),
         prop::option::weighted(0.2, 0usize..8),
+        prop::option::weighted(
+            0.15,
+            prop_oneof![
+                Just(WriteFailure::Unavailable("the API server is away".into())),
+                Just(WriteFailure::Document("not a flagd document".into())),
+                Just(WriteFailure::Target("a FIFO".into())),
+            ],
+        ),
     )
         .prop_map(
-            |(minutes, verdict, samples, paused, abort, retry, approve)| Step {
+            |(minutes, verdict, samples, paused, abort, retry, approve, write_fails)| Step {
                 minutes,
                 verdict,
                 samples,
@@ -202,6 +214,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
                 abort,
                 retry,
                 approve,
+                write_fails,
             },
         );
     prop::collection::vec(step, 1..60)
@@ -233,6 +246,8 @@ fn stage_weight(spec: &FeatureRolloutSpec, index: u32) -> Weight {
 fn check_run(mut spec: FeatureRolloutSpec, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut now: Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
     let mut status: Option<FeatureRolloutStatus> = None;
+    // A rollback for a failing look whose flag write failed: the next plan must roll back.
+    let mut held_rollback = false;
     for step in steps {
         now += SignedDuration::from_mins(step.minutes);
         if let Some(p) = step.paused {
@@ -256,6 +271,16 @@ fn check_run(mut spec: FeatureRolloutSpec, steps: Vec<Step>) -> Result<(), TestC
             &plan(&spec, status.as_ref(), &obs, now),
             "planning twice differs"
         );
+
+        if held_rollback && step.verdict.is_none() {
+            prop_assert_eq!(
+                &p.flag,
+                &Some(FlagState::Baseline),
+                "a rollback held up by a failed write was lost: {:?}",
+                p.decision
+            );
+        }
+        held_rollback = false;
 
         let prev_phase = status.as_ref().map_or(Phase::Pending, |s| s.phase);
         let prev_stage = status.as_ref().and_then(|s| s.stage);
@@ -368,6 +393,46 @@ fn check_run(mut spec: FeatureRolloutSpec, steps: Vec<Step>) -> Result<(), TestC
             None => prop_assert!(false, "a valid spec must say what the flag serves"),
         }
 
+        if let Some(failure) = &step.write_fails {
+            let held = plan_write_failure(status.as_ref(), &p, failure, now);
+            prop_assert_eq!(
+                &held,
+                &plan_write_failure(status.as_ref(), &p, failure, now),
+                "planning a failed write twice differs"
+            );
+            let before = status.clone().unwrap_or_default();
+            let claim = |s: &FeatureRolloutStatus| {
+                (
+                    s.phase,
+                    s.stage,
+                    s.weight,
+                    s.audience,
+                    s.stage_started_at,
+                    s.history.clone(),
+                )
+            };
+            prop_assert_eq!(
+                claim(&held.status),
+                claim(&before),
+                "a failed write moved the status"
+            );
+            prop_assert_eq!(&held.flag, &None);
+            prop_assert_eq!(&held.status.last_analysis, &p.status.last_analysis);
+            let ready = held.status.conditions.iter().find(|c| c.type_ == "Ready");
+            prop_assert!(
+                ready.is_some_and(|c| c.status == "False" && c.reason == failure.reason()),
+                "Ready must say the write failed: {:?}",
+                ready
+            );
+            // Looks are made only while a stage runs.
+            let running = matches!(
+                prev_phase,
+                Phase::Progressing | Phase::Paused | Phase::WaitingForApproval
+            );
+            held_rollback = fail_counts && running && p.status.phase == Phase::RolledBack;
+            status = Some(held.status);
+            continue;
+        }
         status = Some(p.status);
     }
     Ok(())

@@ -46,7 +46,7 @@ analysis:
 
 /// History every started rollout shares: the audience stage, then the canary.
 const STARTED: &str = r#"
-- { at: "2026-11-24T12:00:00Z", from: Pending, to: Progressing, stage: 0, weight: "100% of audience", reason: Started, message: 'Stage "internal" began: 100% of the audience on the candidate.' }
+- { at: "2026-11-24T12:00:00Z", from: Pending, to: Progressing, stage: 0, weight: "100%", audience: true, reason: Started, message: 'Stage "internal" began: 100% of the audience on the candidate.' }
 - { at: "2026-11-24T12:10:00Z", from: Progressing, to: Progressing, stage: 1, weight: "5%", reason: StageAdvanced, message: 'Stage "canary" began: 5% of users on the candidate.' }
 "#;
 
@@ -137,6 +137,7 @@ fn rollout(name: &str, phase: Option<&str>) -> Value {
         "stage": 1,
         "stageName": "canary",
         "weight": "5%",
+        "exposure": "5%",
         "stageStartedAt": "2026-11-24T12:10:00Z",
         "observedGeneration": 3,
         "retries": 0,
@@ -186,6 +187,7 @@ fn rollout(name: &str, phase: Option<&str>) -> Value {
         "WaitingForApproval" => {
             let message = "Stage \"canary\" is done; stage \"wide\" waits for approval: set control.approve to \"wide\".";
             status["message"] = json!(message);
+            status["awaitingApproval"] = json!({ "index": 2, "name": "wide" });
             status["lastAnalysis"] = analysis(
                 "Pass",
                 "no evidence of harm",
@@ -243,6 +245,7 @@ fn rollout(name: &str, phase: Option<&str>) -> Value {
             status["stage"] = json!(3);
             status["stageName"] = json!("everyone");
             status["weight"] = json!("100%");
+            status["exposure"] = json!("100%");
             status["stageStartedAt"] = json!("2026-11-24T12:25:00Z");
             status["message"] = json!(message);
             status["conditions"] = json!([
@@ -263,6 +266,7 @@ fn rollout(name: &str, phase: Option<&str>) -> Value {
         "RolledBack" => {
             let message = "Rolled back: everybody gets the baseline. The analysis failed: error-rate: the candidate's error rate exceeds the baseline's by more than 10% (lower bound +0.9120 points)";
             status["weight"] = json!("0%");
+            status["exposure"] = json!("0%");
             status["retries"] = json!(1);
             object["spec"]["control"] = json!({ "retry": 1 });
             status["message"] = json!(message);
@@ -539,6 +543,8 @@ async fn each_control_patches_exactly_its_spec_control_fields() {
             r["status"]["stage"] = json!(0);
             r["status"]["stageName"] = json!("internal");
             r["status"]["weight"] = json!("0%");
+            r["status"]["exposure"] = json!("0%");
+            r["status"]["awaitingApproval"] = json!({ "index": 0, "name": "internal" });
             r["status"]
                 .as_object_mut()
                 .unwrap()

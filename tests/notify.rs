@@ -17,7 +17,7 @@ use serde_json::Value;
 use sluice::analysis::look::RolloutRef;
 use sluice::crd::{
     AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, NotificationTrigger, Phase,
-    SampleRatio, Verdict,
+    SampleRatio, Verdict, Weight,
 };
 use sluice::engine::{Decision, Event, EventType};
 use sluice::notify::{Notifier, NotifierConfig, Webhook, notifications};
@@ -379,7 +379,8 @@ fn running_status() -> FeatureRolloutStatus {
         phase: Phase::Progressing,
         stage: Some(0),
         stage_name: Some("canary".into()),
-        weight: Some("5%".into()),
+        weight: Weight::from_units(50_000),
+        exposure: Some("5%".into()),
         stage_started_at: Some(at(0)),
         ..FeatureRolloutStatus::default()
     }

@@ -85,7 +85,11 @@ async fn the_first_reconcile_writes_the_flag_before_the_status_and_then_nothing_
     pretty_assertions::assert_eq!(before, Some(outcome.status.clone()));
     assert!(!outcome.flag_changed && !outcome.status_written);
     assert_eq!(shell.take_ops(), vec![]);
-    assert_eq!(outcome.next_look, Some(at(10)));
+    assert_eq!(
+        outcome.next_look,
+        Some(at(2)),
+        "one interval (1m) on: the flag is checked then"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +287,7 @@ async fn deletion_restores_the_baseline_unless_promoted() {
     // Promoted: the candidate stays the default.
     let promoted = FeatureRolloutStatus {
         phase: Phase::Promoted,
-        weight: Some(Weight::FULL.to_string()),
+        weight: Some(Weight::FULL),
         ..Default::default()
     };
     assert_eq!(state_on_delete(Some(&promoted)), None);
@@ -350,4 +354,105 @@ async fn credential_files_outside_the_allowed_directory_are_refused() {
             assert_eq!(status.phase, Phase::RolledBack, "{file}");
         }
     }
+}
+
+/// Collects what `sluice::audit` logs while the guard lives (the test's runtime runs on
+/// this thread).
+struct Audit(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Audit {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_audit() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("sluice::audit=info")
+        .with_ansi(false)
+        .with_writer(move || Audit(writer.clone()))
+        .finish();
+    (lines, tracing::subscriber::set_default(subscriber))
+}
+
+fn audit_lines(lines: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> Vec<String> {
+    let text = String::from_utf8(std::mem::take(&mut *lines.lock().unwrap())).unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn somebody_elses_edit_of_the_flag_is_repaired_at_the_next_reconcile_and_audited() {
+    let shell = MemoryShell::default();
+    let spec = spec(TIMED); // no metrics: nothing else brings a reconcile before 10m
+    let started = run(&shell, &spec, at(0)).await.unwrap();
+    let (lines, _guard) = capture_audit();
+    let promoted = serde_json::json!({
+        "flags": { "checkout": {
+            "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "on"
+        } }
+    });
+    let (mut now, mut next) = (at(0), started.next_look);
+    for edit in [promoted.to_string(), "{\"flags\": {}}".to_owned()] {
+        shell.edit(&edit);
+        let next_look = next.expect("a running stage looks again");
+        assert!(
+            next_look <= now + SignedDuration::from_mins(1),
+            "the next reconcile must come within one interval, not at the stage's end: {next_look}"
+        );
+        now = next_look;
+        let outcome = run(&shell, &spec, now).await.unwrap();
+        next = outcome.next_look;
+        assert!(outcome.flag_changed, "repaired");
+        assert_eq!(outcome.status.stage, Some(0), "the stage goes on");
+        assert_eq!(
+            shell.served()["targeting"]["fractional"][0],
+            serde_json::json!(["on", 10_000])
+        );
+    }
+    let audit = audit_lines(&lines);
+    assert_eq!(audit.len(), 2, "one line per repair: {audit:#?}");
+    let repairs: Vec<&String> = audit
+        .iter()
+        .filter(|l| l.contains("reason=\"drift_repaired\""))
+        .collect();
+    assert_eq!(repairs.len(), 2, "{audit:#?}");
+    assert!(repairs[0].contains("from_weight=100%"), "{}", repairs[0]);
+    assert!(repairs[1].contains("from_weight=absent"), "{}", repairs[1]);
+    assert!(
+        repairs.iter().all(|l| l.contains("to_weight=1%")),
+        "{repairs:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_audit_line_says_what_the_document_served_when_the_status_is_gone() {
+    // The flag file serves 30 % but the status was deleted: the rollout starts over, and
+    // the audit line must not claim the flag served 0 %.
+    let served = sluice::flagd::render_flag(
+        &sluice::reconcile::definition(&spec(TIMED)),
+        &FlagState::Split {
+            candidate_weight: 300_000,
+            audience: None,
+        },
+    );
+    let shell = MemoryShell::with_document(
+        &serde_json::json!({ "flags": { "checkout": served } }).to_string(),
+    );
+    let (lines, _guard) = capture_audit();
+    let outcome = run(&shell, &spec(TIMED), at(0)).await.unwrap();
+    assert_eq!(outcome.decision, Decision::Start);
+    let audit = audit_lines(&lines);
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    assert!(audit[0].contains("from_weight=30%"), "{}", audit[0]);
+    assert!(audit[0].contains("to_weight=1%"), "{}", audit[0]);
+    assert!(audit[0].contains("reason=\"start\""), "{}", audit[0]);
 }

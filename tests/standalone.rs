@@ -287,7 +287,7 @@ fn ctl_steers_a_running_rollout() {
     let s = wait_for("the approved stage", || {
         status(&state, "gated").filter(|s| s.stage == Some(1))
     });
-    assert_eq!(s.weight.as_deref(), Some("50%"));
+    assert_eq!(s.exposure.as_deref(), Some("50%"));
 
     assert!(ctl(&state, &["pause", "gated"]).0);
     wait_phase(&state, "gated", Phase::Paused);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use sluice::crd::Phase;
+use sluice::crd::{Phase, Weight};
 use sluice::runtime::log_filter as filter;
 use sluice::telemetry::{Admin, Health, Metrics, admin_router, serve_admin};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -65,9 +65,15 @@ async fn metrics_carry_the_contracted_names() {
         "checkout",
         "new-checkout",
         Phase::Progressing,
-        Some("5%"),
+        Some(Weight::parse("5%").unwrap()),
     );
-    m.observe_rollout("shop", "banner", "banner", Phase::Promoted, Some("100%"));
+    m.observe_rollout(
+        "shop",
+        "banner",
+        "banner",
+        Phase::Promoted,
+        Some(Weight::FULL),
+    );
     m.analysis_took(std::time::Duration::from_millis(120));
     sluice::telemetry::observe_prometheus_query(std::time::Duration::from_millis(30));
     m.flag_written("configMap");
@@ -144,4 +150,34 @@ fn the_audit_target_survives_a_quiet_filter() {
     let explicit = filter(Some("info,sluice::audit=off")).unwrap().to_string();
     assert!(!explicit.contains("sluice::audit=info"), "{explicit}");
     assert!(filter(Some("=garbage=")).is_err());
+}
+
+#[tokio::test]
+async fn the_weight_metric_reads_an_audience_stage_from_the_status() {
+    // An audience stage used to be "5% of audience" in status, which the metric read as 0.
+    let spec: sluice::crd::FeatureRolloutSpec = serde_yaml_ng::from_str(
+        r#"
+flag: { key: checkout, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
+target: { file: { path: flags.json } }
+stages:
+  - { weight: 5, audience: { ends_with: [{ var: email }, "@example.com"] }, duration: 10m }
+  - { weight: 100 }
+"#,
+    )
+    .unwrap();
+    let now = "2026-11-24T12:00:00Z".parse().unwrap();
+    let plan = sluice::engine::plan(&spec, None, &Default::default(), now);
+    assert_eq!(plan.status.exposure.as_deref(), Some("5% of audience"));
+    assert!(plan.status.audience);
+    let admin = admin();
+    admin.metrics.observe_rollout(
+        "shop",
+        "checkout",
+        "checkout",
+        plan.status.phase,
+        plan.status.weight,
+    );
+    let (_, text) = get(&admin, "/metrics").await;
+    let sample = r#"sluice_rollout_weight{namespace="shop",name="checkout",flag="checkout"} 0.05"#;
+    assert!(text.contains(sample), "missing {sample:?} in\n{text}");
 }

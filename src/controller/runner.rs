@@ -173,7 +173,7 @@ async fn apply(rollout: &FeatureRollout, state: &State) -> Result<Action, Error>
         &name,
         &rollout.spec.flag.key,
         outcome.status.phase,
-        outcome.status.weight.as_deref(),
+        outcome.status.weight,
     );
     tracing::debug!(
         namespace = %namespace, rollout = %name,

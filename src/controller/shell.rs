@@ -6,11 +6,12 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
 use kube::{Api, Resource, ResourceExt};
-use serde_json::Value;
 
 use super::{FIELD_MANAGER, State, targets};
 use crate::crd::{FeatureRollout, FeatureRolloutStatus, Target};
 use crate::engine::{Event, EventType};
+use crate::flag_store::{self, FlagWrite};
+use crate::flagd::{FlagDefinition, FlagState};
 use crate::reconcile::{self, FlagWriteError, Shell};
 
 /// Where a rollout's flag goes in the cluster.
@@ -73,7 +74,11 @@ impl<'a> KubeShell<'a> {
 }
 
 impl Shell for KubeShell<'_> {
-    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
+    async fn write_flag(
+        &self,
+        flag: &FlagDefinition,
+        state: &FlagState,
+    ) -> Result<FlagWrite, FlagWriteError> {
         if !self.state.leadership.is_leader() {
             return Err(FlagWriteError::Unavailable {
                 category: "not_leader",
@@ -82,32 +87,25 @@ impl Shell for KubeShell<'_> {
         }
         let client = self.state.client.clone();
         let timeout = self.state.call_timeout;
-        let changed = match &self.target {
+        let write = match &self.target {
             FlagTarget::ConfigMap {
                 name,
                 key: data_key,
             } => {
-                targets::write_config_map(
-                    client,
-                    &self.namespace,
-                    name,
-                    data_key,
-                    key,
-                    flag,
-                    timeout,
-                )
-                .await?
+                let store =
+                    targets::ConfigMapStore::new(client, &self.namespace, name, data_key, timeout);
+                flag_store::write_flag(&store, flag, state).await?
             }
             FlagTarget::FeatureFlag { name } => {
-                targets::write_feature_flag(client, &self.namespace, name, key, flag, timeout)
-                    .await?
+                let store = targets::FeatureFlagStore::new(client, &self.namespace, name, timeout);
+                flag_store::write_flag(&store, flag, state).await?
             }
             FlagTarget::Unsupported(why) => return Err(FlagWriteError::Target(why.clone())),
         };
-        if changed {
+        if write.changed {
             self.state.metrics.flag_written(self.target.metric_label());
         }
-        Ok(changed)
+        Ok(write)
     }
 
     async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), reconcile::Error> {

@@ -1,6 +1,8 @@
 //! Where the flag is written in the cluster: a ConfigMap holding a flagd document, or an
-//! OpenFeature Operator `FeatureFlag`. Both write only Sluice's key, with optimistic
-//! concurrency, and refuse (no write) a document they cannot understand.
+//! OpenFeature Operator `FeatureFlag` (whose `spec.flagSpec` is one). Both are
+//! [`FlagStore`]s versioned by `resourceVersion`: [`crate::flag_store::write_flag`]
+//! merges Sluice's flag in and retries on a conflict; a document that is not flagd's is
+//! refused before any write.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,13 +11,12 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::flagd::{FlagdError, json_kind, merge_flag};
+pub use crate::flag_store::WRITE_ATTEMPTS;
+use crate::flag_store::{FlagStore, Stored, Swap};
+use crate::flagd::{FlagdError, json_kind};
 use crate::reconcile::FlagWriteError;
-
-/// How many times a write is attempted when other writers keep changing the object.
-pub const WRITE_ATTEMPTS: u32 = 5;
 
 /// The OpenFeature Operator's `FeatureFlag` resource.
 pub fn feature_flag_resource() -> ApiResource {
@@ -59,106 +60,158 @@ fn api_failure(what: &str, status: &kube::core::Status) -> FlagWriteError {
     }
 }
 
-fn conflicts(what: &str) -> FlagWriteError {
-    FlagWriteError::Unavailable {
-        category: "conflict",
-        message: format!("{what}: other writers changed it {WRITE_ATTEMPTS} times in a row"),
+/// The flagd document at `data[key]` of a ConfigMap, created (labelled as Sluice's) when
+/// missing. Version: the `resourceVersion` read (`None`: no ConfigMap).
+pub struct ConfigMapStore {
+    api: Api<ConfigMap>,
+    namespace: String,
+    name: String,
+    key: String,
+    timeout: Duration,
+}
+
+impl ConfigMapStore {
+    /// The store of `data[key]` of the ConfigMap `namespace/name`; every API call gives up
+    /// after `timeout`.
+    pub fn new(client: Client, namespace: &str, name: &str, key: &str, timeout: Duration) -> Self {
+        ConfigMapStore {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key: key.to_owned(),
+            timeout,
+        }
     }
 }
 
-/// Writes `flag` under `flags[key]` of the flagd document at `data[data_key]` of the
-/// ConfigMap `name`: read, merge ([`merge_flag`]), replace with the `resourceVersion`
-/// read; on a conflict read again and merge again (bounded); create the ConfigMap when
-/// missing. A document that is not flagd's is refused before any write. Returns whether
-/// the document changed.
-pub async fn write_config_map(
-    client: Client,
-    namespace: &str,
-    name: &str,
-    data_key: &str,
-    key: &str,
-    flag: &Value,
-    timeout: Duration,
-) -> Result<bool, FlagWriteError> {
-    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-    let what = format!("ConfigMap {namespace}/{name}");
-    for _ in 0..WRITE_ATTEMPTS {
+impl FlagStore for ConfigMapStore {
+    type Version = Option<ConfigMap>;
+
+    fn describe(&self) -> String {
+        format!("ConfigMap {}/{}", self.namespace, self.name)
+    }
+
+    async fn read(&self) -> Result<Stored<Option<ConfigMap>>, FlagWriteError> {
+        let what = self.describe();
         // configmaps: get
-        let existing = match call(timeout, &what, api.get_opt(name)).await {
+        let existing = match call(self.timeout, &what, self.api.get_opt(&self.name)).await {
             Ok(existing) => existing,
             Err(Ok(status)) => return Err(api_failure(&what, &status)),
             Err(Err(error)) => return Err(error),
         };
-        let Some(mut config_map) = existing else {
-            let document = merge_flag(None, key, flag.clone())?;
-            let config_map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "sluice".to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                data: Some(BTreeMap::from([(data_key.to_owned(), document)])),
-                ..ConfigMap::default()
-            };
-            // configmaps: create
-            match call(
-                timeout,
-                &what,
-                api.create(&PostParams::default(), &config_map),
-            )
-            .await
-            {
-                Ok(_) => return Ok(true),
-                // Somebody created it in between: read it and merge.
-                Err(Ok(status)) if status.code == 409 => continue,
-                Err(Ok(status)) => return Err(api_failure(&what, &status)),
-                Err(Err(error)) => return Err(error),
-            }
-        };
-        if config_map
-            .binary_data
-            .as_ref()
-            .is_some_and(|b| b.contains_key(data_key))
+        if let Some(config_map) = &existing
+            && config_map
+                .binary_data
+                .as_ref()
+                .is_some_and(|b| b.contains_key(&self.key))
         {
             return Err(FlagWriteError::Document(FlagdError::NotAnObject {
                 found: "binary data",
             }));
         }
-        let current = config_map
-            .data
+        let document = existing
             .as_ref()
-            .and_then(|d| d.get(data_key))
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(&self.key))
             .cloned();
-        let merged = merge_flag(current.as_deref(), key, flag.clone())?;
-        if current.as_deref() == Some(merged.as_str()) {
-            return Ok(false);
-        }
-        config_map
-            .data
-            .get_or_insert_with(BTreeMap::new)
-            .insert(data_key.to_owned(), merged);
-        // configmaps: update (carries the resourceVersion read: a 409 if it changed)
-        match call(
-            timeout,
-            &what,
-            api.replace(name, &PostParams::default(), &config_map),
-        )
-        .await
-        {
-            Ok(_) => return Ok(true),
-            Err(Ok(status)) if status.code == 409 => {
-                tracing::debug!(config_map = %what, "conflict writing the flag: reading again");
-                continue;
+        Ok(Stored {
+            version: existing,
+            document,
+        })
+    }
+
+    /// Replaces the ConfigMap read (its `resourceVersion` makes the API server answer 409
+    /// if it changed), or creates it if there was none (409 if somebody did meanwhile).
+    async fn swap(
+        &self,
+        version: &Option<ConfigMap>,
+        document: &str,
+    ) -> Result<Swap, FlagWriteError> {
+        let what = self.describe();
+        let result = match version {
+            None => {
+                let config_map = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(self.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            "app.kubernetes.io/managed-by".to_owned(),
+                            "sluice".to_owned(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(BTreeMap::from([(self.key.clone(), document.to_owned())])),
+                    ..ConfigMap::default()
+                };
+                // configmaps: create
+                call(
+                    self.timeout,
+                    &what,
+                    self.api.create(&PostParams::default(), &config_map),
+                )
+                .await
             }
-            Err(Ok(status)) => return Err(api_failure(&what, &status)),
-            Err(Err(error)) => return Err(error),
+            Some(existing) => {
+                let mut config_map = existing.clone();
+                config_map
+                    .data
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(self.key.clone(), document.to_owned());
+                // configmaps: update (carries the resourceVersion read: a 409 if it changed)
+                call(
+                    self.timeout,
+                    &what,
+                    self.api
+                        .replace(&self.name, &PostParams::default(), &config_map),
+                )
+                .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(Swap::Done),
+            Err(Ok(status)) if status.code == 409 => Ok(Swap::Conflict),
+            Err(Ok(status)) => Err(api_failure(&what, &status)),
+            Err(Err(error)) => Err(error),
         }
     }
-    Err(conflicts(&what))
+}
+
+/// The flagd document that `spec.flagSpec` of an OpenFeature `FeatureFlag` is. The
+/// `FeatureFlag` must exist. Version: the `resourceVersion` read, which the write's JSON
+/// patch tests.
+pub struct FeatureFlagStore {
+    api: Api<DynamicObject>,
+    namespace: String,
+    name: String,
+    timeout: Duration,
+}
+
+impl FeatureFlagStore {
+    /// The store of the `FeatureFlag` `namespace/name`; every API call gives up after
+    /// `timeout`.
+    pub fn new(client: Client, namespace: &str, name: &str, timeout: Duration) -> Self {
+        FeatureFlagStore {
+            api: Api::namespaced_with(client, namespace, &feature_flag_resource()),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            timeout,
+        }
+    }
+}
+
+/// The flagd document inside a `FeatureFlag` object: `spec.flagSpec` as JSON text (`None`
+/// when it has none yet); a `spec` that is not an object is refused.
+pub fn feature_flag_document(object: &Value) -> Result<Option<String>, FlagdError> {
+    match object.get("spec") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(spec)) => match spec.get("flagSpec") {
+            None | Some(Value::Null) => Ok(None),
+            Some(flag_spec) => Ok(Some(flag_spec.to_string())),
+        },
+        Some(other) => Err(FlagdError::NotAnObject {
+            found: json_kind(other),
+        }),
+    }
 }
 
 /// Escapes a key for a JSON pointer (RFC 6901).
@@ -166,100 +219,55 @@ fn pointer_segment(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// The JSON patch that sets `spec.flagSpec.flags[key]` of `object` to `flag`, guarded by
-/// a `test` of the `resourceVersion` read; `None` when the flag already says that.
-/// Refuses a `spec`, `flagSpec` or `flags` that is not an object, or an entry under
-/// Sluice's key that is not one.
-pub fn feature_flag_patch(
-    object: &Value,
-    key: &str,
-    flag: &Value,
-) -> Result<Option<Value>, FlagdError> {
-    let mut flag = flag.clone();
+/// The JSON patch that makes `spec.flagSpec.flags` of `object` hold the flags of
+/// `document`, guarded by a `test` of the `resourceVersion` read. It adds only the flag
+/// entries that differ (Sluice's, as merged), or the `flags`, `flagSpec` or `spec` the
+/// object lacks; nothing else of the object is sent.
+pub fn feature_flag_patch(object: &Value, document: &Value) -> Value {
     let version = object
         .pointer("/metadata/resourceVersion")
         .cloned()
         .unwrap_or(Value::Null);
+    let flags = document.get("flags").cloned().unwrap_or_else(|| json!({}));
     let mut ops =
         vec![json!({ "op": "test", "path": "/metadata/resourceVersion", "value": version })];
-    let entry = format!("/spec/flagSpec/flags/{}", pointer_segment(key));
-    let wrap = |path: &str, value: Value| json!({ "op": "add", "path": path, "value": value });
-    match object.get("spec") {
-        None | Some(Value::Null) => ops.push(wrap(
-            "/spec",
-            json!({ "flagSpec": { "flags": { key: flag } } }),
-        )),
-        Some(Value::Object(spec)) => match spec.get("flagSpec") {
-            None | Some(Value::Null) => {
-                ops.push(wrap("/spec/flagSpec", json!({ "flags": { key: flag } })))
+    let add = |path: String, value: Value| json!({ "op": "add", "path": path, "value": value });
+    match (
+        object.pointer("/spec/flagSpec/flags"),
+        object.pointer("/spec/flagSpec"),
+        object.get("spec"),
+    ) {
+        (Some(Value::Object(old)), _, _) => {
+            if let Value::Object(new) = &flags {
+                for (key, flag) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
+                    let path = format!("/spec/flagSpec/flags/{}", pointer_segment(key));
+                    ops.push(add(path, flag.clone()));
+                }
             }
-            Some(Value::Object(flag_spec)) => match flag_spec.get("flags") {
-                None | Some(Value::Null) => {
-                    let mut flags = Map::new();
-                    flags.insert(key.to_owned(), flag);
-                    ops.push(wrap("/spec/flagSpec/flags", Value::Object(flags)));
-                }
-                Some(Value::Object(flags)) => {
-                    match flags.get(key) {
-                        None => {}
-                        Some(Value::Object(existing)) => {
-                            if let (Some(metadata), Value::Object(new)) =
-                                (existing.get("metadata"), &mut flag)
-                                && !new.contains_key("metadata")
-                            {
-                                new.insert("metadata".to_owned(), metadata.clone());
-                            }
-                            if Value::Object(existing.clone()) == flag {
-                                return Ok(None);
-                            }
-                        }
-                        Some(other) => {
-                            return Err(FlagdError::FlagNotAnObject {
-                                key: key.to_owned(),
-                                found: json_kind(other),
-                            });
-                        }
-                    }
-                    ops.push(wrap(&entry, flag));
-                }
-                Some(other) => {
-                    return Err(FlagdError::FlagsNotAnObject {
-                        found: json_kind(other),
-                    });
-                }
-            },
-            Some(other) => {
-                return Err(FlagdError::NotAnObject {
-                    found: json_kind(other),
-                });
-            }
-        },
-        Some(other) => {
-            return Err(FlagdError::NotAnObject {
-                found: json_kind(other),
-            });
         }
+        (_, Some(Value::Object(_)), _) => ops.push(add("/spec/flagSpec/flags".into(), flags)),
+        (_, _, Some(Value::Object(_))) => {
+            ops.push(add("/spec/flagSpec".into(), json!({ "flags": flags })))
+        }
+        _ => ops.push(add(
+            "/spec".into(),
+            json!({ "flagSpec": { "flags": flags } }),
+        )),
     }
-    Ok(Some(Value::Array(ops)))
+    Value::Array(ops)
 }
 
-/// Sets `spec.flagSpec.flags[key]` of the `FeatureFlag` `name` with a JSON patch that
-/// touches only that key and is conditional on the `resourceVersion` read; on a conflict
-/// (or a failed `test`) reads again (bounded). The `FeatureFlag` must exist. Returns
-/// whether it changed.
-pub async fn write_feature_flag(
-    client: Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    flag: &Value,
-    timeout: Duration,
-) -> Result<bool, FlagWriteError> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &feature_flag_resource());
-    let what = format!("FeatureFlag {namespace}/{name}");
-    for _ in 0..WRITE_ATTEMPTS {
+impl FlagStore for FeatureFlagStore {
+    type Version = Value;
+
+    fn describe(&self) -> String {
+        format!("FeatureFlag {}/{}", self.namespace, self.name)
+    }
+
+    async fn read(&self) -> Result<Stored<Value>, FlagWriteError> {
+        let what = self.describe();
         // featureflags: get
-        let object = match call(timeout, &what, api.get_opt(name)).await {
+        let object = match call(self.timeout, &what, self.api.get_opt(&self.name)).await {
             Ok(Some(object)) => object,
             Ok(None) => {
                 return Err(FlagWriteError::Unavailable {
@@ -276,31 +284,41 @@ pub async fn write_feature_flag(
             category: "api",
             message: format!("{what}: {e}"),
         })?;
-        let Some(ops) = feature_flag_patch(&object, key, flag)? else {
-            return Ok(false);
+        let document = feature_flag_document(&object)?;
+        Ok(Stored {
+            version: object,
+            document,
+        })
+    }
+
+    /// A JSON patch of the flags that differ ([`feature_flag_patch`]) with a `test` of the
+    /// `resourceVersion` read: 409 or 422 (the test failed) if the object changed.
+    async fn swap(&self, object: &Value, document: &str) -> Result<Swap, FlagWriteError> {
+        let what = self.describe();
+        let invalid = |e: serde_json::Error| FlagWriteError::Unavailable {
+            category: "api",
+            message: format!("{what}: {e}"),
         };
+        let document: Value = serde_json::from_str(document).map_err(invalid)?;
         let patch: json_patch::Patch =
-            serde_json::from_value(ops).map_err(|e| FlagWriteError::Unavailable {
-                category: "api",
-                message: format!("{what}: {e}"),
-            })?;
-        // featureflags: patch (a JSON patch of Sluice's key, with a test of resourceVersion)
+            serde_json::from_value(feature_flag_patch(object, &document)).map_err(invalid)?;
+        // featureflags: patch (spec.flagSpec, with a test of the resourceVersion)
         match call(
-            timeout,
+            self.timeout,
             &what,
-            api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)),
+            self.api.patch(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            ),
         )
         .await
         {
-            Ok(_) => return Ok(true),
+            Ok(_) => Ok(Swap::Done),
             // 409: conflict; 422: the `test` of the resourceVersion failed.
-            Err(Ok(status)) if status.code == 409 || status.code == 422 => {
-                tracing::debug!(feature_flag = %what, "conflict writing the flag: reading again");
-                continue;
-            }
-            Err(Ok(status)) => return Err(api_failure(&what, &status)),
-            Err(Err(error)) => return Err(error),
+            Err(Ok(status)) if status.code == 409 || status.code == 422 => Ok(Swap::Conflict),
+            Err(Ok(status)) => Err(api_failure(&what, &status)),
+            Err(Err(error)) => Err(error),
         }
     }
-    Err(conflicts(&what))
 }

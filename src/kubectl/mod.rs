@@ -535,7 +535,7 @@ fn plan_control(
             Ok((Some(json!({ "paused": false })), "resumed".into()))
         }
         Command::Approve { stage: None, .. } | Command::Promote { .. } => {
-            let Some((_, stage)) = render::waiting_stage(spec, status) else {
+            let Some((_, stage)) = render::waiting_stage(status) else {
                 let later = approvable_later(rollout);
                 let hint = if later.is_empty() {
                     String::new()
@@ -589,7 +589,7 @@ fn plan_control(
                     phase.as_str()
                 )));
             }
-            if let Some((waiting, waiting_name)) = render::waiting_stage(spec, status)
+            if let Some((waiting, waiting_name)) = render::waiting_stage(status)
                 && index > waiting
             {
                 return Err(Error::Refused(format!(

@@ -129,7 +129,7 @@ pub fn get_table(rollouts: &[FeatureRollout], all_namespaces: bool, now: Timesta
                 status
                     .and_then(|s| s.stage_name.clone())
                     .unwrap_or_default(),
-                status.and_then(|s| s.weight.clone()).unwrap_or_default(),
+                status.and_then(|s| s.exposure.clone()).unwrap_or_default(),
                 status
                     .and_then(|s| s.last_analysis.as_ref())
                     .map(|a| format!("{:?}", a.verdict))
@@ -154,22 +154,12 @@ pub fn stage_names(spec: &FeatureRolloutSpec) -> Vec<String> {
         .collect()
 }
 
-/// The stage (index and name) a rollout waits to have approved, if it waits for one.
-pub fn waiting_stage(
-    spec: &FeatureRolloutSpec,
-    status: Option<&FeatureRolloutStatus>,
-) -> Option<(usize, String)> {
+/// The stage (index and name) a rollout waits to have approved, if it waits for one: as
+/// the controller put it in `status.awaitingApproval`.
+pub fn waiting_stage(status: Option<&FeatureRolloutStatus>) -> Option<(usize, String)> {
     let status = status.filter(|s| s.phase == Phase::WaitingForApproval)?;
-    let current = status.stage? as usize;
-    // Before the first stage nothing has started and the current stage is the one that
-    // waits; later, the current stage is done and the next one waits.
-    let index = if status.stage_started_at.is_none() {
-        current
-    } else {
-        current + 1
-    };
-    let names = stage_names(spec);
-    names.get(index).map(|name| (index, name.clone()))
+    let awaited = status.awaiting_approval.as_ref()?;
+    Some((awaited.index as usize, awaited.name.clone()))
 }
 
 /// In one sentence, what the rollout is waiting for.
@@ -197,7 +187,7 @@ pub fn waiting_for(rollout: &FeatureRollout) -> String {
         Phase::Pending => "The first stage to begin at the controller's next reconcile.".into(),
         Phase::Progressing if message.is_empty() => "The next reconcile.".into(),
         Phase::Progressing => message,
-        Phase::WaitingForApproval => match waiting_stage(&rollout.spec, Some(status)) {
+        Phase::WaitingForApproval => match waiting_stage(Some(status)) {
             Some((_, stage)) => format!(
                 "Approval of stage {stage:?}: run `kubectl sluice approve {name}{ns}` (or `promote`)."
             ),
@@ -380,13 +370,13 @@ pub fn status(rollout: &FeatureRollout, now: Timestamp) -> String {
     field(
         &mut out,
         "Weight",
-        status.weight.as_deref().unwrap_or("<none>"),
+        status.exposure.as_deref().unwrap_or("<none>"),
     );
     field(&mut out, "Waiting for", &waiting_for(rollout));
     field(&mut out, "Control", &control_text(spec));
 
     // Stages, the current one marked.
-    let waiting = waiting_stage(spec, rollout.status.as_ref()).map(|(i, _)| i);
+    let waiting = waiting_stage(rollout.status.as_ref()).map(|(i, _)| i);
     let current = status.stage.map(|s| s as usize);
     let rows: Vec<Vec<String>> = spec
         .stages
@@ -580,7 +570,7 @@ pub fn history_table(
                             .unwrap_or_else(|| format!("stage-{}", s + 1))
                     })
                     .unwrap_or_else(|| "-".into()),
-                h.weight.clone(),
+                crate::crd::exposure_text(h.weight, h.audience),
                 h.reason.clone(),
                 h.message.clone(),
             ]

@@ -203,7 +203,7 @@ pub fn describe(name: &str, status: &FeatureRolloutStatus) -> String {
         out,
         "{name}: {:?}, stage {stage}, weight {}",
         status.phase,
-        status.weight.as_deref().unwrap_or("0%")
+        status.exposure.as_deref().unwrap_or("0%")
     );
     if let Some(message) = &status.message {
         let _ = writeln!(out, "  {message}");
@@ -243,7 +243,7 @@ pub fn describe(name: &str, status: &FeatureRolloutStatus) -> String {
                 h.from,
                 h.to,
                 h.stage.map_or("-".into(), |s| (s + 1).to_string()),
-                h.weight,
+                crate::crd::exposure_text(h.weight, h.audience),
                 h.reason,
                 h.message
             );

@@ -190,8 +190,6 @@ pub fn run(options: Options) -> Result<bool, Error> {
             let shell = FileShell {
                 name: failure.name.clone(),
                 flag_path: PathBuf::new(),
-                baseline: String::new(),
-                candidate: String::new(),
                 state: failure_state.clone(),
                 view: Some(failure_view.clone()),
             };
@@ -607,8 +605,6 @@ fn shell(
     FileShell {
         name: name.to_owned(),
         flag_path: input.flag_path.clone(),
-        baseline: input.spec.flag.baseline.clone(),
-        candidate: input.spec.flag.candidate.clone(),
         state: state.clone(),
         view: Some(view.clone()),
     }

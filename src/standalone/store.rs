@@ -2,19 +2,28 @@
 //! events log) and the flagd documents, every write an atomic replace (a temporary file
 //! in the same directory, flushed, then renamed over the old one), so a reader never sees
 //! half a file and a crash leaves the old or the new content, never a mix.
+//!
+//! The flag file is a [`FlagStore`] ([`FileStore`]): its version is the file's identity
+//! (device, inode), modification time, size and a digest of its content; a write takes
+//! `flock(2)` on `<file>.lock` next to it, reads the version again and renames only if it
+//! is still the one read. Writers that take the same lock, or replace the file by an
+//! atomic rename, never lose a change to Sluice; a writer that rewrites the file in place
+//! without the lock is detected whenever its change lands before Sluice's check.
 
 use std::collections::HashMap;
-use std::io::Write as _;
+use std::hash::Hasher as _;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::crd::{Control, FeatureRolloutStatus};
 use crate::engine::{Event, EventType};
-use crate::flagd::merge_flag;
+use crate::flag_store::{self, FlagStore, FlagWrite, Stored, Swap};
+use crate::flagd::{FlagDefinition, FlagState, FlagdError};
 use crate::reconcile::{self, FlagWriteError, Shell};
 
 use super::Error;
@@ -108,7 +117,7 @@ pub struct LogLine {
     /// What happened, in a sentence.
     pub message: String,
     /// For flag writes: what the document now serves (`baseline`, `promoted` or the
-    /// candidate's share in millionths, as in the document).
+    /// candidate's share, `25%` or `5% of audience`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serves: Option<String>,
 }
@@ -336,31 +345,288 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, E
     }
 }
 
-/// What a rendered flag serves, for the events log and the view.
-pub fn serves(flag: &Value, baseline: &str, candidate: &str) -> String {
-    let default = flag.get("defaultVariant").and_then(Value::as_str);
-    match flag.get("targeting") {
-        None | Some(Value::Null) if default == Some(baseline) => "baseline".into(),
-        None | Some(Value::Null) if default == Some(candidate) => "promoted".into(),
-        None | Some(Value::Null) => default.unwrap_or("?").to_owned(),
-        Some(targeting) => {
-            let text = targeting.to_string();
-            // The candidate's bucket comes first: [[candidate, w], [baseline, rest]].
-            let weight = find_fractional(targeting)
-                .and_then(|f| f.get(0)?.get(1)?.as_u64())
-                .map(|w| format!("{:.4}%", w as f64 / 10_000.0));
-            weight.unwrap_or(text)
+/// What a flag state serves, for the events log: `baseline`, `promoted`, or the
+/// candidate's share (`25%`, `5% of audience`).
+pub fn serves(state: &FlagState) -> String {
+    match state {
+        FlagState::Baseline => "baseline".into(),
+        FlagState::Promoted => "promoted".into(),
+        FlagState::Split { .. } => state.exposure(),
+    }
+}
+
+/// The version of a flag file: its identity, modification time and size, and a digest
+/// of its content (`None` when there is no file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileVersion(Option<FileIdentity>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+    modified_ns: i128,
+    size: u64,
+    digest: u64,
+}
+
+/// A flagd document in a file, as a [`FlagStore`]. A symbolic link is followed and its
+/// target written; anything but a regular file (a FIFO, a device, a directory) is refused
+/// without being opened; a replaced file keeps its mode and (where the process may set
+/// it) its owner.
+#[derive(Clone, Debug)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    /// The store of the document at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        FileStore { path: path.into() }
+    }
+
+    fn unavailable(&self, message: impl std::fmt::Display) -> FlagWriteError {
+        FlagWriteError::Unavailable {
+            category: "io",
+            message: format!("{}: {message}", self.path.display()),
+        }
+    }
+
+    /// The file to read and replace: the path itself, or the end of its symbolic links.
+    fn resolve(&self) -> Result<PathBuf, FlagWriteError> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(&self.path)
+                .map_err(|e| {
+                    let target = std::fs::read_link(&self.path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    FlagWriteError::Target(format!(
+                        "{} is a symbolic link to {target}, which cannot be followed ({e}): create the file it points to, or point the link at the flag file",
+                        self.path.display()
+                    ))
+                }),
+            Ok(_) => Ok(self.path.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self.path.clone()),
+            Err(e) => Err(self.unavailable(format!("cannot inspect: {e}"))),
+        }
+    }
+
+    /// Refuses a file that is not a regular file, naming what it is.
+    fn check_regular(&self, real: &Path, meta: &std::fs::Metadata) -> Result<(), FlagWriteError> {
+        use std::os::unix::fs::FileTypeExt as _;
+        let kind = meta.file_type();
+        let what = if kind.is_file() {
+            return Ok(());
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        let via = if real == self.path {
+            String::new()
+        } else {
+            format!(" (the target of {})", self.path.display())
+        };
+        Err(FlagWriteError::Target(format!(
+            "spec.target.file: {}{via} is {what}, not a regular file: Sluice writes flagd documents only to regular files",
+            real.display()
+        )))
+    }
+
+    /// Reads `real` and its version, without blocking on anything but a regular file.
+    fn read_real(&self, real: &Path) -> Result<(FileVersion, Option<String>), FlagWriteError> {
+        let meta = match std::fs::metadata(real) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((FileVersion(None), None));
+            }
+            Err(e) => return Err(self.unavailable(format!("cannot inspect: {e}"))),
+        };
+        self.check_regular(real, &meta)?;
+        // O_NONBLOCK: should a FIFO replace the file between the check and the open, the
+        // open returns at once instead of waiting for a writer.
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(real)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((FileVersion(None), None));
+            }
+            Err(e) => return Err(self.unavailable(format!("cannot open: {e}"))),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| self.unavailable(format!("cannot inspect: {e}")))?;
+        self.check_regular(real, &meta)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.unavailable(format!("cannot read: {e}")))?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(&bytes);
+        let version = FileVersion(Some(FileIdentity {
+            device: meta.dev(),
+            inode: meta.ino(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            size: meta.len(),
+            digest: hasher.finish(),
+        }));
+        let text = String::from_utf8(bytes).map_err(|e| {
+            FlagWriteError::Document(FlagdError::InvalidJson {
+                line: 1,
+                column: 1,
+                reason: format!("the file is not UTF-8 text ({e})"),
+            })
+        })?;
+        Ok((version, Some(text)))
+    }
+
+    /// The blocking part of [`FlagStore::swap`]: a temporary file with the new content
+    /// (same mode and owner as the file replaced), flushed; then under the lock, the
+    /// version checked again and the temporary file renamed over the file.
+    fn swap_blocking(
+        &self,
+        expected: &FileVersion,
+        document: &str,
+    ) -> Result<Swap, FlagWriteError> {
+        let real = self.resolve()?;
+        let dir = match real.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| self.unavailable(format!("cannot create its directory: {e}")))?;
+        let name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let original = std::fs::metadata(&real).ok();
+        let temp = dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map_err(|e| self.unavailable(format!("cannot create {}: {e}", temp.display())))?;
+            file.write_all(document.as_bytes())
+                .map_err(|e| self.unavailable(format!("cannot write {}: {e}", temp.display())))?;
+            if let Some(original) = &original {
+                file.set_permissions(original.permissions())
+                    .map_err(|e| self.unavailable(format!("cannot keep the file's mode: {e}")))?;
+                let mine = file.metadata().ok();
+                if mine.is_some_and(|m| (m.uid(), m.gid()) != (original.uid(), original.gid())) {
+                    // Only a privileged process may give a file away; otherwise it stays ours.
+                    let _ = std::os::unix::fs::fchown(
+                        &file,
+                        Some(original.uid()),
+                        Some(original.gid()),
+                    );
+                }
+            }
+            file.sync_all()
+                .map_err(|e| self.unavailable(format!("cannot flush {}: {e}", temp.display())))?;
+            let lock_path = dir.join(format!("{name}.lock"));
+            let lock = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock_path)
+                .map_err(|e| {
+                    self.unavailable(format!("cannot open the lock {}: {e}", lock_path.display()))
+                })?;
+            lock.lock().map_err(|e| {
+                self.unavailable(format!("cannot lock {}: {e}", lock_path.display()))
+            })?;
+            let (now, _) = self.read_real(&real)?;
+            if now != *expected {
+                return Ok(Swap::Conflict);
+            }
+            self.replace(&temp, &real, expected)
+        })();
+        // The temporary file, or after an exchange the file replaced.
+        let _ = std::fs::remove_file(&temp);
+        result
+    }
+
+    /// Puts `temp` in place of `real`, which was at `expected` a moment ago (checked under
+    /// the lock). Where the file system can, the two are exchanged atomically
+    /// (`renameat2(RENAME_EXCHANGE)`) and the file taken out is checked: if a writer that
+    /// does not take the lock renamed its own file in between, the exchange is undone and
+    /// its file stays. A file that did not exist is created only if it still does not
+    /// (`RENAME_NOREPLACE`). Elsewhere, a plain rename.
+    fn replace(
+        &self,
+        temp: &Path,
+        real: &Path,
+        expected: &FileVersion,
+    ) -> Result<Swap, FlagWriteError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        use rustix::io::Errno;
+        let flags = if expected.0.is_some() {
+            RenameFlags::EXCHANGE
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        match renameat_with(CWD, temp, CWD, real, flags) {
+            Ok(()) if expected.0.is_none() => Ok(Swap::Done),
+            Ok(()) => {
+                let (replaced, _) = self.read_real(temp)?;
+                if replaced == *expected {
+                    return Ok(Swap::Done);
+                }
+                renameat_with(CWD, temp, CWD, real, RenameFlags::EXCHANGE)
+                    .map_err(|e| self.unavailable(format!("cannot undo a replace: {e}")))?;
+                Ok(Swap::Conflict)
+            }
+            Err(Errno::EXIST) => Ok(Swap::Conflict),
+            // The file went away since the check: read again.
+            Err(Errno::NOENT) if expected.0.is_some() => Ok(Swap::Conflict),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::NOTSUP) => {
+                std::fs::rename(temp, real)
+                    .map_err(|e| self.unavailable(format!("cannot replace: {e}")))?;
+                Ok(Swap::Done)
+            }
+            Err(e) => Err(self.unavailable(format!("cannot replace: {e}"))),
         }
     }
 }
 
-fn find_fractional(value: &Value) -> Option<&Value> {
-    match value {
-        Value::Object(map) => map
-            .get("fractional")
-            .or_else(|| map.values().find_map(find_fractional)),
-        Value::Array(items) => items.iter().find_map(find_fractional),
-        _ => None,
+impl FlagStore for FileStore {
+    type Version = FileVersion;
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    async fn read(&self) -> Result<Stored<FileVersion>, FlagWriteError> {
+        let store = self.clone();
+        let (version, document) = tokio::task::spawn_blocking(move || {
+            let real = store.resolve()?;
+            store.read_real(&real)
+        })
+        .await
+        .map_err(|e| self.unavailable(format!("the read was cancelled: {e}")))??;
+        Ok(Stored { version, document })
+    }
+
+    async fn swap(&self, version: &FileVersion, document: &str) -> Result<Swap, FlagWriteError> {
+        let store = self.clone();
+        let (version, document) = (version.clone(), document.to_owned());
+        tokio::task::spawn_blocking(move || store.swap_blocking(&version, &document))
+            .await
+            .map_err(|e| self.unavailable(format!("the write was cancelled: {e}")))?
     }
 }
 
@@ -372,78 +638,40 @@ pub struct FileShell {
     pub name: String,
     /// The flagd document (resolved against the YAML file's directory).
     pub flag_path: PathBuf,
-    /// The flag's baseline variant (to describe writes).
-    pub baseline: String,
-    /// The flag's candidate variant (to describe writes).
-    pub candidate: String,
     /// The state directory.
     pub state: StateDir,
     /// The live view, told about events.
     pub view: Option<tokio::sync::mpsc::UnboundedSender<super::view::ViewMsg>>,
 }
 
-impl FileShell {
-    async fn write_document(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
-        let unavailable = |message: String| FlagWriteError::Unavailable {
-            category: "io",
-            message: format!("{}: {message}", self.flag_path.display()),
-        };
+impl Shell for FileShell {
+    async fn write_flag(
+        &self,
+        flag: &FlagDefinition,
+        state: &FlagState,
+    ) -> Result<FlagWrite, FlagWriteError> {
+        // Two rollouts of this process sharing a document take turns (the file lock
+        // orders them against other processes).
         let lock = document_lock(&self.flag_path);
         let _held = lock.lock().await;
-        // Another process may write the same document: merge, then check it did not
-        // change under us before replacing it (optimistic concurrency), a few times.
-        for _ in 0..5 {
-            let current = match std::fs::read_to_string(&self.flag_path) {
-                Ok(text) => Some(text),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(unavailable(format!("cannot read: {e}"))),
-            };
-            let merged = merge_flag(current.as_deref(), key, flag.clone())?;
-            if current.as_deref() == Some(merged.as_str()) {
-                return Ok(false);
-            }
-            let now = std::fs::read_to_string(&self.flag_path).ok();
-            if now != current {
-                continue;
-            }
-            if let Some(dir) = self.flag_path.parent()
-                && !dir.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| unavailable(format!("cannot create its directory: {e}")))?;
-            }
-            atomic_write(&self.flag_path, merged.as_bytes())
-                .map_err(|e| unavailable(format!("cannot write: {e}")))?;
-            return Ok(true);
-        }
-        Err(FlagWriteError::Unavailable {
-            category: "conflict",
-            message: format!(
-                "{}: the document kept changing while Sluice wrote it",
-                self.flag_path.display()
-            ),
-        })
-    }
-}
-
-impl Shell for FileShell {
-    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
-        let changed = self.write_document(key, flag).await?;
-        if changed {
-            let serves = serves(flag, &self.baseline, &self.candidate);
+        let write = flag_store::write_flag(&FileStore::new(&self.flag_path), flag, state).await?;
+        if write.changed {
+            let serves = serves(state);
             self.state.append_event(&LogLine {
                 at: Timestamp::now(),
                 rollout: self.name.clone(),
                 type_: "Flag".into(),
                 reason: "FlagWritten".into(),
                 message: format!(
-                    "{}: flag {key} now serves {serves}",
-                    self.flag_path.display()
+                    "{}: flag {} now serves {serves} (it served {})",
+                    self.flag_path.display(),
+                    flag.key,
+                    write.before.exposure()
                 ),
                 serves: Some(serves),
             });
         }
-        Ok(changed)
+        Ok(write)
     }
 
     async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), reconcile::Error> {
@@ -533,57 +761,316 @@ mod tests {
 
     #[test]
     fn writes_are_described_by_what_they_serve() {
-        let baseline = json!({"defaultVariant": "off", "variants": {}});
-        let promoted = json!({"defaultVariant": "on"});
-        let stage = json!({"defaultVariant": "off", "targeting": {"fractional": [["on", 250000], ["off", 750000]]}});
-        let audience = json!({"defaultVariant": "off", "targeting": {"if": [{"in": ["a", "b"]}, {"fractional": [["on", 5000], ["off", 995000]]}, null]}});
-        assert_eq!(serves(&baseline, "off", "on"), "baseline");
-        assert_eq!(serves(&promoted, "off", "on"), "promoted");
-        assert_eq!(serves(&stage, "off", "on"), "25.0000%");
-        assert_eq!(serves(&audience, "off", "on"), "0.5000%");
+        assert_eq!(serves(&FlagState::Baseline), "baseline");
+        assert_eq!(serves(&FlagState::Promoted), "promoted");
+        let split = |w, audience| FlagState::Split {
+            candidate_weight: w,
+            audience,
+        };
+        assert_eq!(serves(&split(250_000, None)), "25%");
+        assert_eq!(
+            serves(&split(5_000, Some(json!({"in": ["a", "b"]})))),
+            "0.5% of audience"
+        );
+    }
+
+    fn definition() -> FlagDefinition {
+        FlagDefinition {
+            key: "mine".into(),
+            variants: json!({"on": true, "off": false})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            baseline: "off".into(),
+            candidate: "on".into(),
+        }
+    }
+
+    fn file_shell(dir: &Path, flag_path: &Path) -> (FileShell, StateDir) {
+        let state = StateDir::open(&dir.join("state")).unwrap();
+        let shell = FileShell {
+            name: "r".into(),
+            flag_path: flag_path.to_path_buf(),
+            state: state.clone(),
+            view: None,
+        };
+        (shell, state)
     }
 
     #[tokio::test]
     async fn the_file_shell_merges_skips_and_refuses_foreign_documents() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::open(&dir.path().join("state")).unwrap();
         let flag_path = dir.path().join("flags.json");
         std::fs::write(
             &flag_path,
             r#"{"flags": {"other": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#,
         )
         .unwrap();
-        let shell = FileShell {
-            name: "r".into(),
-            flag_path: flag_path.clone(),
-            baseline: "off".into(),
-            candidate: "on".into(),
-            state: state.clone(),
-            view: None,
-        };
-        let flag = json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off"});
-        assert!(shell.write_flag("mine", &flag).await.unwrap());
-        assert!(
-            !shell.write_flag("mine", &flag).await.unwrap(),
-            "unchanged: no write"
+        let (shell, state) = file_shell(dir.path(), &flag_path);
+        let write = shell
+            .write_flag(&definition(), &FlagState::Baseline)
+            .await
+            .unwrap();
+        assert!(write.changed);
+        assert_eq!(write.before, crate::flagd::Served::Absent);
+        let again = shell
+            .write_flag(&definition(), &FlagState::Baseline)
+            .await
+            .unwrap();
+        assert!(!again.changed, "unchanged: no write");
+        assert_eq!(
+            again.before,
+            crate::flagd::Served::State(FlagState::Baseline)
         );
-        let doc: Value =
+        let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&flag_path).unwrap()).unwrap();
         assert_eq!(
             doc["flags"]["other"]["variants"]["a"], 1,
             "other flags kept"
         );
-        assert_eq!(doc["flags"]["mine"], flag);
+        assert_eq!(doc["flags"]["mine"]["defaultVariant"], "off");
         let events = state.read_events();
         assert_eq!(events.len(), 1, "one write, one line: {events:?}");
         assert_eq!(events[0].serves.as_deref(), Some("baseline"));
 
         std::fs::write(&flag_path, "{\"flags\": []}").unwrap();
-        let error = shell.write_flag("mine", &flag).await.unwrap_err();
+        let error = shell
+            .write_flag(&definition(), &FlagState::Baseline)
+            .await
+            .unwrap_err();
         assert!(matches!(error, FlagWriteError::Document(_)), "{error}");
         assert_eq!(
             std::fs::read_to_string(&flag_path).unwrap(),
             "{\"flags\": []}"
         );
+    }
+
+    /// The error of a baseline write to `flag_path`, which must fail.
+    async fn refusal(dir: &Path, flag_path: &Path) -> FlagWriteError {
+        let (shell, _) = file_shell(dir, flag_path);
+        shell
+            .write_flag(&definition(), &FlagState::Baseline)
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn special_files_are_refused_without_being_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("flags.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (shell, _) = file_shell(dir.path(), &fifo);
+        // A blocking open of a FIFO with no writer would never return: the test would hang.
+        let error = shell
+            .write_flag(&definition(), &FlagState::Baseline)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, FlagWriteError::Target(_)), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("a FIFO (named pipe), not a regular file"),
+            "{error}"
+        );
+        use std::os::unix::fs::FileTypeExt as _;
+        assert!(
+            std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+            "left alone"
+        );
+
+        let error = refusal(dir.path(), Path::new("/dev/null")).await;
+        assert!(
+            error
+                .to_string()
+                .contains("/dev/null is a character device"),
+            "{error}"
+        );
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+
+        let error = refusal(dir.path(), dir.path()).await;
+        assert!(error.to_string().contains("is a directory"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_is_written_through_and_mode_and_owner_are_kept() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        let target = dir.path().join("real/flags.json");
+        std::fs::write(&target, "{\"flags\": {}}\n").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let link = dir.path().join("flags.json");
+        std::os::unix::fs::symlink("real/flags.json", &link).unwrap();
+        let before = std::fs::metadata(&target).unwrap();
+
+        let (shell, _) = file_shell(dir.path(), &link);
+        assert!(
+            shell
+                .write_flag(&definition(), &FlagState::Baseline)
+                .await
+                .unwrap()
+                .changed
+        );
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(meta.file_type().is_symlink(), "the link stays a link");
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert!(
+            text.contains("\"mine\""),
+            "the link's target got the flag: {text}"
+        );
+        let after = std::fs::metadata(&target).unwrap();
+        assert_eq!(after.permissions().mode() & 0o7777, 0o444, "mode kept");
+        assert_eq!(
+            (after.uid(), after.gid()),
+            (before.uid(), before.gid()),
+            "owner kept"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("real"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+
+        let dangling = dir.path().join("dangling.json");
+        std::os::unix::fs::symlink("nowhere/flags.json", &dangling).unwrap();
+        let error = refusal(dir.path(), &dangling).await;
+        assert!(
+            error
+                .to_string()
+                .contains("is a symbolic link to nowhere/flags.json"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_since_the_read_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        std::fs::write(&path, "{\"flags\": {}}").unwrap();
+        let store = FileStore::new(&path);
+        let stored = store.read().await.unwrap();
+        // Another writer, in place, keeping the size: only the content digest differs.
+        std::fs::write(&path, "{\"flags\": []}").unwrap();
+        let swap = store.swap(&stored.version, "{}").await.unwrap();
+        assert_eq!(swap, Swap::Conflict);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"flags\": []}");
+        // Another writer by rename: a new inode.
+        let stored = store.read().await.unwrap();
+        atomic_write(&path, b"{\"flags\": []}").unwrap();
+        assert_eq!(
+            store.swap(&stored.version, "{}").await.unwrap(),
+            Swap::Conflict
+        );
+        // Unchanged since the read: replaced.
+        let stored = store.read().await.unwrap();
+        assert_eq!(store.swap(&stored.version, "{}").await.unwrap(), Swap::Done);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}");
+        // A file that appeared since a read that found none.
+        let fresh = dir.path().join("new.json");
+        let store = FileStore::new(&fresh);
+        let stored = store.read().await.unwrap();
+        assert_eq!(stored.document, None);
+        std::fs::write(&fresh, "{}").unwrap();
+        assert_eq!(
+            store.swap(&stored.version, "{\"a\": 1}").await.unwrap(),
+            Swap::Conflict
+        );
+    }
+
+    /// Another process's read-modify-write of the same file: `count` times, add one to
+    /// `metadata.count`, under `flock(<file>.lock)` when `lock`, replacing the file by an
+    /// atomic rename when `rename` (else rewriting it in place).
+    fn other_writer(path: PathBuf, count: u64, lock: bool, rename: bool) {
+        let lock_path = path.with_file_name("flags.json.lock");
+        for _ in 0..count {
+            let guard = lock.then(|| {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&lock_path)
+                    .unwrap();
+                file.lock().unwrap();
+                file
+            });
+            let mut doc: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let n = doc["metadata"]["count"].as_u64().unwrap();
+            doc["metadata"]["count"] = json!(n + 1);
+            let text = doc.to_string();
+            if rename {
+                atomic_write(&path, text.as_bytes()).unwrap();
+            } else {
+                std::fs::write(&path, text).unwrap();
+            }
+            drop(guard);
+            // Paces the writer (about the 5–30 ms of the report, faster), so that Sluice's
+            // writes interleave with it rather than only conflicting.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Sluice rewrites its flag (alternating between two weights) as fast as it can while
+    /// the other writer runs; returns the other writer's count at the end and how many of
+    /// Sluice's writes landed during the race.
+    async fn race(lock: bool, rename: bool) -> (u64, u32) {
+        const COUNT: u64 = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        std::fs::write(&path, r#"{"metadata": {"count": 0}, "flags": {}}"#).unwrap();
+        let (shell, _) = file_shell(dir.path(), &path);
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || other_writer(path, COUNT, lock, rename))
+        };
+        let (mut weight, mut landed) = (1, 0);
+        let split = |w| FlagState::Split {
+            candidate_weight: w,
+            audience: None,
+        };
+        while !writer.is_finished() {
+            weight = 3 - weight;
+            match shell.write_flag(&definition(), &split(weight)).await {
+                Ok(write) => landed += u32::from(write.changed),
+                Err(e) if e.category() == "conflict" => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        writer.join().unwrap();
+        // Alone again, Sluice's write lands.
+        shell.write_flag(&definition(), &split(7)).await.unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            doc["flags"]["mine"]["targeting"]["fractional"][0][1], 7,
+            "Sluice's flag is there"
+        );
+        (doc["metadata"]["count"].as_u64().unwrap(), landed)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cooperating_writers_changes_are_never_lost() {
+        for (lock, rename, how) in [
+            (true, true, "with the lock, by rename"),
+            (true, false, "with the lock, in place"),
+            (false, true, "without the lock, by rename"),
+        ] {
+            let (count, landed) = race(lock, rename).await;
+            eprintln!("{how}: count {count} of 400, {landed} writes of Sluice's landed");
+            assert_eq!(count, 400, "{how}: the other writer lost changes");
+            assert!(
+                landed >= 10,
+                "{how}: the writes did not interleave ({landed})"
+            );
+        }
     }
 }

@@ -118,7 +118,7 @@ pub fn summary_line(name: &str, status: Option<&FeatureRolloutStatus>) -> String
         "{name}: {:?} stage {} weight {}",
         status.phase,
         stage(status),
-        status.weight.as_deref().unwrap_or("0%")
+        status.exposure.as_deref().unwrap_or("0%")
     );
     if let Some(a) = &status.last_analysis {
         let _ = write!(line, " | look {:?}", a.verdict);
@@ -177,7 +177,7 @@ impl State {
                 name,
                 format!("{:?}", status.phase),
                 stage(status),
-                status.weight.as_deref().unwrap_or("0%"),
+                status.exposure.as_deref().unwrap_or("0%"),
                 verdict
             );
             if let Some(a) = &status.last_analysis {

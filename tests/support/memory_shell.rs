@@ -1,13 +1,15 @@
-//! A [`Shell`] in memory for the reconcile tests: a flag document, a status and an
-//! ordered log of what the shell did; the flag write can be made to fail as an
-//! unreachable API would.
+//! A [`Shell`] in memory for the reconcile tests: a flag document (a [`FlagStore`]
+//! versioned by a counter, written through the same [`flag_store::write_flag`] as the real
+//! targets), a status and an ordered log of what the shell did; the flag write can be
+//! made to fail as an unreachable API would.
 
 use std::sync::Mutex;
 
 use serde_json::Value;
 use sluice::crd::{FeatureRolloutStatus, Phase};
 use sluice::engine::Event;
-use sluice::flagd::{flag_in_document, merge_flag};
+use sluice::flag_store::{self, FlagStore, FlagWrite, Stored, Swap};
+use sluice::flagd::{FlagDefinition, FlagState, flag_in_document};
 use sluice::reconcile::{Error, FlagWriteError, Shell};
 
 /// What the shell did, in order.
@@ -35,7 +37,9 @@ impl Op {
 /// The shell: a flag document, a status and the log of ops, each behind a lock.
 #[derive(Default)]
 pub struct MemoryShell {
+    /// The document and its version (bumped at every change).
     pub document: Mutex<Option<String>>,
+    pub version: Mutex<u64>,
     pub status: Mutex<Option<FeatureRolloutStatus>>,
     pub ops: Mutex<Vec<Op>>,
     /// When set, writing the flag fails as an unreachable API would.
@@ -45,12 +49,18 @@ pub struct MemoryShell {
 impl MemoryShell {
     pub fn with_document(text: &str) -> Self {
         let shell = MemoryShell::default();
-        *shell.document.lock().unwrap() = Some(text.to_owned());
+        shell.edit(text);
         shell
     }
 
     pub fn document(&self) -> Option<String> {
         self.document.lock().unwrap().clone()
+    }
+
+    /// Changes the document as another writer would (not one of the shell's ops).
+    pub fn edit(&self, text: &str) {
+        *self.document.lock().unwrap() = Some(text.to_owned());
+        *self.version.lock().unwrap() += 1;
     }
 
     pub fn status(&self) -> Option<FeatureRolloutStatus> {
@@ -74,22 +84,46 @@ impl MemoryShell {
     }
 }
 
+impl FlagStore for MemoryShell {
+    type Version = u64;
+
+    fn describe(&self) -> String {
+        "the memory document".into()
+    }
+
+    async fn read(&self) -> Result<Stored<u64>, FlagWriteError> {
+        let document = self.document.lock().unwrap().clone();
+        Ok(Stored {
+            version: *self.version.lock().unwrap(),
+            document,
+        })
+    }
+
+    async fn swap(&self, version: &u64, document: &str) -> Result<Swap, FlagWriteError> {
+        let mut current = self.version.lock().unwrap();
+        if *current != *version {
+            return Ok(Swap::Conflict);
+        }
+        *current += 1;
+        self.ops.lock().unwrap().push(Op::Flag(document.to_owned()));
+        *self.document.lock().unwrap() = Some(document.to_owned());
+        Ok(Swap::Done)
+    }
+}
+
 impl Shell for MemoryShell {
-    async fn write_flag(&self, key: &str, flag: &Value) -> Result<bool, FlagWriteError> {
+    async fn write_flag(
+        &self,
+        flag: &FlagDefinition,
+        state: &FlagState,
+    ) -> Result<FlagWrite, FlagWriteError> {
         if *self.unavailable.lock().unwrap() {
             return Err(FlagWriteError::Unavailable {
                 category: "api",
                 message: "the API server is away".into(),
             });
         }
-        let mut document = self.document.lock().unwrap();
-        let merged = merge_flag(document.as_deref(), key, flag.clone())?;
-        if document.as_deref() == Some(merged.as_str()) {
-            return Ok(false);
-        }
-        self.ops.lock().unwrap().push(Op::Flag(merged.clone()));
-        *document = Some(merged);
-        Ok(true)
+        flag_store::write_flag(self, flag, state).await
     }
 
     async fn write_status(&self, status: &FeatureRolloutStatus) -> Result<(), Error> {
