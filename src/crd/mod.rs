@@ -633,6 +633,27 @@ impl Phase {
     }
 }
 
+/// Whether a comparison's look had a boundary, and if not, why.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum BoundaryState {
+    /// The look had a boundary: it could roll back.
+    Set,
+    /// No planned look was reached since the last one that decided (each planned look
+    /// decides once): the look cannot roll back on the rollout's statistic.
+    NotPlannedLook,
+    /// The comparison's first look: no spread between looks to estimate the dispersion
+    /// from yet.
+    FirstLook,
+    /// The dispersion's estimate has too few degrees of freedom for a boundary (below
+    /// one), but the statistic is below the boundary binomial counts would have, which
+    /// any dispersion only raises: no evidence of harm.
+    CannotBeReached,
+    /// The dispersion's estimate has too few degrees of freedom for a boundary (below
+    /// one) and the statistic is high enough that the dispersion decides: the look is
+    /// inconclusive.
+    TooFewDegreesOfFreedom,
+}
+
 /// The outcome of one look at the metrics.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum Verdict {
@@ -867,10 +888,23 @@ pub struct MetricAnalysis {
     /// last analysed stage's duration; above 1 when stages overran their duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub information_fraction: Option<f64>,
-    /// The estimated dispersion `κ`: the variance of a cohort's bad events per look is
-    /// `μ(1 − p) + κμ²`; 0 means binomial. Estimated from the look-to-look spread.
+    /// The estimated dispersion `κ` of the candidate cohort: the variance of a cohort's
+    /// bad events per look is `μ(1 − p) + κμ²`; 0 means binomial. Estimated per cohort
+    /// from the successive differences between looks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispersion: Option<f64>,
+    /// The estimated dispersion `κ` of the baseline cohort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_dispersion: Option<f64>,
+    /// Whether this look had a boundary for the rollout's statistic, and if not, why:
+    /// `Set`, `NotPlannedLook` (no planned look reached since the last one decided),
+    /// `FirstLook` (the first planned look spends nothing: no spread between looks to
+    /// estimate the dispersion from), `CannotBeReached` (too few degrees of freedom for a
+    /// boundary, but the statistic is below any boundary one could set) or
+    /// `TooFewDegreesOfFreedom` (too few degrees of freedom and a statistic the
+    /// dispersion decides: the look is inconclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary_state: Option<BoundaryState>,
     /// The degrees of freedom of the dispersion's estimate (Satterthwaite); the boundary
     /// is widened as for a Student t with these degrees of freedom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -943,6 +977,41 @@ pub struct IncrementSums {
     pub nnn: f64,
     /// `Σ n⁴`.
     pub nnnn: f64,
+    /// Events of the last increment with events (0: none yet): the next one is paired
+    /// with it.
+    #[serde(default)]
+    pub last_n: f64,
+    /// Bad events of that increment.
+    #[serde(default)]
+    pub last_x: f64,
+    /// Sums over the pairs of successive increments with events, for the dispersion's
+    /// estimate from successive differences (`d = x_j/n_j − x_{j−1}/n_{j−1}`, weight
+    /// `h = (n_j n_{j−1}/(n_j + n_{j−1}))²`, `a = 1/n_j + 1/n_{j−1}`).
+    #[serde(default)]
+    pub pairs: PairSums,
+}
+
+/// Sums over pairs of successive increments (see [`IncrementSums::pairs`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairSums {
+    /// Pairs summed.
+    pub count: u32,
+    /// `Σ h`.
+    pub h: f64,
+    /// `Σ h·d²`.
+    pub hdd: f64,
+    /// `Σ h·a`.
+    pub ha: f64,
+    /// `Σ h²`.
+    pub hh: f64,
+    /// `Σ h²·a`.
+    pub hha: f64,
+    /// `Σ h²·a²`.
+    pub hhaa: f64,
+    /// `h·d²` of the pair with the largest one (a level shift shows as one such pair).
+    #[serde(default)]
+    pub largest_hdd: f64,
 }
 
 /// The counts one look added, per cohort.
