@@ -54,6 +54,10 @@ pub enum Command {
         /// Skip the validity sweep (Sluice's A/A rate at other error rates and traffic).
         #[arg(long)]
         no_sweep: bool,
+        /// Simulate only the cases of these scenarios (`S1`, `S2`, `S3a`, `S3b`, `S4`,
+        /// `S5`: a case is kept when its scenario starts with one of them); repeatable.
+        #[arg(long = "scenario", value_name = "SCENARIO")]
+        scenarios: Vec<String>,
     },
     /// Run rollouts without a cluster: FeatureRollout YAML files in a directory, status
     /// in a state directory, flags in flagd JSON files, with a live view.
@@ -89,9 +93,15 @@ pub fn run(cli: Cli) -> ExitCode {
             seed,
             threads,
             no_sweep,
+            scenarios,
         } => {
             let mut config = simulate::Config::benchmark(runs, seed, threads);
             config.sweep = !no_sweep;
+            if !scenarios.is_empty() {
+                config
+                    .cases
+                    .retain(|c| scenarios.iter().any(|s| c.scenario.starts_with(s.as_str())));
+            }
             let results = simulate::run(&config);
             print!("{}", simulate::report::render(&results));
             println!("wall time: {:.1} s", results.elapsed.as_secs_f64());
