@@ -803,7 +803,19 @@ fn compare_with(
         _ => None,
     };
     let boundary_state = match alpha_main {
+        // Between planned looks nothing rolls back, and nothing passes that the last
+        // planned look would not have passed.
+        None if evidence.threshold.is_some_and(|th| statistic >= th) => {
+            BoundaryState::AwaitingPlannedLook
+        }
         None => BoundaryState::NotPlannedLook,
+        // Below the boundary only because the dispersion's estimate is uncertain: the
+        // boundary at the estimate itself (no widening) is reached.
+        Some(a)
+            if boundary.is_some_and(|b| statistic < b) && statistic >= sequential::norm_isf(a) =>
+        {
+            BoundaryState::DispersionUncertain
+        }
         Some(_) if boundary.is_some() => BoundaryState::Set,
         // The first planned look spends nothing: no spread between looks yet.
         Some(a) if a <= 0.0 || !sequential::norm_isf(a).is_finite() => BoundaryState::FirstLook,
@@ -813,6 +825,12 @@ fn compare_with(
         Some(a) if statistic < sequential::norm_isf(a) => BoundaryState::CannotBeReached,
         Some(_) => BoundaryState::TooFewDegreesOfFreedom,
     };
+    if let Some(a) = alpha_main {
+        evidence.threshold = match boundary_state {
+            BoundaryState::FirstLook => None,
+            _ => Some(sequential::norm_isf(a)),
+        };
+    }
     Comparison {
         statistic,
         boundary,
@@ -989,6 +1007,28 @@ mod tests {
             0.05,
         );
         assert!(again.boundary.is_none() && !again.reject(), "{again:?}");
+        // It cannot roll back, and with 20 more candidate errors it cannot pass either:
+        // the statistic is above the last planned look's boundary.
+        assert_eq!(
+            again.boundary_state,
+            BoundaryState::AwaitingPlannedLook,
+            "{again:?}"
+        );
+        // Without them it passes as a look between planned ones.
+        let quiet = compare(
+            Some(&first.evidence),
+            window(1, 0.05, 600, last.seconds + 1.0),
+            counts(last.baseline.x, last.baseline.n),
+            counts(last.candidate.x, last.candidate.n),
+            Tolerance::Relative(0.0),
+            &plan(),
+            0.05,
+        );
+        assert_eq!(
+            quiet.boundary_state,
+            BoundaryState::NotPlannedLook,
+            "{quiet:?}"
+        );
     }
 
     #[test]
@@ -1198,7 +1238,8 @@ mod tests {
                     assert!(
                         matches!(
                             out.boundary_state,
-                            BoundaryState::TooFewDegreesOfFreedom | BoundaryState::Set
+                            BoundaryState::TooFewDegreesOfFreedom
+                                | BoundaryState::DispersionUncertain
                         ),
                         "{case}, look {}: {:?}",
                         i + 1,

@@ -444,6 +444,26 @@ fn judge_share(
                 "no evidence of harm beyond the tolerance: z = {:.2} is below the boundary binomial counts would have, and the dispersion (too uncertain for a boundary of its own, {:.2} degrees of freedom) only raises it",
                 c.statistic, c.degrees_of_freedom
             )),
+            BoundaryState::DispersionUncertain => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "z = {:.2} is below its boundary {:.2} only because the dispersion between looks is uncertain ({:.1} degrees of freedom): at the estimated dispersion it would be harm; more looks decide",
+                        c.statistic,
+                        c.boundary.unwrap_or_default(),
+                        c.degrees_of_freedom
+                    ),
+                ));
+            }
+            BoundaryState::AwaitingPlannedLook => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "z = {:.2} is at or above the last planned look's threshold, and this look is not a planned one (only planned looks decide): the next planned look decides",
+                        c.statistic
+                    ),
+                ));
+            }
             BoundaryState::TooFewDegreesOfFreedom => {
                 return Err((
                     Verdict::Inconclusive,

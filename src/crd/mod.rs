@@ -648,6 +648,14 @@ pub enum BoundaryState {
     /// one), but the statistic is below the boundary binomial counts would have, which
     /// any dispersion only raises: no evidence of harm.
     CannotBeReached,
+    /// The look had a boundary and the statistic is below it, but at or above the boundary
+    /// the estimated dispersion alone would set: only the estimate's uncertainty keeps it
+    /// from rolling back. Not evidence of no harm: the look is inconclusive.
+    DispersionUncertain,
+    /// Not a planned look, and the statistic is at or above the threshold of the last
+    /// planned look (which then could not pass): only a planned look can roll back, so
+    /// this one is inconclusive and the next planned look decides.
+    AwaitingPlannedLook,
     /// The dispersion's estimate has too few degrees of freedom for a boundary (below
     /// one) and the statistic is high enough that the dispersion decides: the look is
     /// inconclusive.
@@ -717,6 +725,10 @@ pub struct FeatureRolloutStatus {
     /// Changes of phase and exposure, newest last (bounded).
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// What is odd about the plan's looks (accepted, but they will not work as planned),
+    /// as `sluice validate` prints it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl FeatureRolloutStatus {
@@ -897,7 +909,11 @@ pub struct MetricAnalysis {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline_dispersion: Option<f64>,
     /// Whether this look had a boundary for the rollout's statistic, and if not, why:
-    /// `Set`, `NotPlannedLook` (no planned look reached since the last one decided),
+    /// `Set`, `DispersionUncertain` (below the boundary but above the one the estimated
+    /// dispersion alone would set: inconclusive), `NotPlannedLook` (no planned look
+    /// reached since the last one decided),
+    /// `AwaitingPlannedLook` (no planned look reached, and the statistic is at or above the
+    /// last planned look's threshold: inconclusive until the next planned look decides),
     /// `FirstLook` (the first planned look spends nothing: no spread between looks to
     /// estimate the dispersion from), `CannotBeReached` (too few degrees of freedom for a
     /// boundary, but the statistic is below any boundary one could set) or
@@ -935,6 +951,11 @@ pub struct Evidence {
     /// The planned look the last decision used (each planned look decides at most once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_look: Option<u32>,
+    /// The statistic's level at and above which that planned look did not pass (its
+    /// boundary, or the binomial's when it could not set one): a later look between
+    /// planned ones at or above it cannot pass either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 /// The counts of one stage, as sums over its looks' increments.
