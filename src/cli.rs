@@ -342,9 +342,9 @@ pub fn analysis_table(analysis: &AnalysisStatus) -> String {
     if let Some(s) = &analysis.sample_ratio {
         let _ = writeln!(
             out,
-            "users: baseline {} candidate {}: candidate share {:.4}% (expected {:.4}%), p = {:.3e}{}",
-            s.baseline_users,
-            s.candidate_users,
+            "users: baseline {:.0} candidate {:.0}: candidate share {:.4}% (expected {:.4}%), p = {:.3e}{}",
+            s.baseline_users.round(),
+            s.candidate_users.round(),
             100.0 * s.observed_share,
             100.0 * s.expected_share,
             s.p_value,
@@ -404,7 +404,15 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
                 continue;
             }
             match manifest::check(document) {
-                Ok(_) => println!("{shown}: {name}: valid"),
+                Ok(rollout) => {
+                    println!("{shown}: {name}: valid");
+                    let warnings = crd::validate(&rollout.spec)
+                        .map(|v| v.warnings)
+                        .unwrap_or_default();
+                    for warning in warnings {
+                        println!("  warning: {warning}");
+                    }
+                }
                 Err(problems) => {
                     failed = true;
                     eprintln!("{shown}: {name}: {} problem(s)", problems.len());

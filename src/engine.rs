@@ -277,6 +277,7 @@ pub fn plan(
         }
     };
     p.set_condition("Ready", true, "Valid", "The spec is valid.");
+    p.next.warnings = valid.warnings.iter().map(ToString::to_string).collect();
     if p.next.phase == Phase::Failed {
         p.next.phase = if p.next.stage_started_at.is_some() {
             Phase::Progressing
