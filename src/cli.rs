@@ -54,6 +54,10 @@ pub enum Command {
         /// Skip the validity sweep (Sluice's A/A rate at other error rates and traffic).
         #[arg(long)]
         no_sweep: bool,
+        /// Simulate only the cases of these scenarios (`S1`, `S2`, `S3a`, `S3b`, `S4`,
+        /// `S5`: a case is kept when its scenario starts with one of them); repeatable.
+        #[arg(long = "scenario", value_name = "SCENARIO")]
+        scenarios: Vec<String>,
     },
     /// Run rollouts without a cluster: FeatureRollout YAML files in a directory, status
     /// in a state directory, flags in flagd JSON files, with a live view.
@@ -89,9 +93,15 @@ pub fn run(cli: Cli) -> ExitCode {
             seed,
             threads,
             no_sweep,
+            scenarios,
         } => {
             let mut config = simulate::Config::benchmark(runs, seed, threads);
             config.sweep = !no_sweep;
+            if !scenarios.is_empty() {
+                config
+                    .cases
+                    .retain(|c| scenarios.iter().any(|s| c.scenario.starts_with(s.as_str())));
+            }
             let results = simulate::run(&config);
             print!("{}", simulate::report::render(&results));
             println!("wall time: {:.1} s", results.elapsed.as_secs_f64());
@@ -346,9 +356,9 @@ pub fn analysis_table(analysis: &AnalysisStatus) -> String {
     if let Some(s) = &analysis.sample_ratio {
         let _ = writeln!(
             out,
-            "users: baseline {} candidate {}: candidate share {:.4}% (expected {:.4}%), p = {:.3e}{}",
-            s.baseline_users,
-            s.candidate_users,
+            "users: baseline {:.0} candidate {:.0}: candidate share {:.4}% (expected {:.4}%), p = {:.3e}{}",
+            s.baseline_users.round(),
+            s.candidate_users.round(),
             100.0 * s.observed_share,
             100.0 * s.expected_share,
             s.p_value,
@@ -408,7 +418,15 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
                 continue;
             }
             match manifest::check(document) {
-                Ok(_) => println!("{shown}: {name}: valid"),
+                Ok(rollout) => {
+                    println!("{shown}: {name}: valid");
+                    let warnings = crd::validate(&rollout.spec)
+                        .map(|v| v.warnings)
+                        .unwrap_or_default();
+                    for warning in warnings {
+                        println!("  warning: {warning}");
+                    }
+                }
                 Err(problems) => {
                     failed = true;
                     eprintln!("{shown}: {name}: {} problem(s)", problems.len());

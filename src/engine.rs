@@ -15,8 +15,9 @@
 //!    roll back at once, whatever else holds (paused, waiting for approval, a retry
 //!    asked for in the same breath).
 //! 5. A paused rollout ends no stage.
-//! 6. A stage ends when its duration has passed, its minimum samples were seen and the
-//!    latest look (at most one interval old) passed; then the next stage begins, unless it
+//! 6. A stage ends when its duration has passed, its minimum samples were seen and a
+//!    look made at or after the stage's end (one that covers the stage's whole duration)
+//!    passed; then the next stage begins, unless it
 //!    needs an approval that `control.approve` does not give. Stages are entered one at a
 //!    time, so none is ever skipped. Entering a final 100% stage without a duration is
 //!    promotion.
@@ -169,9 +170,18 @@ pub fn analysis_due(
         // its exposure is no longer in the spec to judge it against.
         return false;
     }
+    let ends = status
+        .stage
+        .zip(status.stage_started_at)
+        .map(|(i, started)| started + valid.stages[i as usize].duration);
     match &status.last_analysis {
         None => true,
-        Some(last) => Some(last.stage) != status.stage || last.at + valid.interval <= now,
+        Some(last) => {
+            Some(last.stage) != status.stage
+                || last.at + valid.interval <= now
+                // The stage's end needs a look of its own, covering its whole duration.
+                || ends.is_some_and(|ends| now >= ends && last.at < ends)
+        }
     }
 }
 
@@ -280,6 +290,7 @@ pub fn plan(
     };
     p.set_condition("Ready", true, "Valid", "The spec is valid.");
     p.resync = Some(valid.interval);
+    p.next.warnings = valid.warnings.iter().map(ToString::to_string).collect();
     if p.next.phase == Phase::Failed {
         p.next.phase = if p.next.stage_started_at.is_some() {
             Phase::Progressing
@@ -833,9 +844,16 @@ impl Planner {
         // What keeps the stage from ending, besides time.
         let mut waits = Vec::new();
         let analysis = self.current_analysis().cloned();
-        let fresh = analysis
-            .as_ref()
-            .filter(|a| a.at + valid.interval > self.now);
+        // Before the stage's end, the latest look (at most one interval old) says how the
+        // stage goes; from its end on, only a look made at or after the end (covering the
+        // stage's whole duration) may end it.
+        let fresh = analysis.as_ref().filter(|a| {
+            if self.now >= ends {
+                a.at >= ends
+            } else {
+                a.at + valid.interval > self.now
+            }
+        });
         if let Some(min) = stage.min_samples {
             let seen = analysis
                 .as_ref()
@@ -850,6 +868,10 @@ impl Planner {
         }
         if valid.has_metrics && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
             let (reason, text) = match fresh {
+                None if self.now >= ends && analysis.is_some() => (
+                    "WaitingForAnalysis",
+                    "waiting for a look covering the stage's whole duration".to_owned(),
+                ),
                 None => (
                     "WaitingForAnalysis",
                     "waiting for a look at the metrics".to_owned(),

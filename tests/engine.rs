@@ -800,6 +800,46 @@ fn history_is_bounded() {
 }
 
 #[test]
+fn a_stage_ends_only_on_a_look_made_at_or_after_its_end() {
+    let s = spec(ANALYSED);
+    let p = step(&s, None, &nothing(), t0());
+    // A pass 30 s before the stage's end: less than an interval old at the end, but the
+    // last 30 s of the stage were never analysed.
+    let before_end = at(10) - SignedDuration::from_secs(30);
+    let p = step(
+        &s,
+        Some(&p.status),
+        &look(0, before_end, Verdict::Pass),
+        before_end,
+    );
+    assert!(
+        analysis_due(&s, Some(&p.status), at(10)),
+        "the stage's end needs its own look, though the last one is not an interval old"
+    );
+    let held = step(&s, Some(&p.status), &nothing(), at(10));
+    assert!(
+        matches!(held.decision, Decision::Hold { .. }),
+        "{:?}",
+        held.decision
+    );
+    let message = held.status.message.as_deref().unwrap();
+    assert!(message.contains("whole duration"), "{message}");
+    // The look at the end passes: the stage ends.
+    let p = step(
+        &s,
+        Some(&held.status),
+        &look(0, at(10), Verdict::Pass),
+        at(10),
+    );
+    assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
+    // A look made after the end (a late reconcile) ends it too.
+    let p = step(&s, None, &nothing(), t0());
+    let late = at(10) + SignedDuration::from_secs(5);
+    let p = step(&s, Some(&p.status), &look(0, late, Verdict::Pass), late);
+    assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
+}
+
+#[test]
 fn analysis_is_due_once_per_interval_while_a_stage_runs() {
     let s = spec(ANALYSED);
     assert!(

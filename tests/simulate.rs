@@ -10,7 +10,7 @@ use sluice::simulate::report::{self, Summary};
 use sluice::simulate::rules::{
     self, ArgoStyle, FlaggerStyle, KayentaStyle, RankTestMethod, ZTestEveryLook,
 };
-use sluice::simulate::traffic::simulate_rollout;
+use sluice::simulate::sluice_rule::SluiceRollout;
 use sluice::simulate::*;
 
 const SEED: u64 = 7;
@@ -21,6 +21,13 @@ fn close(actual: f64, expected: f64, tolerance: f64) -> bool {
 
 fn case(scenario: &str, traffic: Traffic, multiplier: f64, onset_minute: u32) -> Case {
     Case::benchmark(scenario, traffic, multiplier, onset_minute)
+}
+
+/// One rollout's traffic on its case's schedule, as `simulate_case` draws it.
+fn simulate_rollout(case: &Case, run: usize) -> Vec<Cohorts> {
+    let mut rng = rollout_rng(SEED, case, run);
+    let mut source = TrafficSource::new(&mut rng, &case.traffic, case.schedule.look_seconds);
+    traffic::simulate_rollout(&mut rng, &mut source, &case.schedule, &case.regression)
 }
 
 fn minute(candidate: (u64, u64), baseline: (u64, u64)) -> Cohorts {
@@ -287,18 +294,22 @@ fn summary_separates_early_rollbacks_from_detections() {
         Outcome {
             rollback_minute: Some(12),
             candidate_requests_since_onset: 0,
+            ..Outcome::default()
         },
         Outcome {
             rollback_minute: Some(17),
             candidate_requests_since_onset: 300,
+            ..Outcome::default()
         },
         Outcome {
             rollback_minute: Some(25),
             candidate_requests_since_onset: 4_000,
+            ..Outcome::default()
         },
         Outcome {
             rollback_minute: None,
             candidate_requests_since_onset: 20_000,
+            ..Outcome::default()
         },
     ];
     let s = Summary::new(&late, &outcomes);
@@ -327,12 +338,7 @@ fn traffic_follows_the_schedule_and_the_burstiness() {
     let mut errors = |c: &Case| {
         let mut counts = Vec::new();
         for run in 0..400 {
-            let minutes = simulate_rollout(
-                &mut rollout_rng(SEED, c, run),
-                &c.schedule,
-                &c.traffic,
-                &c.regression,
-            );
+            let minutes = simulate_rollout(c, run);
             assert_eq!(minutes.len(), 40);
             for m in &minutes[10..20] {
                 candidate_stage2 += m.candidate.requests as f64;
@@ -373,12 +379,7 @@ fn traffic_follows_the_schedule_and_the_burstiness() {
 #[test]
 fn regression_starts_after_the_onset_minute() {
     let late = case("S1", Traffic::s1(), 50.0, 15);
-    let minutes = simulate_rollout(
-        &mut rollout_rng(SEED, &late, 0),
-        &late.schedule,
-        &late.traffic,
-        &late.regression,
-    );
+    let minutes = simulate_rollout(&late, 0);
     let rate = |m: &Cohorts| m.candidate.errors as f64 / m.candidate.requests as f64;
     // 50 × 1 % = 50 % errors from the sixteenth minute on, about 1 % before.
     assert!(minutes[..15].iter().all(|m| rate(m) < 0.2));
@@ -389,10 +390,12 @@ fn regression_starts_after_the_onset_minute() {
 fn results_do_not_depend_on_threads_and_follow_the_seed() {
     let c = case("S1", Traffic::s1(), 2.0, 0);
     let rules = benchmark_rules(&c);
-    let one = simulate_case(&c, &rules, 300, SEED, 1);
-    let three = simulate_case(&c, &rules, 300, SEED, 3);
+    let sluice = SluiceRollout::benchmark(&c.schedule);
+    let one = simulate_case(&c, &rules, Some(&sluice), 300, SEED, 1);
+    let three = simulate_case(&c, &rules, Some(&sluice), 300, SEED, 3);
     assert_eq!(one, three);
-    let other = simulate_case(&c, &rules, 300, SEED + 1, 2);
+    assert_eq!(one.len(), rules.len() + 1, "the anchors, then Sluice");
+    let other = simulate_case(&c, &rules, Some(&sluice), 300, SEED + 1, 2);
     assert_ne!(one, other);
 }
 
@@ -451,121 +454,154 @@ fn agreement_with_anchors_accounts_for_both_errors() {
     assert_eq!(compare_median((14, 13, 14), 10), Agreement::Differs);
 }
 
-#[test]
-fn sluice_rule_drives_the_analysis_module() {
-    use sluice::simulate::sluice_rule::SluiceRule;
+/// Sluice through the engine on hand-made traffic: what the engine decides, where.
+fn sluice_outcome(minutes: &[Cohorts], onset: u32) -> Outcome {
     let schedule = Schedule::benchmark();
-    let rule = SluiceRule::benchmark(&schedule);
-    // 1 − 0.95 for the one test (maxIncrease), spent over the whole rollout.
-    assert!(close(rule.alpha(), 0.05, 1e-15));
-    assert_eq!(rule.spec().stages.len(), 5);
+    let sluice = SluiceRollout::benchmark(&schedule);
+    let c = case("S1", Traffic::s1(), 1.0, 0);
+    let mut rng = rollout_rng(SEED, &c, 0);
+    let mut source = TrafficSource::new(&mut rng, &c.traffic, 60);
+    let regression = Regression {
+        multiplier: 1.0,
+        onset_minute: onset,
+    };
+    sluice.run(&mut rng, &mut source, &regression, minutes)
+}
 
-    // Healthy traffic never rolls back.
-    let quiet = rollout_with(&[]);
-    assert_eq!(rollback_minute(Box::new(rule.clone()), &quiet, 0), None);
+#[test]
+fn sluice_runs_through_the_engine() {
+    let schedule = Schedule::benchmark();
+    let sluice = SluiceRollout::benchmark(&schedule);
+    // 1 − 0.95 for the one test (maxIncrease), spent over the whole rollout.
+    assert!(close(sluice.alpha(), 0.05, 1e-15));
+    assert_eq!(sluice.spec().stages.len(), 5);
+
+    // Healthy traffic: promoted on time, every stage ended by the look at its end.
+    let quiet = sluice_outcome(&rollout_with(&[]), 0);
+    assert_eq!(quiet.rollback_minute, None);
+    assert_eq!(quiet.held_looks, 0, "{quiet:?}");
+    assert!(!quiet.stuck);
 
     // 10 % candidate errors against 1 % from minute 12 on, in the 5 % stage: rolled back
     // within that stage.
     let bad: Vec<(u32, Cohorts)> = (12..=20)
         .map(|m| (m, minute((150, 15), (2850, 28))))
         .collect();
-    let minutes = rollout_with(&bad);
-    let mut rules: Vec<Box<dyn Rule>> = vec![Box::new(rule)];
-    let outcome = judge_rollout(&mut rules, &schedule, 11, &minutes)[0];
+    let outcome = sluice_outcome(&rollout_with(&bad), 11);
     let at = outcome.rollback_minute.expect("a rollback");
     assert!((12..=20).contains(&at), "rolled back at minute {at}");
+    assert_eq!(outcome.rollback_stage, Some(1));
+    // The onset is after minute 11: the bad minutes' 150 candidate requests each count.
+    assert_eq!(
+        outcome.candidate_requests_since_onset,
+        150 * u64::from(at - 11),
+        "candidate requests from the onset through the rollback"
+    );
 }
 
 #[test]
-fn sluice_rule_keeps_evidence_across_stages_like_the_controller() {
-    use sluice::analysis::judge::{self, LookAt, Observed};
-    use sluice::crd::AnalysisStatus;
-    use sluice::prometheus::PerCohort;
-    use sluice::simulate::sluice_rule::SluiceRule;
-    // Bursty healthy traffic (S2), seeded: the simulator's rule and the controller's path
-    // (the same pure judgement, the previous look read back from status JSON as after a
-    // restart) make the same decision at every look, and the evidence of every stage is
-    // kept to the end.
+fn the_engine_holds_a_stage_whose_look_is_inconclusive() {
+    // No candidate requests at all in the first stage: every look there is inconclusive
+    // ("no data for the candidate cohort"), so the engine holds the 1 % stage past its
+    // ten minutes instead of raising the exposure.
+    let empty: Vec<(u32, Cohorts)> = (1..=10).map(|m| (m, minute((0, 0), (3000, 30)))).collect();
+    let minutes = rollout_with(&empty);
+    let schedule = Schedule::benchmark();
+    let sluice = SluiceRollout::benchmark(&schedule);
+    let c = case("S1 no candidate", Traffic::s1(), 1.0, 0);
+    let mut rng = rollout_rng(SEED, &c, 0);
+    let mut source = TrafficSource::new(&mut rng, &c.traffic, 60);
+    let mut decisions = Vec::new();
+    let outcome = sluice.run_traced(&mut rng, &mut source, &c.regression, &minutes, |tick| {
+        decisions.push((tick.now, tick.decision.clone(), tick.status.stage))
+    });
+    // At minute 10 the stage is held, not advanced.
+    let at_end = &decisions[10];
+    assert_eq!(at_end.0, jiff::Timestamp::from_second(600).unwrap());
+    assert!(
+        matches!(at_end.1, sluice::engine::Decision::Hold { .. }),
+        "{at_end:?}"
+    );
+    assert_eq!(at_end.2, Some(0));
+    // After the schedule's traffic the source draws S1 traffic at 1 %: the stage gets
+    // candidate data, passes and the rollout goes on, later than planned.
+    assert!(outcome.held_looks > 0, "{outcome:?}");
+}
+
+#[test]
+fn simulator_controller_and_standalone_make_the_same_decisions() {
+    use sluice::analysis::judge::{self, LookAt};
+    use sluice::crd::FeatureRolloutStatus;
+    use sluice::engine::{self, Observations};
+    use sluice::simulate::sluice_rule::observed;
+    // Bursty healthy traffic (S2), seeded: at every tick the simulator's engine-driven
+    // rollout and the path of a reconcile (controller and standalone mode share it:
+    // `analysis_due`, the pure judgement, `engine::plan`, with the status read back from
+    // JSON as after a restart) make the same decision and write the same status; the
+    // evidence of every stage is kept to the end.
     let seed = 11;
     println!("seed {seed}");
-    let schedule = Schedule::benchmark();
-    let case = case("S2", Traffic::s2(), 1.0, 0);
-    let mut rng = rollout_rng(seed, &case, 0);
-    let minutes = simulate_rollout(&mut rng, &schedule, &case.traffic, &case.regression);
-    let mut rule = SluiceRule::benchmark(&schedule);
-    let spec = rule.spec().clone();
+    let c = case("S2", Traffic::s2(), 1.0, 0);
+    let sluice = SluiceRollout::benchmark(&c.schedule);
+    let spec = sluice.spec().clone();
     let valid = sluice::crd::validate::validate(&spec).expect("a valid spec");
-    let mut stored: Option<String> = None;
-    let (mut stage_total, mut rollout_total) = (Cohorts::default(), Cohorts::default());
-    for (index, counts) in minutes.iter().enumerate() {
-        let (stage, in_stage) = schedule.locate(index as u32).unwrap();
-        if in_stage == 0 {
-            stage_total = Cohorts::default();
-        }
-        stage_total += *counts;
-        rollout_total += *counts;
-        let look = Look {
-            minute: index as u32 + 1,
-            stage,
-            minute_in_stage: in_stage + 1,
-            exposure: schedule.stages[stage].exposure,
-            last_minute: *counts,
-            stage_total,
-            rollout_total,
-            history: &minutes[..=index],
-            schedule: &schedule,
-        };
-        let simulated = rule.judge(&look);
-        let simulated_status = rule.last_analysis().unwrap().clone();
-
-        // The controller's path: the previous status comes back from the API server.
-        let previous: Option<AnalysisStatus> =
-            stored.as_deref().map(|j| serde_json::from_str(j).unwrap());
-        let at_minute = |m: u32| jiff::Timestamp::from_second(i64::from(m) * 60).unwrap();
-        let some = |v: u64| (v > 0).then_some(v as f64);
-        let observed = Observed::Ratio {
-            bad: PerCohort {
-                baseline: some(stage_total.baseline.errors),
-                candidate: some(stage_total.candidate.errors),
-            },
-            total: PerCohort {
-                baseline: some(stage_total.baseline.requests),
-                candidate: some(stage_total.candidate.requests),
-            },
-        };
-        let controller = judge::judge_look(
+    let mut rng = rollout_rng(seed, &c, 0);
+    let mut source = TrafficSource::new(&mut rng, &c.traffic, 60);
+    let minutes = traffic::simulate_rollout(&mut rng, &mut source, &c.schedule, &c.regression);
+    let mut ticks = Vec::new();
+    let outcome = sluice.run_traced(&mut rng, &mut source, &c.regression, &minutes, |t| {
+        ticks.push(t.clone())
+    });
+    assert_eq!(outcome.rollback_minute, None, "a healthy rollout");
+    let mut stored: String = {
+        let start = engine::plan(
             &spec,
-            &valid,
-            LookAt {
-                stage: stage as u32,
-                stage_started_at: at_minute(look.minute - look.minute_in_stage),
-                now: at_minute(look.minute),
-            },
-            vec![(observed, Vec::new())],
             None,
-            previous.as_ref(),
+            &Observations {
+                generation: Some(1),
+                ..Observations::default()
+            },
+            jiff::Timestamp::UNIX_EPOCH,
         );
-        assert_eq!(
-            controller.verdict, simulated_status.verdict,
-            "minute {}",
-            look.minute
+        serde_json::to_string(&start.status).unwrap()
+    };
+    for tick in &ticks {
+        let status: FeatureRolloutStatus = serde_json::from_str(&stored).unwrap();
+        let due = engine::analysis_due(&spec, Some(&status), tick.now);
+        assert_eq!(due, tick.looked, "at {}", tick.now);
+        let analysis = due.then(|| {
+            judge::judge_look(
+                &spec,
+                &valid,
+                LookAt {
+                    stage: status.stage.unwrap(),
+                    stage_started_at: status.stage_started_at.unwrap(),
+                    now: tick.now,
+                },
+                vec![(observed(tick.stage_total), Vec::new())],
+                None,
+                status.last_analysis.as_ref(),
+            )
+        });
+        let plan = engine::plan(
+            &spec,
+            Some(&status),
+            &Observations {
+                analysis,
+                generation: Some(1),
+                ..Observations::default()
+            },
+            tick.now,
         );
-        let (a, b) = (&controller.metrics[0], &simulated_status.metrics[0]);
-        assert!(
-            (a.statistic.unwrap() - b.statistic.unwrap()).abs() < 1e-9,
-            "minute {}",
-            look.minute
-        );
-        assert_eq!(a.boundary.is_some(), b.boundary.is_some());
-        assert_eq!(
-            simulated,
-            Judgement::Continue,
-            "a healthy rollout at minute {}",
-            look.minute
-        );
-        stored = Some(serde_json::to_string(&controller).unwrap());
+        assert_eq!(plan.decision, tick.decision, "at {}", tick.now);
+        assert_eq!(plan.status, tick.status, "at {}", tick.now);
+        stored = serde_json::to_string(&plan.status).unwrap();
     }
-    let last = rule.last_analysis().unwrap();
+    assert!(matches!(
+        ticks.last().unwrap().decision,
+        sluice::engine::Decision::Promote
+    ));
+    let last = ticks.last().unwrap().status.last_analysis.clone().unwrap();
     let metric = &last.metrics[0];
     let evidence = metric.evidence.as_ref().unwrap();
     assert_eq!(evidence.strata.len(), 4);
@@ -573,15 +609,10 @@ fn sluice_rule_keeps_evidence_across_stages_like_the_controller() {
         assert_eq!(stratum.stage, i as u32);
         assert_eq!(stratum.candidate.looks, 10);
     }
-    assert_eq!(
-        evidence.strata[3].candidate.n,
-        stage_total.candidate.requests as f64
-    );
     // Bursts were seen: the dispersion is estimated above the binomial's 0.
     assert!(metric.dispersion.unwrap() > 0.05, "{metric:#?}");
+    assert!(metric.baseline_dispersion.unwrap() > 0.05, "{metric:#?}");
     assert!((metric.information_fraction.unwrap() - 1.0).abs() < 1e-9);
     // The whole plan's budget is spent at its last look; only the overtime reserve is left.
     assert!((metric.budget_spent.unwrap() - (1.0 - compare::OVERTIME_RESERVE)).abs() < 1e-9);
-    rule.reset();
-    assert!(rule.last_analysis().is_none());
 }

@@ -13,12 +13,17 @@
 //!   saddlepoint tail of that sum of binomials ([`sequential::binomial_sum_sf`]), exact
 //!   enough where counts are small, turned into a z-score.
 //! - **Dispersion.** Bad events per look vary more than the binomial says when failures come
-//!   in bursts: `Var = μ(1 − p) + κμ²`. `κ` is estimated by moments from the look-to-look
-//!   increments of both cohorts in every stage so far (unbiased for the stage means
-//!   estimated from the same increments), never below 0 (the binomial); its uncertainty
-//!   widens the boundaries as a Student t with Satterthwaite's degrees of freedom, with the
-//!   estimate's variance taken [`DISPERSION_MARGIN`] standard errors above `κ` (a plug-in
-//!   variance at a low estimate would claim a precision a few looks cannot have).
+//!   in bursts: `Var = μ(1 − p) + κμ²`. `κ` is estimated per cohort (the small candidate
+//!   cohort, holding a few heavy users, can be far burstier than the baseline) by moments
+//!   from the successive differences of the looks' rates within each stage (von Neumann's
+//!   mean square successive difference): a level shift (the onset of harm) adds one
+//!   difference, where spread around the stage's mean would be inflated at every look.
+//!   Never below 0 (the binomial). Its uncertainty widens the boundaries as a Student t
+//!   with Satterthwaite's degrees of freedom over both cohorts' estimates, each
+//!   estimate's variance taken [`DISPERSION_MARGIN`] standard errors above it (a plug-in
+//!   variance at a low estimate would claim a precision a few looks cannot have). Below
+//!   [`MIN_DEGREES_OF_FREEDOM`] no boundary is set and the look says so
+//!   ([`BoundaryState::TooFewDegreesOfFreedom`]).
 //! - **Boundaries.** The information of the comparison grows like `λ·w(1 − w)` (traffic
 //!   `λ`, exposure `w`), so the share of the plan's information reached at a look follows
 //!   from the plan alone: `t = Σ w(1 − w)·seconds / Σ_plan w(1 − w)·duration`. The budget
@@ -43,6 +48,7 @@ use jiff::Timestamp;
 
 use super::ratio::{Counts, Tolerance};
 use super::sequential::{self, BinomialTerm};
+pub use crate::crd::BoundaryState;
 use crate::crd::validate::ValidSpec;
 use crate::crd::{Evidence, Increment, IncrementSums, Stratum};
 
@@ -68,6 +74,15 @@ pub const FIRST_STAGE_RATE: f64 = 0.9;
 /// How many standard errors above the estimate of `κ` its own variance is evaluated at,
 /// for the degrees of freedom of the t that widens the boundaries.
 pub const DISPERSION_MARGIN: f64 = 2.0;
+
+/// The fewest degrees of freedom a boundary is set with: below one, a Student t has no
+/// finite variance and its quantiles run to thousands; such a look cannot judge.
+pub const MIN_DEGREES_OF_FREEDOM: f64 = 1.0;
+
+/// The variance of a sum of squared successive differences over that of as many
+/// independent squares: successive differences share a look, and for equal variances
+/// `Var Σ d_j² = 2σ⁴(m + (m − 1)/2)`, about 1.5 times `2σ⁴m`.
+const SUCCESSIVE_CORRELATION: f64 = 1.5;
 
 /// The information rate of a stage per second of its duration: `w(1 − w)` for exposure
 /// `w`; a stage with an audience and full exposure compares the audience with everybody
@@ -202,11 +217,15 @@ pub struct Comparison {
     pub budget_spent: f64,
     /// The information fraction reached.
     pub information_fraction: f64,
-    /// The estimated dispersion `κ`.
+    /// The estimated dispersion `κ` of the candidate cohort.
     pub dispersion: f64,
+    /// The estimated dispersion `κ` of the baseline cohort.
+    pub baseline_dispersion: f64,
     /// The degrees of freedom of the dispersion's estimate (0 until two looks with events
     /// can be compared: then no boundary is set).
     pub degrees_of_freedom: f64,
+    /// Whether the rollout's statistic had a boundary at this look, and if not, why.
+    pub boundary_state: BoundaryState,
     /// The evidence to keep for the next look.
     pub evidence: Evidence,
 }
@@ -229,51 +248,210 @@ impl IncrementSums {
         self.nn += n * n;
         self.nnn += n * n * n;
         self.nnnn += n * n * n * n;
+        if n <= 0.0 {
+            return; // no events: nothing to pair
+        }
+        if self.last_n > 0.0 {
+            let (m, y) = (self.last_n, self.last_x);
+            let d = x / n - y / m;
+            let h = (n * m / (n + m)).powi(2);
+            let a = 1.0 / n + 1.0 / m;
+            let pairs = &mut self.pairs;
+            pairs.count += 1;
+            pairs.h += h;
+            pairs.hdd += h * d * d;
+            pairs.ha += h * a;
+            pairs.hh += h * h;
+            pairs.hha += h * h * a;
+            pairs.hhaa += h * h * a * a;
+            pairs.largest_hdd = pairs.largest_hdd.max(h * d * d);
+        }
+        self.last_n = n;
+        self.last_x = x;
     }
 }
 
-/// The moment estimate of `κ` and its approximate variance from every stratum's
-/// increments: per stratum and cohort, with `p = x/n` and residuals `r = x_j − n_j p`,
-/// `E Σr² = p(1 − p)(n − Σn_j²/n) + κ p²(Σn_j² − 2Σn_j³/n + (Σn_j²)²/n²)`.
-/// Returns `(κ, Var κ)`, the variance evaluated at `κ +` [`DISPERSION_MARGIN`] standard
-/// errors; `None` when no stage has two looks with events to compare.
-pub fn dispersion(strata: &[Stratum]) -> Option<(f64, f64)> {
-    let groups = || {
-        strata
-            .iter()
-            .flat_map(|s| [&s.baseline, &s.candidate])
-            .filter(|g| g.n > 0.0 && g.looks >= 2)
+/// One cohort's dispersion estimate: `κ` and the variance of its estimate (evaluated
+/// [`DISPERSION_MARGIN`] standard errors above `κ`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CohortDispersion {
+    /// The estimate, never below 0.
+    pub kappa: f64,
+    /// The variance of the estimate, at the margin.
+    pub variance: f64,
+    /// The variance of the estimate at the estimate itself (for comparing cohorts).
+    pub plug_in_variance: f64,
+}
+
+/// `E max(Q_1, …, Q_m)` for independent `χ²₁` variables `Q_i`: what the largest of `m`
+/// squared standardised differences is expected to be, for the correction of a sum that
+/// leaves it out. `∫₀^∞ 1 − F(x)^m dx` with `F(x) = erf(√(x/2))`, integrated over `u = √x`
+/// by Simpson's rule (the integrand falls like `e^{−u²/2}`); tabulated up to 256.
+pub fn expected_max_chi2(m: u32) -> f64 {
+    const TABLE: u32 = 256;
+    fn integrate(m: u32) -> f64 {
+        let (upper, steps) = (14.0_f64, 4_000_u32);
+        let dx = upper / f64::from(steps);
+        let f = |u: f64| {
+            let cdf = 1.0 - statrs::function::erf::erfc(u / std::f64::consts::SQRT_2);
+            2.0 * u * (1.0 - cdf.powi(m as i32))
+        };
+        let mut sum = f(0.0) + f(upper);
+        for i in 1..steps {
+            let weight = if i % 2 == 1 { 4.0 } else { 2.0 };
+            sum += weight * f(f64::from(i) * dx);
+        }
+        sum * dx / 3.0
+    }
+    static VALUES: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    if m == 0 {
+        return 0.0;
+    }
+    if m > TABLE {
+        return integrate(m);
+    }
+    VALUES.get_or_init(|| (1..=TABLE).map(integrate).collect())[m as usize - 1]
+}
+
+/// The fewest pairs of looks in a stratum for which the candidate's largest pair is left
+/// out of its dispersion's estimate.
+pub const TRIM_FROM_PAIRS: u32 = 3;
+
+/// The moment estimate of one cohort's `κ` from the successive differences of its looks'
+/// rates in every stratum: with `σ_j² = p(1 − p)a_j + 2κp²` the variance of a difference
+/// under a constant rate `p` in the stratum, `E Σ h d² = Σ h (p(1 − p)a + 2κp²)`.
+///
+/// With `trim`, a stratum of `m ≥` [`TRIM_FROM_PAIRS`] pairs leaves its largest `h d²` out
+/// and scales the rest by `m/(m − E max)` ([`expected_max_chi2`], exact for equal
+/// weights): the onset of harm inside a stage is one large difference, which then
+/// counts as signal, not as noise. The variance of the trimmed sum is taken as
+/// `(m − 1)/m` of the full sum's (an upper bound: the largest term varies most), times
+/// the scale squared. `None` when no stratum has two looks with events.
+pub fn cohort_dispersion<'a>(
+    groups: impl Iterator<Item = &'a IncrementSums> + Clone,
+    trim: bool,
+) -> Option<CohortDispersion> {
+    let pairs = groups.filter(|g| g.pairs.count > 0 && g.n > 0.0);
+    let scale = |g: &IncrementSums| -> (f64, f64) {
+        let m = g.pairs.count;
+        if !trim || m < TRIM_FROM_PAIRS {
+            return (1.0, 1.0);
+        }
+        let m = f64::from(m);
+        let c = m / (m - expected_max_chi2(g.pairs.count));
+        (c, c * c * (m - 1.0) / m)
     };
     let (mut excess, mut weight) = (0.0, 0.0);
-    for g in groups() {
+    for g in pairs.clone() {
         let p = (g.x / g.n).clamp(0.0, 1.0);
-        let residuals = g.xx - 2.0 * p * g.xn + p * p * g.nn;
-        let binomial = p * (1.0 - p) * (g.n - g.nn / g.n);
-        let b = p * p * (g.nn - 2.0 * g.nnn / g.n + g.nn * g.nn / (g.n * g.n));
-        excess += residuals - binomial;
-        weight += b.max(0.0);
+        let (c, _) = scale(g);
+        let hdd = if c == 1.0 {
+            g.pairs.hdd
+        } else {
+            c * (g.pairs.hdd - g.pairs.largest_hdd)
+        };
+        excess += hdd - p * (1.0 - p) * g.pairs.ha;
+        weight += 2.0 * p * p * g.pairs.h;
     }
     if weight <= 1e-12 {
         return None;
     }
     let kappa = (excess / weight).max(0.0);
     let spread = |kappa: f64| -> f64 {
-        groups()
+        pairs
+            .clone()
             .map(|g| {
                 let p = (g.x / g.n).clamp(0.0, 1.0);
                 let q = p * (1.0 - p);
-                // Var(r²) ≈ 2v² for normal residuals; bursts with a Gamma-like spread have
-                // the heavier tails of a fourth moment `3κ² + 6κ³`: `2(1 + 3κ)` for the
-                // burst part.
-                2.0 * (q * q * g.nn
-                    + 2.0 * kappa * p * p * q * g.nnn
-                    + (1.0 + 3.0 * kappa) * kappa * kappa * p.powi(4) * g.nnnn)
+                let b = 2.0 * kappa * p * p;
+                let (_, inflation) = scale(g);
+                // Var(d²) = 2σ⁴ for normal differences; bursts with a Gamma-like spread
+                // have the heavier tails of a fourth moment `3κ² + 6κ³`: `2(1 + 3κ)` for
+                // the burst part.
+                inflation
+                    * 2.0
+                    * (q * q * g.pairs.hhaa
+                        + 2.0 * q * b * g.pairs.hha
+                        + (1.0 + 3.0 * kappa) * b * b * g.pairs.hh)
             })
             .sum::<f64>()
+            * SUCCESSIVE_CORRELATION
             / (weight * weight)
     };
-    let upper = kappa + DISPERSION_MARGIN * spread(kappa).sqrt();
-    Some((kappa, spread(upper)))
+    let plug_in_variance = spread(kappa);
+    let upper = kappa + DISPERSION_MARGIN * plug_in_variance.sqrt();
+    Some(CohortDispersion {
+        kappa,
+        variance: spread(upper),
+        plug_in_variance,
+    })
+}
+
+/// How many standard errors the candidate's dispersion must exceed the baseline's by to be
+/// estimated on its own; below, one estimate from both cohorts serves both.
+pub const HETEROGENEITY_Z: f64 = 2.0;
+
+/// The dispersion a comparison uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Dispersion {
+    /// One estimate from both cohorts (their spreads are compatible).
+    Pooled(CohortDispersion),
+    /// Each cohort's own (the candidate's is larger than the baseline's by more than
+    /// [`HETEROGENEITY_Z`] standard errors).
+    Separate {
+        /// The baseline's (`None`: not estimable).
+        baseline: Option<CohortDispersion>,
+        /// The candidate's.
+        candidate: Option<CohortDispersion>,
+    },
+}
+
+/// The dispersion of both cohorts over every stratum. Requests are randomised, so the
+/// cohorts share one `κ` unless users cluster the errors: then the small candidate cohort,
+/// holding a few heavy users, is burstier. Each cohort is estimated on its own (the
+/// candidate's with its largest pair per stratum left out, see [`cohort_dispersion`]);
+/// when the candidate's exceeds the baseline's by more than [`HETEROGENEITY_Z`] standard
+/// errors each keeps its own, else both use the estimate from both cohorts' sums, which
+/// is far more precise than the small candidate's alone.
+pub fn dispersion(strata: &[Stratum]) -> Dispersion {
+    let baseline = cohort_dispersion(strata.iter().map(|s| &s.baseline), false);
+    let candidate = cohort_dispersion(strata.iter().map(|s| &s.candidate), true);
+    let separate = Dispersion::Separate {
+        baseline,
+        candidate,
+    };
+    let (Some(b), Some(c)) = (baseline, candidate) else {
+        return separate;
+    };
+    let se = (b.plug_in_variance + c.plug_in_variance).sqrt();
+    if c.kappa - b.kappa > HETEROGENEITY_Z * se {
+        return separate;
+    }
+    // Both cohorts' sums in one moment equation: the candidate's trimmed as above.
+    let both = pooled(strata);
+    both.map_or(separate, Dispersion::Pooled)
+}
+
+fn pooled(strata: &[Stratum]) -> Option<CohortDispersion> {
+    // The baseline's groups untrimmed and the candidate's trimmed: estimated as one cohort
+    // by moments, with each group's own trimming.
+    let b = cohort_dispersion(strata.iter().map(|s| &s.baseline), false)?;
+    let c = cohort_dispersion(strata.iter().map(|s| &s.candidate), true);
+    let Some(c) = c else { return Some(b) };
+    // Inverse-variance weighting of the two moment estimates (each unbiased for the
+    // common κ); its variance at the margin combines theirs the same way.
+    let (wb, wc) = (
+        1.0 / b.plug_in_variance.max(1e-300),
+        1.0 / c.plug_in_variance.max(1e-300),
+    );
+    let kappa = (wb * b.kappa + wc * c.kappa) / (wb + wc);
+    let plug_in_variance = 1.0 / (wb + wc);
+    let (mb, mc) = (1.0 / b.variance.max(1e-300), 1.0 / c.variance.max(1e-300));
+    Some(CohortDispersion {
+        kappa,
+        variance: 1.0 / (mb + mc),
+        plug_in_variance,
+    })
 }
 
 /// The rates of both cohorts when the candidate is exactly as bad as tolerated, fitted to
@@ -309,10 +487,18 @@ struct Term {
     binomial: BinomialTerm,
     /// The observed, shifted and scaled count.
     y: f64,
-    /// Binomial variance of the score, and its part that grows with `κ`.
+    /// Binomial variance of the score, and its parts that grow with each cohort's `κ`.
     v0: f64,
-    w: f64,
+    w_baseline: f64,
+    w_candidate: f64,
     phi: f64,
+}
+
+/// The dispersion a statistic uses: each cohort's `κ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Kappas {
+    baseline: f64,
+    candidate: f64,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -325,7 +511,7 @@ fn term(
     nnc: f64,
     rates: (f64, f64),
     tolerance: Tolerance,
-    kappa: f64,
+    kappa: Kappas,
 ) -> Option<Term> {
     if nb <= 0.0 || nc <= 0.0 {
         return None;
@@ -333,8 +519,10 @@ fn term(
     let (pb, pc) = rates;
     let (pi, shift) = share_and_shift(nb, nc, tolerance);
     let v0 = (1.0 - pi).powi(2) * nc * pc * (1.0 - pc) + pi * pi * nb * pb * (1.0 - pb);
-    let w = (1.0 - pi).powi(2) * pc * pc * nnc + pi * pi * pb * pb * nnb;
-    let phi = if v0 > 0.0 { 1.0 + kappa * w / v0 } else { 1.0 };
+    let w_candidate = (1.0 - pi).powi(2) * pc * pc * nnc;
+    let w_baseline = pi * pi * pb * pb * nnb;
+    let extra = kappa.candidate * w_candidate + kappa.baseline * w_baseline;
+    let phi = if v0 > 0.0 { 1.0 + extra / v0 } else { 1.0 };
     Some(Term {
         binomial: BinomialTerm {
             size: (xb + xc) / phi,
@@ -342,13 +530,25 @@ fn term(
         },
         y: (xc - shift) / phi,
         v0,
-        w,
+        w_baseline,
+        w_candidate,
         phi,
     })
 }
 
-/// The z-score of a sum of terms and its Satterthwaite degrees of freedom.
-fn score(terms: &[Term], var_kappa: Option<f64>) -> Option<(f64, f64)> {
+/// The variances of both cohorts' `κ` estimates (`None`: not estimable yet); `pooled`:
+/// one estimate serves both.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct KappaVariances {
+    baseline: Option<f64>,
+    candidate: Option<f64>,
+    pooled: bool,
+}
+
+/// The z-score of a sum of terms and its Satterthwaite degrees of freedom (0 when a
+/// cohort whose dispersion matters has no estimate yet; infinite when the dispersion is
+/// known).
+fn score(terms: &[Term], variances: KappaVariances) -> Option<(f64, f64)> {
     if terms.is_empty() {
         return None;
     }
@@ -368,13 +568,24 @@ fn score(terms: &[Term], var_kappa: Option<f64>) -> Option<(f64, f64)> {
         sequential::norm_isf(tail).min(40.0)
     };
     let v: f64 = terms.iter().map(|t| t.v0 * t.phi).sum();
-    let w: f64 = terms.iter().map(|t| t.w).sum();
-    let df = match var_kappa {
-        // One look: the spread between looks is unknown, no boundary can be trusted.
-        None => 0.0,
-        // Satterthwaite's degrees of freedom.
-        Some(var) if w * w * var > 0.0 => 2.0 * v * v / (w * w * var),
-        Some(_) => f64::INFINITY,
+    let wb: f64 = terms.iter().map(|t| t.w_baseline).sum();
+    let wc: f64 = terms.iter().map(|t| t.w_candidate).sum();
+    // Satterthwaite: `Var(v̂) = Σ w_g² Var(κ̂_g)` over the cohorts.
+    let part = |w: f64, var: Option<f64>| match var {
+        _ if w <= 0.0 => Some(0.0),
+        Some(var) => Some(w * w * var),
+        None => None,
+    };
+    let parts = if variances.pooled {
+        (part(wb + wc, variances.baseline), Some(0.0))
+    } else {
+        (part(wb, variances.baseline), part(wc, variances.candidate))
+    };
+    let df = match parts {
+        // A cohort's spread between looks is unknown: no boundary can be trusted.
+        (None, _) | (_, None) => 0.0,
+        (Some(b), Some(c)) if b + c > 0.0 => 2.0 * v * v / (b + c),
+        _ => f64::INFINITY,
     };
     Some((z, df))
 }
@@ -389,6 +600,47 @@ pub fn compare(
     tolerance: Tolerance,
     plan: &Plan,
     budget: f64,
+) -> Comparison {
+    compare_with(
+        previous, window, baseline, candidate, tolerance, plan, budget, None,
+    )
+}
+
+/// [`compare`] told both cohorts' true dispersion `κ` (no estimate, no widening): the
+/// benchmark's oracle for overdispersed traffic, on the same spending and looks.
+#[allow(clippy::too_many_arguments)]
+pub fn compare_known_dispersion(
+    previous: Option<&Evidence>,
+    window: Window,
+    baseline: Counts,
+    candidate: Counts,
+    tolerance: Tolerance,
+    plan: &Plan,
+    budget: f64,
+    kappa: f64,
+) -> Comparison {
+    compare_with(
+        previous,
+        window,
+        baseline,
+        candidate,
+        tolerance,
+        plan,
+        budget,
+        Some(kappa),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compare_with(
+    previous: Option<&Evidence>,
+    window: Window,
+    baseline: Counts,
+    candidate: Counts,
+    tolerance: Tolerance,
+    plan: &Plan,
+    budget: f64,
+    known: Option<f64>,
 ) -> Comparison {
     let mut evidence = previous.cloned().unwrap_or_default();
     let new_window = evidence
@@ -424,8 +676,46 @@ pub fn compare(
         evidence.recent.drain(..excess);
     }
 
-    let estimated = dispersion(&evidence.strata);
-    let (kappa, var_kappa) = estimated.map_or((0.0, None), |(k, v)| (k, Some(v)));
+    let (kappa, variances) = match known {
+        Some(k) => (
+            Kappas {
+                baseline: k,
+                candidate: k,
+            },
+            KappaVariances {
+                baseline: Some(0.0),
+                candidate: Some(0.0),
+                pooled: false,
+            },
+        ),
+        None => match dispersion(&evidence.strata) {
+            Dispersion::Pooled(d) => (
+                Kappas {
+                    baseline: d.kappa,
+                    candidate: d.kappa,
+                },
+                KappaVariances {
+                    baseline: Some(d.variance),
+                    candidate: Some(d.variance),
+                    pooled: true,
+                },
+            ),
+            Dispersion::Separate {
+                baseline: b,
+                candidate: c,
+            } => (
+                Kappas {
+                    baseline: b.map_or(0.0, |d| d.kappa),
+                    candidate: c.map_or(0.0, |d| d.kappa),
+                },
+                KappaVariances {
+                    baseline: b.map(|d| d.variance),
+                    candidate: c.map(|d| d.variance),
+                    pooled: false,
+                },
+            ),
+        },
+    };
 
     // The statistic over every stratum.
     let mut current_rates = (0.0, 0.0);
@@ -439,7 +729,7 @@ pub fn compare(
             term(b.n, b.x, c.n, c.x, b.nn, c.nn, rates, tolerance, kappa)
         })
         .collect();
-    let (statistic, df) = score(&strata_terms, var_kappa).unwrap_or((0.0, f64::INFINITY));
+    let (statistic, df) = score(&strata_terms, variances).unwrap_or((0.0, f64::INFINITY));
     let recent_terms: Vec<Term> = evidence
         .recent
         .iter()
@@ -458,7 +748,7 @@ pub fn compare(
             )
         })
         .collect();
-    let recent = score(&recent_terms, var_kappa);
+    let recent = score(&recent_terms, variances);
 
     // Where the look is in the plan.
     let closed: f64 = evidence.strata.iter().map(|s| s.rate * s.seconds).sum();
@@ -501,13 +791,46 @@ pub fn compare(
     if let Some(p) = fresh {
         evidence.planned_look = Some(p.index(plan));
     }
+    let usable = |df: f64| df >= MIN_DEGREES_OF_FREEDOM;
     let boundary = alpha_main
+        .filter(|_| usable(df))
         .map(|a| sequential::t_isf(a, df))
         .filter(|b| b.is_finite());
     let recent_boundary = match (recent, alpha_recent) {
-        (Some((_, df)), Some(a)) => Some(sequential::t_isf(a, df)).filter(|b| b.is_finite()),
+        (Some((_, df)), Some(a)) if usable(df) => {
+            Some(sequential::t_isf(a, df)).filter(|b| b.is_finite())
+        }
         _ => None,
     };
+    let boundary_state = match alpha_main {
+        // Between planned looks nothing rolls back, and nothing passes that the last
+        // planned look would not have passed.
+        None if evidence.threshold.is_some_and(|th| statistic >= th) => {
+            BoundaryState::AwaitingPlannedLook
+        }
+        None => BoundaryState::NotPlannedLook,
+        // Below the boundary only because the dispersion's estimate is uncertain: the
+        // boundary at the estimate itself (no widening) is reached.
+        Some(a)
+            if boundary.is_some_and(|b| statistic < b) && statistic >= sequential::norm_isf(a) =>
+        {
+            BoundaryState::DispersionUncertain
+        }
+        Some(_) if boundary.is_some() => BoundaryState::Set,
+        // The first planned look spends nothing: no spread between looks yet.
+        Some(a) if a <= 0.0 || !sequential::norm_isf(a).is_finite() => BoundaryState::FirstLook,
+        // A dispersion only raises the boundary above the binomial's and pulls the
+        // statistic towards 0: below the binomial's boundary, no dispersion could make
+        // this look roll back.
+        Some(a) if statistic < sequential::norm_isf(a) => BoundaryState::CannotBeReached,
+        Some(_) => BoundaryState::TooFewDegreesOfFreedom,
+    };
+    if let Some(a) = alpha_main {
+        evidence.threshold = match boundary_state {
+            BoundaryState::FirstLook => None,
+            _ => Some(sequential::norm_isf(a)),
+        };
+    }
     Comparison {
         statistic,
         boundary,
@@ -515,8 +838,10 @@ pub fn compare(
         recent_boundary,
         budget_spent,
         information_fraction: t,
-        dispersion: kappa,
+        dispersion: kappa.candidate,
+        baseline_dispersion: kappa.baseline,
         degrees_of_freedom: df,
+        boundary_state,
         evidence,
     }
 }
@@ -627,9 +952,23 @@ mod tests {
             None,
             0,
             0.01,
-            &[((2970.0, 30.0), (30.0, 0.0)), ((2970.0, 30.0), (30.0, 0.0))],
+            &[((2970.0, 30.0), (30.0, 1.0)), ((2970.0, 30.0), (30.0, 0.0))],
         );
         assert!(two.boundary.is_some(), "{two:?}");
+        assert_eq!(two.boundary_state, BoundaryState::Set);
+        // No candidate errors at all: its dispersion cannot be estimated, and no
+        // dispersion could make these counts harm.
+        let none = run(
+            None,
+            0,
+            0.01,
+            &[((2970.0, 30.0), (30.0, 0.0)), ((2970.0, 30.0), (30.0, 0.0))],
+        );
+        assert_eq!(
+            none.boundary_state,
+            BoundaryState::CannotBeReached,
+            "{none:?}"
+        );
     }
 
     #[test]
@@ -668,6 +1007,28 @@ mod tests {
             0.05,
         );
         assert!(again.boundary.is_none() && !again.reject(), "{again:?}");
+        // It cannot roll back, and with 20 more candidate errors it cannot pass either:
+        // the statistic is above the last planned look's boundary.
+        assert_eq!(
+            again.boundary_state,
+            BoundaryState::AwaitingPlannedLook,
+            "{again:?}"
+        );
+        // Without them it passes as a look between planned ones.
+        let quiet = compare(
+            Some(&first.evidence),
+            window(1, 0.05, 600, last.seconds + 1.0),
+            counts(last.baseline.x, last.baseline.n),
+            counts(last.candidate.x, last.candidate.n),
+            Tolerance::Relative(0.0),
+            &plan(),
+            0.05,
+        );
+        assert_eq!(
+            quiet.boundary_state,
+            BoundaryState::NotPlannedLook,
+            "{quiet:?}"
+        );
     }
 
     #[test]
@@ -700,7 +1061,7 @@ mod tests {
         assert_eq!(p.looks, plan().looks);
         // One stage: all the information is in it, the budget is spent nearly evenly.
         let one = benchmark.replace(
-            "  - { weight: \"1%\", duration: 10m }\n  - { weight: \"5%\", duration: 10m }\n  - { weight: \"25%\", duration: 10m }\n",
+            "  - { weight: \"1%\", duration: 600s }\n  - { weight: \"5%\", duration: 600s }\n  - { weight: \"25%\", duration: 600s }\n",
             "",
         );
         assert_ne!(one, benchmark);
@@ -729,5 +1090,191 @@ mod tests {
             PlannedLook::at(&p, 1.0 + 2.5 * p.last_step),
             Some(PlannedLook::Overtime(2))
         );
+    }
+
+    fn sums(increments: &[(f64, f64)]) -> IncrementSums {
+        let mut sums = IncrementSums::default();
+        for &(n, x) in increments {
+            sums.add(n, x);
+        }
+        sums
+    }
+
+    #[test]
+    fn successive_differences_match_a_numpy_reference() {
+        // Reference: NumPy 2 (np.diff of the looks' rates, h = (n_j n_{j−1}/(n_j +
+        // n_{j−1}))², a = 1/n_j + 1/n_{j−1}, the moment equation and the variance at
+        // κ + 2 standard errors with the 1.5 correlation factor), computed outside the
+        // repository on these two strata.
+        let a = sums(&[
+            (3000.0, 31.0),
+            (2950.0, 25.0),
+            (3020.0, 40.0),
+            (2980.0, 22.0),
+            (3010.0, 35.0),
+        ]);
+        let b = sums(&[(150.0, 2.0), (160.0, 1.0), (140.0, 4.0), (155.0, 0.0)]);
+        assert_eq!(a.pairs.count, 4);
+        let d = cohort_dispersion([&a, &b].into_iter(), false).unwrap();
+        assert!(
+            (d.kappa - 0.064_321_268_872_242_43).abs() < 1e-12,
+            "{}",
+            d.kappa
+        );
+        assert!(
+            (d.variance - 0.085_092_173_935_230_33).abs() < 1e-12,
+            "{}",
+            d.variance
+        );
+        // A look without events is skipped, not paired.
+        let gap = sums(&[(150.0, 2.0), (0.0, 0.0), (160.0, 1.0)]);
+        assert_eq!(gap.pairs.count, 1);
+        // One look: nothing to estimate from.
+        assert_eq!(
+            cohort_dispersion([&sums(&[(150.0, 2.0)])].into_iter(), false),
+            None
+        );
+    }
+
+    #[test]
+    fn each_cohort_has_its_own_dispersion() {
+        let seed = 5;
+        println!("seed {seed}");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let gamma = Gamma::new(1.0, 1.0).unwrap(); // CV 1: κ = 1
+        let steps: Vec<Step> = (0..300)
+            .map(|_| {
+                let g: f64 = gamma.sample(&mut rng);
+                let xc = Binomial::new(1500, (0.01 * g).min(1.0))
+                    .unwrap()
+                    .sample(&mut rng) as f64;
+                let xb = Binomial::new(1500, 0.01).unwrap().sample(&mut rng) as f64;
+                ((1500.0, xb), (1500.0, xc))
+            })
+            .collect();
+        let c = run(None, 3, 0.5, &steps);
+        assert!(
+            (c.dispersion - 1.0).abs() < 0.3,
+            "candidate κ = {}",
+            c.dispersion
+        );
+        assert!(
+            c.baseline_dispersion < 0.05,
+            "baseline κ = {}",
+            c.baseline_dispersion
+        );
+    }
+
+    #[test]
+    fn a_level_shift_is_not_taken_for_noise() {
+        // S5: 10 % exposure, a look every 10 s at 100 requests/s; the candidate's error rate
+        // jumps from 0.5 % to 5.5 % after 20 s. The jump is one successive difference, left
+        // out of the candidate's dispersion: the dispersion stays small, the boundary
+        // stays, and the harm is caught inside the stage. In the latency case (0.1 % slow
+        // against 12 %) the baseline's rare events say little about the dispersion: the
+        // looks say they cannot judge (the stage holds) until they roll back.
+        let yaml = crate::simulate::sluice_rule::benchmark_spec_yaml(
+            &crate::simulate::Schedule::s5(),
+            0.95,
+            "0%",
+        );
+        let spec: crate::crd::FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+        let plan = Plan::new(&crate::crd::validate::validate(&spec).unwrap());
+        let errors: [Step; 6] = [
+            ((900.0, 5.0), (100.0, 1.0)),
+            ((900.0, 4.0), (100.0, 0.0)),
+            ((900.0, 5.0), (100.0, 6.0)),
+            ((900.0, 4.0), (100.0, 5.0)),
+            ((900.0, 5.0), (100.0, 6.0)),
+            ((900.0, 4.0), (100.0, 5.0)),
+        ];
+        // The latency case: 0.1 % slow, the candidate's 12 % from 20 s.
+        let latency: [Step; 6] = [
+            ((900.0, 1.0), (100.0, 0.0)),
+            ((900.0, 1.0), (100.0, 0.0)),
+            ((900.0, 0.0), (100.0, 12.0)),
+            ((900.0, 2.0), (100.0, 11.0)),
+            ((900.0, 1.0), (100.0, 13.0)),
+            ((900.0, 1.0), (100.0, 12.0)),
+        ];
+        for (case, increments) in [("errors", errors), ("latency", latency)] {
+            let (mut evidence, mut b, mut c) = (None, counts(0.0, 0.0), counts(0.0, 0.0));
+            let mut rejected_at = None;
+            for (i, ((nb, xb), (nc, xc))) in increments.iter().enumerate() {
+                b = counts(b.bad + xb, b.total + nb);
+                c = counts(c.bad + xc, c.total + nc);
+                let out = compare(
+                    evidence.as_ref(),
+                    Window {
+                        stage: 0,
+                        weight: 0.1,
+                        rate: information_rate(0.1, false),
+                        started_at: Timestamp::from_second(0).unwrap(),
+                        seconds: 10.0 * (i + 1) as f64,
+                    },
+                    b,
+                    c,
+                    Tolerance::Relative(0.0),
+                    &plan,
+                    0.05,
+                );
+                println!(
+                    "look {}: z {:.2} boundary {:?} κ_c {:.3} κ_b {:.3} df {:.2} {:?} {:?}",
+                    i + 1,
+                    out.statistic,
+                    out.boundary,
+                    out.dispersion,
+                    out.baseline_dispersion,
+                    out.degrees_of_freedom,
+                    out.boundary_state,
+                    dispersion(&out.evidence.strata)
+                );
+                if out.reject() && rejected_at.is_none() {
+                    rejected_at = Some(i + 1);
+                }
+                // After the onset the look rolls back or says it cannot judge: never a
+                // boundary dropped in silence.
+                if i >= 2 && !out.reject() {
+                    assert!(
+                        matches!(
+                            out.boundary_state,
+                            BoundaryState::TooFewDegreesOfFreedom
+                                | BoundaryState::DispersionUncertain
+                        ),
+                        "{case}, look {}: {:?}",
+                        i + 1,
+                        out.boundary_state
+                    );
+                }
+                evidence = Some(out.evidence);
+            }
+            if case == "errors" {
+                assert!(
+                    rejected_at.is_some_and(|look| look <= 6),
+                    "not caught in the stage"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn too_few_degrees_of_freedom_is_its_own_state() {
+        // Two looks without a single baseline error and the candidate's rate swinging from
+        // 0 to 20 %: the baseline's dispersion cannot be estimated, the candidate's rests
+        // on one pair, and the statistic is far above the binomial's boundary: the look
+        // cannot judge, and says so.
+        let c = run(
+            None,
+            0,
+            0.01,
+            &[((2970.0, 0.0), (30.0, 0.0)), ((2970.0, 0.0), (30.0, 6.0))],
+        );
+        assert!(c.degrees_of_freedom < MIN_DEGREES_OF_FREEDOM, "{c:?}");
+        assert_eq!(
+            c.boundary_state,
+            BoundaryState::TooFewDegreesOfFreedom,
+            "{c:?}"
+        );
+        assert!(c.boundary.is_none() && !c.reject());
     }
 }

@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 
-use super::compare::{self, Comparison, Plan, Window};
+use super::compare::{self, BoundaryState, Comparison, MIN_DEGREES_OF_FREEDOM, Plan, Window};
 use super::histogram::{self, Continuity, MannWhitneyOutcome};
 use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 use super::srm::{self, RequestShareOutcome, SrmOutcome};
@@ -188,6 +188,8 @@ pub fn failed(name: &str, query: String, reason: String) -> MetricAnalysis {
         budget_spent: None,
         information_fraction: None,
         dispersion: None,
+        baseline_dispersion: None,
+        boundary_state: None,
         degrees_of_freedom: None,
         evidence: None,
         verdict: Verdict::Error,
@@ -228,6 +230,8 @@ pub fn judge_metric(
         budget_spent: None,
         information_fraction: None,
         dispersion: None,
+        baseline_dispersion: None,
+        boundary_state: None,
         degrees_of_freedom: None,
         evidence,
         verdict: Verdict::Inconclusive,
@@ -417,32 +421,65 @@ fn judge_share(
             return Err((
                 Verdict::Fail,
                 format!(
-                    "the candidate is worse than tolerated {which}: z = {z:.2} reached the boundary {b:.2} (this stage: {:.4}% against {:.4}%; dispersion κ = {:.3}, {:.0}% of the budget spent)",
+                    "the candidate is worse than tolerated {which}: z = {z:.2} reached the boundary {b:.2} (this stage: {:.4}% against {:.4}%; dispersion κ = {:.3} candidate, {:.3} baseline; {:.0}% of the budget spent)",
                     100.0 * candidate.share().unwrap_or(0.0),
                     100.0 * baseline.share().unwrap_or(0.0),
                     c.dispersion,
+                    c.baseline_dispersion,
                     100.0 * c.budget_spent
                 ),
             ));
         }
-        reasons.push(match c.boundary {
-            Some(b) => format!(
-                "no evidence of harm beyond the tolerance (z = {:.2}, boundary {b:.2})",
+        match c.boundary_state {
+            BoundaryState::Set => reasons.push(format!(
+                "no evidence of harm beyond the tolerance (z = {:.2}, boundary {:.2})",
+                c.statistic,
+                c.boundary.unwrap_or_default()
+            )),
+            BoundaryState::NotPlannedLook => reasons.push(format!(
+                "no evidence of harm beyond the tolerance (z = {:.2}; this look reached no planned look of its own: the last one decided)",
                 c.statistic
-            ),
-            None => format!(
-                "no evidence of harm beyond the tolerance (z = {:.2}; no planned look reached since the last one)",
+            )),
+            BoundaryState::FirstLook => reasons.push(format!(
+                "no boundary at the first planned look: no spread between looks to estimate the dispersion from yet (z = {:.2})",
                 c.statistic
-            ),
-        });
-        if baseline.total < MIN_COHORT_SAMPLES {
-            return Err((
-                Verdict::Inconclusive,
-                format!(
-                    "{} baseline events so far, {MIN_COHORT_SAMPLES} needed",
-                    baseline.total
-                ),
-            ));
+            )),
+            BoundaryState::CannotBeReached => reasons.push(format!(
+                "no evidence of harm beyond the tolerance: z = {:.2} is below the boundary binomial counts would have, and the dispersion (too uncertain for a boundary of its own, {:.2} degrees of freedom) only raises it",
+                c.statistic, c.degrees_of_freedom
+            )),
+            BoundaryState::DispersionUncertain => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "z = {:.2} is below its boundary {:.2} only because the dispersion between looks is uncertain ({:.1} degrees of freedom): at the estimated dispersion it would be harm; more looks decide",
+                        c.statistic,
+                        c.boundary.unwrap_or_default(),
+                        c.degrees_of_freedom
+                    ),
+                ));
+            }
+            BoundaryState::AwaitingPlannedLook => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "z = {:.2} is at or above the last planned look's threshold, and this look is not a planned one (only planned looks decide): the next planned look decides",
+                        c.statistic
+                    ),
+                ));
+            }
+            BoundaryState::TooFewDegreesOfFreedom => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "the dispersion between looks cannot be estimated well enough to judge z = {:.2}: {:.2} degrees of freedom, {MIN_DEGREES_OF_FREEDOM} needed (more looks add them)",
+                        c.statistic, c.degrees_of_freedom
+                    ),
+                ));
+            }
+        }
+        if let Some(short) = shortfall(baseline, candidate) {
+            return Err((Verdict::Inconclusive, short));
         }
     } else if let Some(test) = &tested {
         record(
@@ -460,11 +497,31 @@ fn judge_share(
             Verdict::Inconclusive,
             format!(
                 "{} candidate events so far, {MIN_COHORT_SAMPLES} needed",
-                candidate.total
+                events(candidate.total)
             ),
         ));
     }
     Ok(reasons.join("; "))
+}
+
+/// Event counts for people: whole numbers (`increase()` extrapolates to fractions).
+fn events(count: f64) -> String {
+    format!("{:.0}", count.max(0.0).round())
+}
+
+/// The cohorts with too few events for a comparison, each named with its count.
+fn shortfall(baseline: Counts, candidate: Counts) -> Option<String> {
+    let short: Vec<String> = [("candidate", candidate), ("baseline", baseline)]
+        .into_iter()
+        .filter(|(_, c)| c.total < MIN_COHORT_SAMPLES)
+        .map(|(cohort, c)| format!("{} {cohort} events", events(c.total)))
+        .collect();
+    (!short.is_empty()).then(|| {
+        format!(
+            "{} so far, {MIN_COHORT_SAMPLES} needed in each cohort",
+            short.join(" and ")
+        )
+    })
 }
 
 /// The test's name in status.
@@ -487,6 +544,8 @@ fn record_comparison(
     out.budget_spent = Some(c.budget_spent);
     out.information_fraction = Some(c.information_fraction);
     out.dispersion = Some(c.dispersion);
+    out.baseline_dispersion = Some(c.baseline_dispersion);
+    out.boundary_state = Some(c.boundary_state);
     out.degrees_of_freedom = Some(c.degrees_of_freedom).filter(|d| d.is_finite());
     out.evidence = Some(c.evidence.clone());
 }
@@ -695,5 +754,108 @@ pub fn combine(
         metrics,
         sample_ratio,
         request_share,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::{Cohorts, Counts as SimCounts, Schedule};
+
+    fn look_at(
+        spec: &FeatureRolloutSpec,
+        valid: &ValidSpec,
+        minute: i64,
+        stage_total: Cohorts,
+        previous: Option<&AnalysisStatus>,
+    ) -> AnalysisStatus {
+        judge_look(
+            spec,
+            valid,
+            LookAt {
+                stage: 0,
+                stage_started_at: Timestamp::UNIX_EPOCH,
+                now: Timestamp::from_second(60 * minute).unwrap(),
+            },
+            vec![(
+                crate::simulate::sluice_rule::observed(stage_total),
+                Vec::new(),
+            )],
+            None,
+            previous,
+        )
+    }
+
+    fn cohorts(baseline: (u64, u64), candidate: (u64, u64)) -> Cohorts {
+        Cohorts {
+            baseline: SimCounts {
+                requests: baseline.0,
+                errors: baseline.1,
+            },
+            candidate: SimCounts {
+                requests: candidate.0,
+                errors: candidate.1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_look_with_too_few_degrees_of_freedom_says_so_and_is_inconclusive() {
+        let yaml =
+            crate::simulate::sluice_rule::benchmark_spec_yaml(&Schedule::benchmark(), 0.95, "0%");
+        let spec: FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+        let valid = crate::crd::validate::validate(&spec).unwrap();
+        // No baseline error in two looks, the candidate's errors all in the second one:
+        // the dispersion cannot be estimated and decides whether this is harm.
+        let first = look_at(&spec, &valid, 1, cohorts((2970, 0), (150, 0)), None);
+        let second = look_at(
+            &spec,
+            &valid,
+            2,
+            cohorts((5940, 0), (300, 20)),
+            Some(&first),
+        );
+        let metric = &second.metrics[0];
+        assert_eq!(
+            metric.boundary_state,
+            Some(BoundaryState::TooFewDegreesOfFreedom),
+            "{metric:#?}"
+        );
+        assert_eq!(second.verdict, Verdict::Inconclusive, "{second:#?}");
+        let reason = metric.reason.as_deref().unwrap();
+        assert!(reason.contains("degrees of freedom"), "{reason}");
+        assert!(!reason.contains("planned look"), "{reason}");
+    }
+
+    #[test]
+    fn a_shortfall_names_every_cohort_short_with_whole_counts() {
+        assert_eq!(
+            shortfall(
+                Counts {
+                    bad: 0.0,
+                    total: 57.3
+                },
+                Counts {
+                    bad: 0.0,
+                    total: 3.4
+                }
+            )
+            .as_deref(),
+            Some("3 candidate events and 57 baseline events so far, 100 needed in each cohort")
+        );
+        assert_eq!(
+            shortfall(
+                Counts {
+                    bad: 0.0,
+                    total: 500.0
+                },
+                Counts {
+                    bad: 0.0,
+                    total: 67.460_625_000_000_01
+                }
+            )
+            .as_deref(),
+            Some("67 candidate events so far, 100 needed in each cohort")
+        );
     }
 }

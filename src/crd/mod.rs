@@ -642,6 +642,35 @@ impl Phase {
     }
 }
 
+/// Whether a comparison's look had a boundary, and if not, why.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum BoundaryState {
+    /// The look had a boundary: it could roll back.
+    Set,
+    /// No planned look was reached since the last one that decided (each planned look
+    /// decides once): the look cannot roll back on the rollout's statistic.
+    NotPlannedLook,
+    /// The comparison's first look: no spread between looks to estimate the dispersion
+    /// from yet.
+    FirstLook,
+    /// The dispersion's estimate has too few degrees of freedom for a boundary (below
+    /// one), but the statistic is below the boundary binomial counts would have, which
+    /// any dispersion only raises: no evidence of harm.
+    CannotBeReached,
+    /// The look had a boundary and the statistic is below it, but at or above the boundary
+    /// the estimated dispersion alone would set: only the estimate's uncertainty keeps it
+    /// from rolling back. Not evidence of no harm: the look is inconclusive.
+    DispersionUncertain,
+    /// Not a planned look, and the statistic is at or above the threshold of the last
+    /// planned look (which then could not pass): only a planned look can roll back, so
+    /// this one is inconclusive and the next planned look decides.
+    AwaitingPlannedLook,
+    /// The dispersion's estimate has too few degrees of freedom for a boundary (below
+    /// one) and the statistic is high enough that the dispersion decides: the look is
+    /// inconclusive.
+    TooFewDegreesOfFreedom,
+}
+
 /// The outcome of one look at the metrics.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum Verdict {
@@ -722,6 +751,10 @@ pub struct FeatureRolloutStatus {
     /// Changes of phase and exposure, newest last (bounded).
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// What is odd about the plan's looks (accepted, but they will not work as planned),
+    /// as `sluice validate` prints it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl FeatureRolloutStatus {
@@ -937,10 +970,27 @@ pub struct MetricAnalysis {
     /// last analysed stage's duration; above 1 when stages overran their duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub information_fraction: Option<f64>,
-    /// The estimated dispersion `κ`: the variance of a cohort's bad events per look is
-    /// `μ(1 − p) + κμ²`; 0 means binomial. Estimated from the look-to-look spread.
+    /// The estimated dispersion `κ` of the candidate cohort: the variance of a cohort's
+    /// bad events per look is `μ(1 − p) + κμ²`; 0 means binomial. Estimated per cohort
+    /// from the successive differences between looks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispersion: Option<f64>,
+    /// The estimated dispersion `κ` of the baseline cohort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_dispersion: Option<f64>,
+    /// Whether this look had a boundary for the rollout's statistic, and if not, why:
+    /// `Set`, `DispersionUncertain` (below the boundary but above the one the estimated
+    /// dispersion alone would set: inconclusive), `NotPlannedLook` (no planned look
+    /// reached since the last one decided),
+    /// `AwaitingPlannedLook` (no planned look reached, and the statistic is at or above the
+    /// last planned look's threshold: inconclusive until the next planned look decides),
+    /// `FirstLook` (the first planned look spends nothing: no spread between looks to
+    /// estimate the dispersion from), `CannotBeReached` (too few degrees of freedom for a
+    /// boundary, but the statistic is below any boundary one could set) or
+    /// `TooFewDegreesOfFreedom` (too few degrees of freedom and a statistic the
+    /// dispersion decides: the look is inconclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boundary_state: Option<BoundaryState>,
     /// The degrees of freedom of the dispersion's estimate (Satterthwaite); the boundary
     /// is widened as for a Student t with these degrees of freedom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -983,6 +1033,11 @@ pub struct Evidence {
     /// The planned look the last decision used (each planned look decides at most once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_look: Option<u32>,
+    /// The statistic's level at and above which that planned look did not pass (its
+    /// boundary, or the binomial's when it could not set one): a later look between
+    /// planned ones at or above it cannot pass either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 /// The counts of one stage, as sums over its looks' increments.
@@ -1025,6 +1080,41 @@ pub struct IncrementSums {
     pub nnn: f64,
     /// `Σ n⁴`.
     pub nnnn: f64,
+    /// Events of the last increment with events (0: none yet): the next one is paired
+    /// with it.
+    #[serde(default)]
+    pub last_n: f64,
+    /// Bad events of that increment.
+    #[serde(default)]
+    pub last_x: f64,
+    /// Sums over the pairs of successive increments with events, for the dispersion's
+    /// estimate from successive differences (`d = x_j/n_j − x_{j−1}/n_{j−1}`, weight
+    /// `h = (n_j n_{j−1}/(n_j + n_{j−1}))²`, `a = 1/n_j + 1/n_{j−1}`).
+    #[serde(default)]
+    pub pairs: PairSums,
+}
+
+/// Sums over pairs of successive increments (see [`IncrementSums::pairs`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PairSums {
+    /// Pairs summed.
+    pub count: u32,
+    /// `Σ h`.
+    pub h: f64,
+    /// `Σ h·d²`.
+    pub hdd: f64,
+    /// `Σ h·a`.
+    pub ha: f64,
+    /// `Σ h²`.
+    pub hh: f64,
+    /// `Σ h²·a`.
+    pub hha: f64,
+    /// `Σ h²·a²`.
+    pub hhaa: f64,
+    /// `h·d²` of the pair with the largest one (a level shift shows as one such pair).
+    #[serde(default)]
+    pub largest_hdd: f64,
 }
 
 /// The counts one look added, per cohort.

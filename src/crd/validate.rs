@@ -53,6 +53,9 @@ pub struct ValidSpec {
     pub has_metrics: bool,
     /// What repeated analysis errors do.
     pub on_error: OnError,
+    /// Plans whose looks will not work as planned: accepted, but `sluice validate` prints
+    /// these and status carries them (`status.warnings`).
+    pub warnings: Vec<Problem>,
 }
 
 /// One stage, parsed.
@@ -157,14 +160,57 @@ pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
         baseline: spec.flag.baseline.clone(),
         candidate: spec.flag.candidate.clone(),
     };
-    Ok(ValidSpec {
+    let mut valid = ValidSpec {
         flag,
         stages,
         interval,
         confidence,
         has_metrics,
         on_error,
-    })
+        warnings: Vec::new(),
+    };
+    if valid.has_metrics {
+        valid.warnings = plan_warnings(&valid);
+    }
+    Ok(valid)
+}
+
+/// The least share of the plan's information a first stage should hold: the spending
+/// puts about 59 % of the comparison's budget in the first stage whatever its size
+/// ([`crate::analysis::compare::FIRST_STAGE_RATE`]), and below this share the first stage
+/// sees so few events that most of that budget is spent where nothing can be detected.
+pub const FIRST_STAGE_MIN_SHARE: f64 = 0.001;
+
+/// What is odd about a valid plan's looks: an interval longer than an analysed stage (the
+/// stage gets only the look at its end), and a first stage holding so little of the
+/// plan's information that the spending degenerates.
+fn plan_warnings(valid: &ValidSpec) -> Vec<Problem> {
+    let mut warnings = Vec::new();
+    for (i, stage) in valid.stages.iter().enumerate() {
+        if !stage.duration.is_zero() && valid.interval > stage.duration {
+            warnings.push(Problem {
+                field: "spec.analysis.interval".into(),
+                message: format!(
+                    "{:#} is longer than stage {:?} ({:#}, spec.stages[{i}].duration): the stage gets one look, at its end, and its harm is judged only then",
+                    valid.interval,
+                    stage.name,
+                    stage.duration
+                ),
+            });
+        }
+    }
+    let plan = crate::analysis::compare::Plan::new(valid);
+    let first_share = crate::analysis::compare::FIRST_STAGE_RATE / plan.gamma;
+    if plan.total > 0.0 && first_share < FIRST_STAGE_MIN_SHARE {
+        warnings.push(Problem {
+            field: "spec.stages[0].weight".into(),
+            message: format!(
+                "the first stage holds {:.1e} of the plan's information (exposure × (1 − exposure) × duration), under {FIRST_STAGE_MIN_SHARE}: the comparison spends about 59% of its budget during the first stage, where too few events can be seen, and little is left for the later stages; give the first stage more exposure or a longer duration",
+                first_share
+            ),
+        });
+    }
+    warnings
 }
 
 fn check_flag(spec: &FeatureRolloutSpec, p: &mut Problems) {
@@ -452,7 +498,16 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
     };
     let interval = match analysis.interval.as_deref().map(parse_duration) {
         None => default_interval,
-        Some(Ok(d)) if d.is_positive() => d,
+        Some(Ok(d)) if d >= SignedDuration::from_secs(1) => d,
+        Some(Ok(d)) if d.is_positive() => {
+            p.add(
+                "spec.analysis.interval",
+                format!(
+                    "{d:#} is below 1s: the plan counts its looks in whole seconds (and Prometheus' scrape interval is rarely under 10s), so looks would come more often than planned"
+                ),
+            );
+            default_interval
+        }
         Some(Ok(_)) => {
             p.add("spec.analysis.interval", "is not above zero");
             default_interval
@@ -710,4 +765,50 @@ fn is_prometheus_label(s: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(stages: &str, interval: &str) -> FeatureRolloutSpec {
+        let yaml = format!(
+            r#"
+flag: {{ key: k, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
+target: {{ file: {{ path: flags.json }} }}
+stages:
+{stages}
+analysis:
+  interval: {interval}
+  metrics:
+    - name: errors
+      ratio: {{ errors: "e", requests: "r" }}
+      maxIncrease: {{ relative: "0%" }}
+"#
+        );
+        serde_yaml_ng::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn odd_plans_are_warned_about_or_refused() {
+        let usual = "  - { weight: 1, duration: 10m }\n  - { weight: 5, duration: 10m }\n  - { weight: 100 }";
+        assert_eq!(validate(&spec(usual, "1m")).unwrap().warnings, vec![]);
+        // Looks every 20 minutes on 15-minute stages: each stage gets one look.
+        let long = "  - { weight: 1, duration: 15m }\n  - { weight: 5, duration: 15m }\n  - { weight: 100 }";
+        let warnings = validate(&spec(long, "20m")).unwrap().warnings;
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings[0].field, "spec.analysis.interval");
+        assert!(warnings[0].message.contains("stage-1"), "{warnings:?}");
+        // A first stage of 0.0001 %: most of the budget where nothing can be seen.
+        let tiny = "  - { weight: \"0.0001%\", duration: 10m }\n  - { weight: 50, duration: 10m }\n  - { weight: 100 }";
+        let warnings = validate(&spec(tiny, "1m")).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, "spec.stages[0].weight");
+        assert!(warnings[0].message.contains("59%"), "{warnings:?}");
+        // A sub-second interval is refused, naming the field.
+        let problems = validate(&spec(usual, "500ms")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.analysis.interval");
+        assert!(problems[0].message.contains("below 1s"), "{problems:?}");
+    }
 }

@@ -12,10 +12,10 @@
 //! case and the run index, so the figures do not depend on the number of threads or on
 //! their scheduling.
 //!
-//! Sluice's own rule plugs in like the anchors: [`sluice_rule::SluiceRule`] implements [`Rule`]
-//! by calling the real analysis code (the pure judgement the controller uses, fed with the
-//! look's counts, with no simulation-only statistics); [`benchmark_rules`] lists it after
-//! the anchors.
+//! Sluice runs on the same traffic through the real engine
+//! ([`sluice_rule::SluiceRollout`]): each rollout is planned by `engine::plan` look by look,
+//! with the analysis the controller uses, so holds, stage ends, promotion and rollback are
+//! the controller's; its outcome is listed after the anchors'.
 
 pub mod report;
 pub mod rules;
@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use rules::{Judgement, Look, Rule};
-pub use traffic::{Cohorts, Counts, Regression, Schedule, Stage, Traffic};
+pub use traffic::{Cohorts, Counts, Regression, Schedule, Stage, Traffic, TrafficSource, Users};
 
 /// The seed used when none is given.
 pub const DEFAULT_SEED: u64 = 20_260_501;
@@ -55,10 +55,17 @@ impl Case {
     /// A label unique within the benchmark, e.g. `S1 m=2 from minute 15`.
     pub fn label(&self) -> String {
         let m = self.regression.multiplier;
+        let seconds = self.schedule.look_seconds;
         if m == 1.0 {
             format!("{} A/A (m=1)", self.scenario)
         } else if self.regression.onset_minute == 0 {
             format!("{} m={m} from the start", self.scenario)
+        } else if seconds != 60 {
+            format!(
+                "{} m={m} from {} s",
+                self.scenario,
+                self.regression.onset_minute * seconds
+            )
         } else {
             format!(
                 "{} m={m} from minute {}",
@@ -90,7 +97,8 @@ impl Case {
 }
 
 /// BENCHMARK.md's cases: S1 A/A; S1 with `m` = 1.5, 2, 5 from the start and from minute
-/// 15; S2 A/A.
+/// 15; S2 A/A; S3a and S3b A/A; S4 A/A and `m = 2`; S5's plan A/A, its error case (+5
+/// points from 20 s) and its latency case (slow share 0.1 % → 12 % from 20 s).
 pub fn benchmark_cases() -> Vec<Case> {
     let case = Case::benchmark;
     let mut cases = vec![case("S1", Traffic::s1(), 1.0, 0)];
@@ -100,15 +108,50 @@ pub fn benchmark_cases() -> Vec<Case> {
         }
     }
     cases.push(case("S2", Traffic::s2(), 1.0, 0));
+    cases.push(case("S3a", Traffic::s3a(), 1.0, 0));
+    cases.push(case("S3b", Traffic::s3b(), 1.0, 0));
+    cases.push(case("S4", Traffic::s4(), 1.0, 0));
+    cases.push(case("S4", Traffic::s4(), 2.0, 0));
+    cases.extend(s5_cases());
     cases
 }
 
-/// The rules the benchmark compares on a case: the anchors of BENCHMARK.md, configured
-/// for the case's plan and traffic as BENCHMARK.md describes them, then Sluice's own
-/// analysis ([`sluice_rule::SluiceRule`], `confidence: 0.95`, `maxIncrease: 0%`).
-pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
-    let stage_minutes = case.schedule.stages.first().map_or(0, |s| s.minutes);
+/// S5: 10 % for 60 s, 50 % for 60 s, a look every 10 s, 100 requests/s, 0.5 % baseline
+/// errors: A/A, `+5` points of errors from 20 s (`m = 11`), and the latency case. The
+/// latency case is judged as the histogram metric judges it: the share of requests above
+/// the threshold, compared like any ratio (0.1 % slow for both cohorts, 12 % for the
+/// candidate from 20 s: `m = 120`).
+pub fn s5_cases() -> Vec<Case> {
+    let s5 = |scenario: &str, traffic: Traffic, multiplier: f64| Case {
+        scenario: scenario.to_owned(),
+        schedule: Schedule::s5(),
+        traffic,
+        regression: Regression {
+            multiplier,
+            onset_minute: if multiplier == 1.0 { 0 } else { 2 },
+        },
+    };
+    let latency = Traffic {
+        error_rate: 0.001,
+        ..Traffic::s5()
+    };
     vec![
+        s5("S5", Traffic::s5(), 1.0),
+        s5("S5 errors", Traffic::s5(), 11.0),
+        s5("S5 latency", latency, 120.0),
+    ]
+}
+
+/// The anchor rules the benchmark compares on a case, configured for the case's plan and
+/// traffic as BENCHMARK.md describes them (S1–S4: they are defined on a look per minute;
+/// none on S5's 10-second looks). Sluice runs through the engine beside them
+/// ([`sluice_rule::SluiceRollout`]).
+pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
+    if case.schedule.look_seconds != 60 {
+        return Vec::new();
+    }
+    let stage_minutes = case.schedule.stages.first().map_or(0, |s| s.minutes);
+    let anchors: Vec<Box<dyn Rule>> = vec![
         Box::new(rules::FlaggerStyle::anchor()),
         Box::new(rules::ArgoStyle::anchor()),
         Box::new(rules::KayentaStyle::anchor()),
@@ -118,8 +161,22 @@ pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
             case.traffic.expected_requests(stage_minutes),
         )),
         Box::new(rules::Msprt::new(0.05, case.traffic.error_rate / 2.0)),
-        Box::new(sluice_rule::SluiceRule::benchmark(&case.schedule)),
-    ]
+    ];
+    anchors
+        .into_iter()
+        .chain(
+            // The oracle told the true dispersion, for the heavy bursts of S4.
+            case.traffic
+                .burstiness
+                .filter(|_| case.scenario == "S4")
+                .map(|cv| {
+                    Box::new(sluice_rule::KnownDispersionOracle::new(
+                        &case.schedule,
+                        cv * cv,
+                    )) as Box<dyn Rule>
+                }),
+        )
+        .collect()
 }
 
 /// What one rule did in one simulated rollout.
@@ -131,6 +188,14 @@ pub struct Outcome {
     /// Candidate requests served from the regression's onset until the rollout ended
     /// (through the rollback minute, or the last minute when promoted).
     pub candidate_requests_since_onset: u64,
+    /// The stage (index) the rule rolled back in.
+    pub rollback_stage: Option<usize>,
+    /// Look intervals the engine held stages beyond their planned durations (0 for rules
+    /// that follow the schedule).
+    pub held_looks: u32,
+    /// Still held when the simulation stopped it ([`sluice_rule::HOLD_CAP`] times the
+    /// plan's length): neither rolled back nor promoted.
+    pub stuck: bool,
 }
 
 /// Runs every rule over one rollout's per-minute counts, look by look, and returns each
@@ -181,6 +246,7 @@ pub fn judge_rollout(
             outcome.candidate_requests_since_onset = since_onset;
             if rule.judge(&look) == Judgement::RollBack {
                 outcome.rollback_minute = Some(look.minute);
+                outcome.rollback_stage = Some(stage);
                 *on = false;
             }
         }
@@ -208,10 +274,12 @@ fn case_key(case: &Case) -> u32 {
 }
 
 /// Simulates `runs` rollouts of `case` on `threads` threads and returns, for each rule (in
-/// the order of `rules`), its outcome in every run (in run order).
+/// the order of `rules`, then Sluice through the engine when `sluice` is given), its
+/// outcome in every run (in run order).
 pub fn simulate_case(
     case: &Case,
     rules: &[Box<dyn Rule>],
+    sluice: Option<&sluice_rule::SluiceRollout>,
     runs: usize,
     seed: u64,
     threads: usize,
@@ -219,6 +287,7 @@ pub fn simulate_case(
     const CHUNK: usize = 64;
     let next = AtomicUsize::new(0);
     let threads = threads.max(1);
+    let columns = rules.len() + usize::from(sluice.is_some());
     let per_thread: Vec<Vec<(usize, Vec<Outcome>)>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -233,18 +302,31 @@ pub fn simulate_case(
                         }
                         for run in start..(start + CHUNK).min(runs) {
                             let mut rng = rollout_rng(seed, case, run);
+                            let mut source = TrafficSource::new(
+                                &mut rng,
+                                &case.traffic,
+                                case.schedule.look_seconds,
+                            );
                             let minutes = traffic::simulate_rollout(
                                 &mut rng,
+                                &mut source,
                                 &case.schedule,
-                                &case.traffic,
                                 &case.regression,
                             );
-                            let outcomes = judge_rollout(
+                            let mut outcomes = judge_rollout(
                                 &mut rules,
                                 &case.schedule,
                                 case.regression.onset_minute,
                                 &minutes,
                             );
+                            if let Some(sluice) = sluice {
+                                outcomes.push(sluice.run(
+                                    &mut rng,
+                                    &mut source,
+                                    &case.regression,
+                                    &minutes,
+                                ));
+                            }
                             done.push((run, outcomes));
                         }
                     }
@@ -257,7 +339,7 @@ pub fn simulate_case(
             .map(|w| w.join().expect("a simulation worker panicked"))
             .collect()
     });
-    let mut by_rule = vec![vec![Outcome::default(); runs]; rules.len()];
+    let mut by_rule = vec![vec![Outcome::default(); runs]; columns];
     for (run, outcomes) in per_thread.into_iter().flatten() {
         for (rule, outcome) in outcomes.into_iter().enumerate() {
             by_rule[rule][run] = outcome;
@@ -307,18 +389,23 @@ pub struct CaseResult {
     pub outcomes: Vec<Vec<Outcome>>,
 }
 
-/// One cell of the validity sweep: Sluice's false rollback rate under A/A at one baseline
-/// error rate and one traffic level.
+/// One cell of the validity sweep: Sluice's false rollback rate under A/A on one plan, at
+/// one baseline error rate and one traffic level.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SweepCell {
-    /// `S1` (binomial errors) or `S2` (overdispersed).
+    /// `S1` (binomial errors), `S2` (overdispersed), `S3a` (user-clustered), `S4` (heavy
+    /// bursts).
     pub scenario: String,
+    /// The plan's name ([`sweep_plans`]).
+    pub plan: String,
     /// Baseline error probability.
     pub error_rate: f64,
     /// Requests per second, both cohorts together.
     pub requests_per_second: f64,
     /// Runs rolled back (all false: the candidate is as good as the baseline).
     pub rollbacks: usize,
+    /// Runs the engine held past a stage's planned end.
+    pub held: usize,
     /// Runs simulated.
     pub runs: usize,
 }
@@ -329,39 +416,114 @@ pub const SWEEP_ERROR_RATES: [f64; 3] = [0.002, 0.01, 0.05];
 /// The traffic levels (requests/s) of the validity sweep.
 pub const SWEEP_TRAFFIC: [f64; 3] = [10.0, 50.0, 500.0];
 
-/// The validity sweep: Sluice's A/A false rollback rate on S1 and S2 at every baseline
-/// error rate of [`SWEEP_ERROR_RATES`] and traffic of [`SWEEP_TRAFFIC`], on BENCHMARK.md's
-/// plan, `runs` rollouts per cell.
+/// The plans of the validity sweep besides BENCHMARK.md's and S5's, differing from them in
+/// stage count, durations, interval and first-stage weight.
+pub fn sweep_plans() -> Vec<(&'static str, Schedule)> {
+    vec![
+        (
+            "3 × 15 min at 5/20/50 %, 1-min looks",
+            Schedule::of(&[(0.05, 15), (0.2, 15), (0.5, 15)], 60),
+        ),
+        (
+            "0.5 % 10 min, 10 % 5 min, 50 % 10 min, 30-s looks",
+            Schedule::of(&[(0.005, 20), (0.1, 10), (0.5, 20)], 30),
+        ),
+        (
+            "one stage of 20 % for 30 min, 2-min looks",
+            Schedule::of(&[(0.2, 15)], 120),
+        ),
+    ]
+}
+
+fn traffic_of(scenario: &str, error_rate: f64, requests_per_second: f64) -> Traffic {
+    let base = match scenario {
+        "S2" => Traffic::s2(),
+        "S3a" => Traffic::s3a(),
+        "S4" => Traffic::s4(),
+        _ => Traffic::s1(),
+    };
+    Traffic {
+        requests_per_second,
+        error_rate,
+        ..base
+    }
+}
+
+/// The validity sweep, `runs` A/A rollouts per cell through the engine:
+/// - BENCHMARK.md's plan: S1, S2 and S4 at every baseline error rate of
+///   [`SWEEP_ERROR_RATES`] and traffic of [`SWEEP_TRAFFIC`]; S3a at every error rate and
+///   50 requests/s (its users make it the costly one);
+/// - S5's plan: S1 and S4 errors at every error rate, at 10, 100 and 500 requests/s;
+/// - each plan of [`sweep_plans`]: S1, S2, S3a and S4 at 1 % and 50 requests/s.
 pub fn validity_sweep(runs: usize, seed: u64, threads: usize) -> Vec<SweepCell> {
-    let mut cells = Vec::new();
-    for (scenario, burstiness) in [("S1", None), ("S2", Traffic::s2().burstiness)] {
+    let mut grid: Vec<(&str, String, Schedule, f64, f64)> = Vec::new();
+    let benchmark = "BENCHMARK.md's";
+    for scenario in ["S1", "S2", "S4"] {
         for error_rate in SWEEP_ERROR_RATES {
-            for requests_per_second in SWEEP_TRAFFIC {
-                let traffic = Traffic {
-                    requests_per_second,
+            for rate in SWEEP_TRAFFIC {
+                grid.push((
+                    scenario,
+                    benchmark.into(),
+                    Schedule::benchmark(),
                     error_rate,
-                    burstiness,
-                };
+                    rate,
+                ));
+            }
+        }
+    }
+    for error_rate in SWEEP_ERROR_RATES {
+        grid.push((
+            "S3a",
+            benchmark.into(),
+            Schedule::benchmark(),
+            error_rate,
+            50.0,
+        ));
+    }
+    for scenario in ["S1", "S4"] {
+        for error_rate in SWEEP_ERROR_RATES {
+            for rate in [10.0, 100.0, 500.0] {
+                grid.push((scenario, "S5's".into(), Schedule::s5(), error_rate, rate));
+            }
+        }
+    }
+    for (name, schedule) in sweep_plans() {
+        for scenario in ["S1", "S2", "S3a", "S4"] {
+            grid.push((scenario, name.into(), schedule.clone(), 0.01, 50.0));
+        }
+    }
+    grid.into_iter()
+        .map(
+            |(scenario, plan, schedule, error_rate, requests_per_second)| {
                 // A scenario name per cell gives every cell its own random streams.
-                let name = format!("{scenario} sweep p0={error_rate} rate={requests_per_second}");
-                let case = Case::benchmark(&name, traffic, 1.0, 0);
-                let rules: Vec<Box<dyn Rule>> =
-                    vec![Box::new(sluice_rule::SluiceRule::benchmark(&case.schedule))];
-                let outcomes = simulate_case(&case, &rules, runs, seed, threads);
-                cells.push(SweepCell {
+                let name =
+                    format!("{scenario} sweep {plan} p0={error_rate} rate={requests_per_second}");
+                let case = Case {
+                    scenario: name,
+                    schedule,
+                    traffic: traffic_of(scenario, error_rate, requests_per_second),
+                    regression: Regression {
+                        multiplier: 1.0,
+                        onset_minute: 0,
+                    },
+                };
+                let sluice = sluice_rule::SluiceRollout::benchmark(&case.schedule);
+                let outcomes = simulate_case(&case, &[], Some(&sluice), runs, seed, threads);
+                SweepCell {
                     scenario: scenario.to_owned(),
+                    plan,
                     error_rate,
                     requests_per_second,
                     rollbacks: outcomes[0]
                         .iter()
                         .filter(|o| o.rollback_minute.is_some())
                         .count(),
+                    held: outcomes[0].iter().filter(|o| o.held_looks > 0).count(),
                     runs,
-                });
-            }
-        }
-    }
-    cells
+                }
+            },
+        )
+        .collect()
 }
 
 /// Everything one benchmark run produced.
@@ -386,12 +548,24 @@ pub fn run(config: &Config) -> Results {
         .iter()
         .map(|case| {
             let rules = benchmark_rules(case);
-            let outcomes = simulate_case(case, &rules, config.runs, config.seed, config.threads);
+            let sluice = sluice_rule::SluiceRollout::benchmark(&case.schedule);
+            let outcomes = simulate_case(
+                case,
+                &rules,
+                Some(&sluice),
+                config.runs,
+                config.seed,
+                config.threads,
+            );
             CaseResult {
                 case: case.clone(),
                 rules: rules
                     .iter()
                     .map(|r| (r.name().to_owned(), r.describe()))
+                    .chain(std::iter::once((
+                        sluice.name().to_owned(),
+                        sluice.describe(),
+                    )))
                     .collect(),
                 outcomes,
             }

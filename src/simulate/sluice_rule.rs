@@ -1,39 +1,40 @@
-//! Sluice's own rule in the benchmark: each simulated look goes through the analysis code
-//! the controller, standalone mode and `sluice analyze` use ([`judge::judge_look`], the
-//! pure part of [`crate::analysis::look::look`]), on a real, validated `FeatureRollout`
-//! spec of the benchmark's plan.
+//! Sluice in the benchmark: each simulated rollout is driven by the real engine, look by
+//! look, as the controller drives it ([`SluiceRollout::run`]).
 //!
-//! The adapter only does what [`crate::analysis::look`] does around its queries: it hands
-//! the stage's cumulative counts over as the error-rate query's answer, with the stage's
-//! start and the look's time, and keeps the previous look's status as the controller keeps
-//! it in `status.lastAnalysis` (the evidence kept across looks and stages lives there). A
-//! `Fail` verdict rolls back, as in the engine. No statistics live here.
+//! At every tick (one look interval) the driver does what a reconcile does: when
+//! [`engine::analysis_due`] says a look is due, it judges the current stage's cumulative
+//! counts with [`judge::judge_look`] (the pure part of [`crate::analysis::look::look`],
+//! the code the controller, standalone mode and `sluice analyze` use), hands the look to
+//! [`engine::plan`] and keeps the status the plan returns, as the controller keeps it in
+//! the API server. Stage ends, holds on `Inconclusive`, promotion and rollback are the
+//! engine's decisions; the exposure of the next interval's traffic is the stage the
+//! engine chose. No statistics and no rollout rules live here.
+//!
+//! While the engine follows the schedule, the rollout consumes the same pre-drawn traffic
+//! as the anchor rules; once it is held past a stage's end, its traffic is drawn on from
+//! the same rollout's source at the exposure the engine holds.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use rand::Rng;
 
-use super::rules::{Judgement, Look, Rule};
-use super::traffic::{Counts, Schedule};
+use super::Outcome;
+use super::traffic::{Cohorts, Counts, Regression, Schedule, TrafficSource};
 use crate::analysis::judge::{self, LookAt, Observed};
 use crate::crd::validate::{self, ValidSpec};
-use crate::crd::{AnalysisStatus, FeatureRolloutSpec, MetricSpec, Verdict};
+use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, MetricSpec};
+use crate::engine::{self, Decision, Observations};
 use crate::prometheus::PerCohort;
 
 /// The name of the error-rate metric in the benchmark's spec.
 const METRIC: &str = "error-rate";
 
-/// Sluice's analysis as a benchmark rule.
-#[derive(Clone, Debug)]
-pub struct SluiceRule {
-    spec: FeatureRolloutSpec,
-    valid: ValidSpec,
-    metric: MetricSpec,
-    alpha: f64,
-    previous: Option<AnalysisStatus>,
-}
+/// How many times its planned length a simulated rollout may run before the simulation
+/// stops it as held (neither rolled back nor promoted).
+pub const HOLD_CAP: u32 = 3;
 
 /// The benchmark's rollout as the YAML of a `FeatureRollout` spec: the schedule's stages,
-/// then 100 %; a look every minute; one ratio metric `error-rate` with the given
-/// `maxIncrease` tolerance and `confidence`.
+/// then 100 %; a look every interval of the schedule; one ratio metric `error-rate` with
+/// the given `maxIncrease` tolerance and `confidence`.
 pub fn benchmark_spec_yaml(schedule: &Schedule, confidence: f64, max_increase: &str) -> String {
     let stages: String = schedule
         .stages
@@ -41,8 +42,8 @@ pub fn benchmark_spec_yaml(schedule: &Schedule, confidence: f64, max_increase: &
         .map(|s| {
             let percent = (s.exposure * 100.0 * 1_000.0).round() / 1_000.0;
             format!(
-                "  - {{ weight: \"{percent}%\", duration: {}m }}\n",
-                s.minutes
+                "  - {{ weight: \"{percent}%\", duration: {}s }}\n",
+                s.minutes * schedule.look_seconds
             )
         })
         .collect();
@@ -52,7 +53,7 @@ target: {{ file: {{ path: flags.json }} }}
 stages:
 {stages}  - {{ weight: 100 }}
 analysis:
-  interval: 1m
+  interval: {}s
   confidence: {confidence}
   metrics:
     - name: {METRIC}
@@ -60,12 +61,38 @@ analysis:
         errors: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{code=~"5..",feature_flag_key="{{{{ flag }}}}"}}[{{{{ window }}}}]))'
         requests: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{feature_flag_key="{{{{ flag }}}}"}}[{{{{ window }}}}]))'
       maxIncrease: {{ relative: "{max_increase}" }}
-"#
+"#,
+        schedule.look_seconds
     )
 }
 
-impl SluiceRule {
-    /// Sluice on the benchmark's plan with the given confidence and tolerated relative
+/// One tick of a simulated rollout, for tests that replay it on another path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tick {
+    /// The evaluation time.
+    pub now: Timestamp,
+    /// The current stage's cumulative counts, as the queries would return them.
+    pub stage_total: Cohorts,
+    /// Whether a look was made.
+    pub looked: bool,
+    /// The engine's decision.
+    pub decision: Decision,
+    /// The status after the tick.
+    pub status: FeatureRolloutStatus,
+}
+
+/// Sluice's rollout of the benchmark's spec, through the engine.
+#[derive(Clone, Debug)]
+pub struct SluiceRollout {
+    spec: FeatureRolloutSpec,
+    valid: ValidSpec,
+    metric: MetricSpec,
+    alpha: f64,
+    schedule: Schedule,
+}
+
+impl SluiceRollout {
+    /// Sluice on the schedule's plan with the given confidence and tolerated relative
     /// increase (e.g. `"0%"`: any increase is harm, the hypothesis the anchors test).
     pub fn new(schedule: &Schedule, confidence: f64, max_increase: &str) -> Result<Self, String> {
         let yaml = benchmark_spec_yaml(schedule, confidence, max_increase);
@@ -86,12 +113,12 @@ impl SluiceRule {
             .cloned()
             .ok_or("the benchmark spec has no error-rate metric")?;
         let alpha = judge::budget_per_test(&spec, &valid);
-        Ok(SluiceRule {
+        Ok(SluiceRollout {
             spec,
             valid,
             metric,
             alpha,
-            previous: None,
+            schedule: schedule.clone(),
         })
     }
 
@@ -106,33 +133,22 @@ impl SluiceRule {
         self.alpha
     }
 
-    /// The spec the rule analyses.
+    /// The spec the rollout runs.
     pub fn spec(&self) -> &FeatureRolloutSpec {
         &self.spec
     }
 
-    /// The status of the last look, as the controller would keep it.
-    pub fn last_analysis(&self) -> Option<&AnalysisStatus> {
-        self.previous.as_ref()
-    }
-}
-
-/// A cohort's answer as Prometheus gives it: no series until the first event.
-fn answer(counts: Counts) -> (Option<f64>, Option<f64>) {
-    let some = |v: u64| (v > 0).then_some(v as f64);
-    (some(counts.errors), some(counts.requests))
-}
-
-impl Rule for SluiceRule {
-    fn name(&self) -> &str {
+    /// The rule's name in the report.
+    pub fn name(&self) -> &'static str {
         "Sluice"
     }
 
-    fn describe(&self) -> String {
+    /// One line on what the rollout does, for the report.
+    pub fn describe(&self) -> String {
         format!(
-            "the analysis module's judgement (analysis::judge) of a FeatureRollout with one \
-             ratio metric, maxIncrease {:?}, confidence {}: α = {:.4} over the rollout; roll \
-             back on Fail",
+            "the engine (engine::plan) driving a FeatureRollout with one ratio metric judged \
+             by analysis::judge, maxIncrease {:?}, confidence {}: α = {:.4} over the rollout; \
+             stages end, hold, promote and roll back as the controller decides",
             self.metric
                 .max_increase
                 .as_ref()
@@ -143,50 +159,232 @@ impl Rule for SluiceRule {
         )
     }
 
-    fn reset(&mut self) {
-        self.previous = None;
+    /// Runs one rollout through the engine: `scheduled` is the traffic pre-drawn on the
+    /// schedule (used while the engine follows it), `source` and `rng` draw the rest.
+    pub fn run<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        source: &mut TrafficSource,
+        regression: &Regression,
+        scheduled: &[Cohorts],
+    ) -> Outcome {
+        self.run_traced(rng, source, regression, scheduled, |_| {})
     }
 
-    fn judge(&mut self, look: &Look<'_>) -> Judgement {
-        if look.stage >= self.valid.stages.len() {
-            return Judgement::Continue;
+    /// [`run`](Self::run), handing every tick to `trace`.
+    pub fn run_traced<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        source: &mut TrafficSource,
+        regression: &Regression,
+        scheduled: &[Cohorts],
+        mut trace: impl FnMut(&Tick),
+    ) -> Outcome {
+        let seconds = i64::from(self.schedule.look_seconds);
+        let t0 = Timestamp::UNIX_EPOCH;
+        let nothing = Observations {
+            generation: Some(1),
+            ..Observations::default()
+        };
+        let mut status = engine::plan(&self.spec, None, &nothing, t0).status;
+        let cap = HOLD_CAP * self.schedule.total_minutes().max(1);
+        let mut outcome = Outcome::default();
+        let mut on_schedule = true;
+        let mut stage_total = Cohorts::default();
+        let mut stage = 0_usize;
+        let mut in_stage = 0_u32;
+        // Tick 0 is the reconcile right after the start (its look sees no data yet); tick
+        // k ends the k-th interval.
+        for k in 0..=cap {
+            let now = t0 + SignedDuration::from_secs(seconds * i64::from(k));
+            if k > 0 {
+                let index = k - 1;
+                let exposure = self.schedule.stages[stage].exposure;
+                on_schedule &= self.schedule.locate(index).map(|(s, _)| s) == Some(stage)
+                    && (index as usize) < scheduled.len();
+                let counts = if on_schedule {
+                    scheduled[index as usize]
+                } else {
+                    source.draw(rng, exposure, regression.harm_at(index))
+                };
+                stage_total += counts;
+                in_stage += 1;
+                if index >= regression.onset_minute {
+                    outcome.candidate_requests_since_onset += counts.candidate.requests;
+                }
+            }
+            let looked = engine::analysis_due(&self.spec, Some(&status), now);
+            let analysis = looked.then(|| self.look(&status, stage_total, now));
+            let observations = Observations {
+                analysis,
+                generation: Some(1),
+                ..Observations::default()
+            };
+            let plan = engine::plan(&self.spec, Some(&status), &observations, now);
+            status = plan.status;
+            trace(&Tick {
+                now,
+                stage_total,
+                looked,
+                decision: plan.decision.clone(),
+                status: status.clone(),
+            });
+            let planned = self.schedule.stages[stage].minutes;
+            match plan.decision {
+                Decision::Rollback { .. } => {
+                    outcome.rollback_minute = Some(k);
+                    outcome.rollback_stage = Some(stage);
+                    outcome.held_looks += in_stage.saturating_sub(planned);
+                    return outcome;
+                }
+                Decision::Promote => {
+                    outcome.held_looks += in_stage.saturating_sub(planned);
+                    return outcome;
+                }
+                Decision::Advance { to, .. } => {
+                    outcome.held_looks += in_stage.saturating_sub(planned);
+                    stage = to as usize;
+                    stage_total = Cohorts::default();
+                    in_stage = 0;
+                }
+                _ => {}
+            }
         }
-        let minute = |m: u32| Timestamp::from_second(i64::from(m) * 60).unwrap_or_default();
+        let planned = self.schedule.stages[stage].minutes;
+        outcome.held_looks += in_stage.saturating_sub(planned);
+        outcome.stuck = true;
+        outcome
+    }
+
+    /// The look a reconcile makes at `now`: the stage's cumulative counts as the queries
+    /// return them (no series until a cohort's first event), judged with the previous look
+    /// kept in status.
+    fn look(
+        &self,
+        status: &FeatureRolloutStatus,
+        stage_total: Cohorts,
+        now: Timestamp,
+    ) -> crate::crd::AnalysisStatus {
         let at = LookAt {
-            stage: look.stage as u32,
-            stage_started_at: minute(look.minute - look.minute_in_stage),
-            now: minute(look.minute),
+            stage: status.stage.unwrap_or(0),
+            stage_started_at: status.stage_started_at.unwrap_or(now),
+            now,
         };
-        let (bad_c, total_c) = answer(look.stage_total.candidate);
-        let (bad_b, total_b) = answer(look.stage_total.baseline);
-        let observed = Observed::Ratio {
-            bad: PerCohort {
-                baseline: bad_b,
-                candidate: bad_c,
-            },
-            total: PerCohort {
-                baseline: total_b,
-                candidate: total_c,
-            },
-        };
-        let status = judge::judge_look(
+        judge::judge_look(
             &self.spec,
             &self.valid,
             at,
-            vec![(observed, Vec::new())],
+            vec![(observed(stage_total), Vec::new())],
             None,
-            self.previous.as_ref(),
+            status.last_analysis.as_ref(),
+        )
+    }
+}
+
+/// The ratio metric's answers for cumulative counts, as Prometheus gives them: no series
+/// for a cohort until its first event.
+pub fn observed(stage_total: Cohorts) -> Observed {
+    let some = |v: u64| (v > 0).then_some(v as f64);
+    let answer = |c: Counts| (some(c.errors), some(c.requests));
+    let (bad_c, total_c) = answer(stage_total.candidate);
+    let (bad_b, total_b) = answer(stage_total.baseline);
+    Observed::Ratio {
+        bad: PerCohort {
+            baseline: bad_b,
+            candidate: bad_c,
+        },
+        total: PerCohort {
+            baseline: total_b,
+            candidate: total_c,
+        },
+    }
+}
+
+/// The oracle for overdispersed traffic (BENCHMARK.md's S4): Sluice's comparison told the
+/// true dispersion `κ` of both cohorts (no estimate, no widening of the boundaries), on
+/// the same plan, spending and looks, following the schedule. It measures what the
+/// estimation of the dispersion costs.
+#[derive(Clone, Debug)]
+pub struct KnownDispersionOracle {
+    kappa: f64,
+    plan: crate::analysis::compare::Plan,
+    budget: f64,
+    evidence: Option<crate::crd::Evidence>,
+}
+
+impl KnownDispersionOracle {
+    /// The oracle on the schedule's plan (`confidence: 0.95`, `maxIncrease: 0%`), told
+    /// `kappa` (a Gamma multiplier of coefficient of variation `c` per cohort and look has
+    /// `κ = c²`).
+    pub fn new(schedule: &Schedule, kappa: f64) -> Self {
+        let sluice = SluiceRollout::benchmark(schedule);
+        KnownDispersionOracle {
+            kappa,
+            plan: crate::analysis::compare::Plan::new(&sluice.valid),
+            budget: sluice.alpha,
+            evidence: None,
+        }
+    }
+}
+
+impl super::Rule for KnownDispersionOracle {
+    fn name(&self) -> &str {
+        "oracle (known κ)"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Sluice's comparison told the true dispersion κ = {} of both cohorts, same \
+             spending and looks, following the schedule",
+            self.kappa
+        )
+    }
+
+    fn reset(&mut self) {
+        self.evidence = None;
+    }
+
+    fn judge(&mut self, look: &super::Look<'_>) -> super::Judgement {
+        use crate::analysis::compare::{self, Window};
+        use crate::analysis::ratio::{Counts as Share, Tolerance};
+        let seconds = f64::from(look.schedule.look_seconds);
+        let started = look.minute - look.minute_in_stage;
+        let counts = |c: Counts| Share {
+            bad: c.errors as f64,
+            total: c.requests as f64,
+        };
+        let (b, c) = (look.stage_total.baseline, look.stage_total.candidate);
+        if b.requests == 0 || c.requests == 0 {
+            return super::Judgement::Continue;
+        }
+        let window = Window {
+            stage: look.stage as u32,
+            weight: look.exposure,
+            rate: compare::information_rate(look.exposure, false),
+            started_at: Timestamp::from_second((f64::from(started) * seconds) as i64)
+                .unwrap_or_default(),
+            seconds: f64::from(look.minute_in_stage) * seconds,
+        };
+        let out = compare::compare_known_dispersion(
+            self.evidence.as_ref(),
+            window,
+            counts(b),
+            counts(c),
+            Tolerance::Relative(0.0),
+            &self.plan,
+            self.budget,
+            self.kappa,
         );
-        let verdict = status.verdict;
-        self.previous = Some(status);
-        if verdict == Verdict::Fail {
-            Judgement::RollBack
+        let reject = out.reject();
+        self.evidence = Some(out.evidence);
+        if reject {
+            super::Judgement::RollBack
         } else {
-            Judgement::Continue
+            super::Judgement::Continue
         }
     }
 
-    fn boxed_clone(&self) -> Box<dyn Rule> {
+    fn boxed_clone(&self) -> Box<dyn super::Rule> {
         Box::new(self.clone())
     }
 }

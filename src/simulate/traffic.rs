@@ -1,14 +1,20 @@
-//! Simulated traffic: the stage schedule, the request and error model, and the per-minute
+//! Simulated traffic: the stage schedule, the request and error model, and the per-look
 //! cohort counts one simulated rollout produces.
 //!
-//! Each minute, the total number of requests is Poisson; each request lands in the
-//! candidate cohort with probability equal to the current exposure (so the two cohorts
-//! are independent Poisson counts); each request fails with its cohort's error
-//! probability for that minute (binomial errors). Overdispersion (scenario S2) multiplies
-//! each cohort's error probability, independently per cohort and minute, by a Gamma draw
-//! with mean 1 and a chosen coefficient of variation.
+//! The simulator's unit of time is one look interval ([`Schedule::look_seconds`]: a minute
+//! on BENCHMARK.md's S1–S4 plan, 10 s on S5's). Each interval, the total number of
+//! requests is Poisson; each request lands in the candidate cohort with probability equal
+//! to the current exposure (so the two cohorts are independent Poisson counts); each
+//! request fails with its cohort's error probability for that interval (binomial errors).
+//! Overdispersion (scenarios S2, S4) multiplies each cohort's error probability,
+//! independently per cohort and interval, by a Gamma draw with mean 1 and a chosen
+//! coefficient of variation. User clustering (scenario S3) sends the requests from users
+//! with Zipf request shares, assigned to the candidate stickily, each with its own Gamma
+//! multiplier per interval (S3a) or for the whole rollout (S3b).
 
-use rand::Rng;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rand::{Rng, RngExt};
 use rand_distr::{Binomial, Distribution, Gamma, Poisson};
 
 /// Requests and errors of one cohort over some period.
@@ -55,32 +61,43 @@ impl std::ops::AddAssign for Cohorts {
 pub struct Stage {
     /// Share of requests served the candidate, in (0, 1).
     pub exposure: f64,
-    /// Length of the stage in minutes (one look per minute).
+    /// Length of the stage in look intervals (minutes on a plan with a look per minute).
     pub minutes: u32,
 }
 
-/// The stages a rollout goes through before promotion; one look at the end of every minute.
+/// The stages a rollout goes through before promotion; one look at the end of every
+/// interval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Schedule {
     /// The stages, in order. After the last one the candidate is promoted.
     pub stages: Vec<Stage>,
+    /// Seconds between looks: the simulator's unit of time (60 on BENCHMARK.md's plan).
+    pub look_seconds: u32,
 }
 
 impl Schedule {
     /// BENCHMARK.md's plan: 1 %, 5 %, 25 %, 50 %, ten minutes each, then promotion.
     pub fn benchmark() -> Self {
+        Schedule::of(&[(0.01, 10), (0.05, 10), (0.25, 10), (0.5, 10)], 60)
+    }
+
+    /// BENCHMARK.md's S5 plan: 10 % for 60 s, 50 % for 60 s, a look every 10 s.
+    pub fn s5() -> Self {
+        Schedule::of(&[(0.1, 6), (0.5, 6)], 10)
+    }
+
+    /// A plan of `(exposure, intervals)` stages with a look every `look_seconds`.
+    pub fn of(stages: &[(f64, u32)], look_seconds: u32) -> Self {
         Schedule {
-            stages: [0.01, 0.05, 0.25, 0.5]
-                .into_iter()
-                .map(|exposure| Stage {
-                    exposure,
-                    minutes: 10,
-                })
+            stages: stages
+                .iter()
+                .map(|&(exposure, minutes)| Stage { exposure, minutes })
                 .collect(),
+            look_seconds,
         }
     }
 
-    /// Total number of looks (minutes) before promotion.
+    /// Total number of looks (intervals) before promotion.
     pub fn total_minutes(&self) -> u32 {
         self.stages.iter().map(|s| s.minutes).sum()
     }
@@ -99,6 +116,20 @@ impl Schedule {
     }
 }
 
+/// Requests from users with Zipf request shares (scenario S3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Users {
+    /// Number of users.
+    pub count: u32,
+    /// The Zipf exponent of their request shares (user `i` sends `∝ i^−s`).
+    pub zipf: f64,
+    /// Coefficient of variation of each user's Gamma multiplier of the error probability.
+    pub cv: f64,
+    /// `true`: one multiplier per user for the whole rollout (S3b); `false`: a new one per
+    /// user and interval (S3a).
+    pub persistent: bool,
+}
+
 /// How requests arrive and fail when the candidate is as good as the baseline.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Traffic {
@@ -106,9 +137,11 @@ pub struct Traffic {
     pub requests_per_second: f64,
     /// Baseline error probability per request.
     pub error_rate: f64,
-    /// Coefficient of variation of the per-cohort, per-minute Gamma multiplier of the error
-    /// probability (mean 1); `None` for plain binomial errors.
+    /// Coefficient of variation of the per-cohort, per-interval Gamma multiplier of the
+    /// error probability (mean 1); `None` for plain binomial errors.
     pub burstiness: Option<f64>,
+    /// Requests come from users ([`Users`]) instead of independently.
+    pub users: Option<Users>,
 }
 
 impl Traffic {
@@ -118,6 +151,7 @@ impl Traffic {
             requests_per_second: 50.0,
             error_rate: 0.01,
             burstiness: None,
+            users: None,
         }
     }
 
@@ -130,14 +164,219 @@ impl Traffic {
         }
     }
 
+    /// Scenario S3a: S1's traffic from 10,000 users with Zipf(1.1) shares, each user's
+    /// error probability multiplied per interval by a Gamma draw of mean 1 and CV 1.
+    pub fn s3a() -> Self {
+        Traffic {
+            users: Some(Users {
+                count: 10_000,
+                zipf: 1.1,
+                cv: 1.0,
+                persistent: false,
+            }),
+            ..Traffic::s1()
+        }
+    }
+
+    /// Scenario S3b: S3a with one multiplier per user for the whole rollout.
+    pub fn s3b() -> Self {
+        let mut t = Traffic::s3a();
+        if let Some(u) = &mut t.users {
+            u.persistent = true;
+        }
+        t
+    }
+
+    /// Scenario S4: S2 with a coefficient of variation of 1.
+    pub fn s4() -> Self {
+        Traffic {
+            burstiness: Some(1.0),
+            ..Traffic::s1()
+        }
+    }
+
+    /// Scenario S5's traffic: 100 requests/s, 0.5 % baseline errors, binomial.
+    pub fn s5() -> Self {
+        Traffic {
+            requests_per_second: 100.0,
+            error_rate: 0.005,
+            ..Traffic::s1()
+        }
+    }
+
     /// Expected requests (both cohorts) in `minutes` minutes.
     pub fn expected_requests(&self, minutes: u32) -> f64 {
         self.requests_per_second * 60.0 * f64::from(minutes)
     }
 }
 
-/// The candidate's harm: from `onset_minute` on, its error probability is `multiplier`
-/// times the baseline's.
+/// The cumulative request shares of `count` users with Zipf exponent `zipf`, computed once
+/// per `(count, zipf)` and shared.
+fn zipf_cdf(count: u32, zipf: f64) -> Arc<Vec<f64>> {
+    type Cache = Mutex<Vec<((u32, u64), Arc<Vec<f64>>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = (count, zipf.to_bits());
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, cdf)) = cache.iter().find(|(k, _)| *k == key) {
+        return Arc::clone(cdf);
+    }
+    let mut total = 0.0;
+    let mut cdf: Vec<f64> = (1..=count)
+        .map(|i| {
+            total += f64::from(i).powf(-zipf);
+            total
+        })
+        .collect();
+    for c in &mut cdf {
+        *c /= total;
+    }
+    let cdf = Arc::new(cdf);
+    cache.push((key, Arc::clone(&cdf)));
+    cdf
+}
+
+/// The users of one rollout: their request shares, their sticky assignment draws and
+/// (S3b) their error multipliers.
+#[derive(Clone, Debug)]
+struct Population {
+    users: Users,
+    cdf: Arc<Vec<f64>>,
+    /// Each user's uniform draw: in the candidate cohort while it is below the exposure.
+    assignment: Vec<f64>,
+    /// Each user's multiplier for the whole rollout (S3b), else empty.
+    multipliers: Vec<f64>,
+    /// Requests per user in the current interval (scratch).
+    requests: Vec<u32>,
+    touched: Vec<u32>,
+}
+
+/// The source of one rollout's traffic: draws the counts of one interval at a given
+/// exposure, keeping what lasts across intervals (the users and their assignment).
+#[derive(Clone, Debug)]
+pub struct TrafficSource {
+    traffic: Traffic,
+    arrivals: Poisson<f64>,
+    burst: Option<Gamma<f64>>,
+    population: Option<Population>,
+}
+
+impl TrafficSource {
+    /// The traffic of one rollout with a look every `look_seconds`; draws the users'
+    /// assignment (and S3b's multipliers) from `rng`.
+    pub fn new<R: Rng + ?Sized>(rng: &mut R, traffic: &Traffic, look_seconds: u32) -> Self {
+        let per_look = traffic.requests_per_second * f64::from(look_seconds);
+        let gamma = |cv: f64| {
+            let shape = 1.0 / (cv * cv);
+            Gamma::new(shape, 1.0 / shape).expect("a positive coefficient of variation")
+        };
+        let population = traffic.users.map(|users| {
+            let assignment = (0..users.count).map(|_| rng.random::<f64>()).collect();
+            let multipliers = if users.persistent {
+                let g = gamma(users.cv);
+                (0..users.count).map(|_| g.sample(rng)).collect()
+            } else {
+                Vec::new()
+            };
+            Population {
+                users,
+                cdf: zipf_cdf(users.count, users.zipf),
+                assignment,
+                multipliers,
+                requests: vec![0; users.count as usize],
+                touched: Vec::new(),
+            }
+        });
+        TrafficSource {
+            traffic: *traffic,
+            arrivals: Poisson::new(per_look).expect("a positive, finite request rate"),
+            burst: traffic.burstiness.map(gamma),
+            population,
+        }
+    }
+
+    /// The counts of one interval at `exposure`; the candidate's error probability is
+    /// multiplied by `harm`.
+    pub fn draw<R: Rng + ?Sized>(&mut self, rng: &mut R, exposure: f64, harm: f64) -> Cohorts {
+        let p0 = self.traffic.error_rate;
+        if let Some(population) = &mut self.population {
+            return population.draw(rng, &self.arrivals, p0, exposure, harm);
+        }
+        let multiplier =
+            |rng: &mut R, burst: &Option<Gamma<f64>>| burst.as_ref().map_or(1.0, |g| g.sample(rng));
+        let total = self.arrivals.sample(rng) as u64;
+        let candidate_requests = binomial(rng, total, exposure);
+        let baseline_requests = total - candidate_requests;
+        let p_candidate = p0 * harm * multiplier(rng, &self.burst);
+        let p_baseline = p0 * multiplier(rng, &self.burst);
+        Cohorts {
+            candidate: Counts {
+                requests: candidate_requests,
+                errors: binomial(rng, candidate_requests, p_candidate),
+            },
+            baseline: Counts {
+                requests: baseline_requests,
+                errors: binomial(rng, baseline_requests, p_baseline),
+            },
+        }
+    }
+}
+
+impl Population {
+    fn draw<R: Rng + ?Sized>(
+        &mut self,
+        rng: &mut R,
+        arrivals: &Poisson<f64>,
+        p0: f64,
+        exposure: f64,
+        harm: f64,
+    ) -> Cohorts {
+        // Each request comes from a user drawn by its share (Poisson splitting: every
+        // user's count is Poisson, independently).
+        let total = arrivals.sample(rng) as u64;
+        for _ in 0..total {
+            let u = rng.random::<f64>();
+            let i = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
+            if self.requests[i] == 0 {
+                self.touched.push(i as u32);
+            }
+            self.requests[i] += 1;
+        }
+        let gamma = (!self.users.persistent).then(|| {
+            let shape = 1.0 / (self.users.cv * self.users.cv);
+            Gamma::new(shape, 1.0 / shape).expect("a positive coefficient of variation")
+        });
+        let mut out = Cohorts::default();
+        for &i in &self.touched {
+            let i = i as usize;
+            let n = u64::from(std::mem::take(&mut self.requests[i]));
+            let candidate = self.assignment[i] < exposure;
+            let g = match &gamma {
+                // One request: its error probability is `p0·E[G] = p0` (the multiplier
+                // matters only through requests that share it).
+                Some(_) if n == 1 => 1.0,
+                Some(g) => g.sample(rng),
+                None => self.multipliers[i],
+            };
+            let p = p0 * g * if candidate { harm } else { 1.0 };
+            let errors = binomial(rng, n, p);
+            let cohort = if candidate {
+                &mut out.candidate
+            } else {
+                &mut out.baseline
+            };
+            cohort.requests += n;
+            cohort.errors += errors;
+        }
+        self.touched.clear();
+        out
+    }
+}
+
+/// The candidate's harm: from `onset_minute` on (in look intervals: minutes on a plan with
+/// a look per minute), its error probability is `multiplier` times the baseline's.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Regression {
     /// Candidate error probability over baseline error probability (1 = no harm).
@@ -147,48 +386,35 @@ pub struct Regression {
     pub onset_minute: u32,
 }
 
-/// Draws the per-minute cohort counts of one whole rollout (every minute of the schedule,
-/// whether or not a rule would have stopped earlier), so every rule judges the same traffic.
+/// Draws the per-interval cohort counts of one whole rollout on the schedule (every
+/// interval, whether or not a rule would have stopped earlier), so every rule judges the
+/// same traffic. `source` keeps drawing the same rollout's traffic afterwards (a rollout
+/// the engine holds past the schedule).
 pub fn simulate_rollout<R: Rng + ?Sized>(
     rng: &mut R,
+    source: &mut TrafficSource,
     schedule: &Schedule,
-    traffic: &Traffic,
     regression: &Regression,
 ) -> Vec<Cohorts> {
-    let per_minute = traffic.expected_requests(1);
-    let arrivals = Poisson::new(per_minute).expect("a positive, finite request rate");
-    let burst = traffic.burstiness.map(|cv| {
-        let shape = 1.0 / (cv * cv);
-        Gamma::new(shape, 1.0 / shape).expect("a positive coefficient of variation")
-    });
-    let multiplier = |rng: &mut R| burst.as_ref().map_or(1.0, |g| g.sample(rng));
     let minutes = schedule.total_minutes();
     let mut out = Vec::with_capacity(minutes as usize);
     for index in 0..minutes {
         let (stage, _) = schedule.locate(index).expect("index within the schedule");
         let exposure = schedule.stages[stage].exposure;
-        let total = arrivals.sample(rng) as u64;
-        let candidate_requests = binomial(rng, total, exposure);
-        let baseline_requests = total - candidate_requests;
-        let harm = if index >= regression.onset_minute {
-            regression.multiplier
-        } else {
-            1.0
-        };
-        let p_candidate = traffic.error_rate * harm * multiplier(rng);
-        let p_baseline = traffic.error_rate * multiplier(rng);
-        out.push(Cohorts {
-            candidate: Counts {
-                requests: candidate_requests,
-                errors: binomial(rng, candidate_requests, p_candidate),
-            },
-            baseline: Counts {
-                requests: baseline_requests,
-                errors: binomial(rng, baseline_requests, p_baseline),
-            },
-        });
+        out.push(source.draw(rng, exposure, regression.harm_at(index)));
     }
     out
+}
+
+impl Regression {
+    /// The candidate's error multiplier in the zero-based interval `index`.
+    pub fn harm_at(&self, index: u32) -> f64 {
+        if index >= self.onset_minute {
+            self.multiplier
+        } else {
+            1.0
+        }
+    }
 }
 
 fn binomial<R: Rng + ?Sized>(rng: &mut R, n: u64, p: f64) -> u64 {
