@@ -37,18 +37,18 @@ fn status(workdir: &Path, name: &str) -> FeatureRolloutStatus {
     serde_json::from_str(&text).expect("a whole status")
 }
 
-#[test]
-fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
+/// One run of the demo with `args` (after `--plain`); returns its temp dir (kept alive),
+/// work directory, summary and the context to print on failure.
+fn run_demo(args: &[&str]) -> (tempfile::TempDir, PathBuf, Value, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let workdir = dir.path().join("demo");
     let summary_path = dir.path().join("summary.json");
     let sluice_log = dir.path().join("sluice.log");
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/demo.py");
-    // demo.py's own deadline bounds the run (it gives up and stops everything it started);
-    // the quick demo takes well under a minute on an idle machine.
     let output = Command::new(python())
         .arg(&demo)
-        .args(["--quick", "--plain", "--deadline", "150"])
+        .arg("--plain")
+        .args(args)
         .arg("--sluice")
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .arg("--workdir")
@@ -75,11 +75,18 @@ fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
     );
     assert!(output.status.success(), "the demo failed:\n{context}");
     println!("{stdout}");
-
     let summary: Value = serde_json::from_str(
         &std::fs::read_to_string(&summary_path).expect("the demo writes its summary"),
     )
     .expect("summary JSON");
+    (dir, workdir, summary, context)
+}
+
+#[test]
+fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
+    // demo.py's own deadline bounds the run (it gives up and stops everything it started);
+    // the quick demo takes well under a minute on an idle machine.
+    let (_dir, workdir, summary, context) = run_demo(&["--quick", "--deadline", "150"]);
 
     // The healthy rollout is promoted, and the service serves its candidate to everybody.
     let healthy = status(&workdir, "new-checkout");
@@ -143,6 +150,77 @@ fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
     assert!(
         seconds < bound,
         "rolled back {seconds:.1}s after the first failing request, bound {bound:.0}s:\n{context}"
+    );
+}
+
+#[test]
+fn a_latency_fault_inside_the_first_stage_is_rolled_back_by_the_histogram_comparison() {
+    // The broken flag's candidate answers 0.3 s slower (above the 0.25 s threshold of the
+    // `slow-requests` histogram metric), without errors, from 10 s after the service
+    // started: inside the first stage (10 % for 15 s; Sluice starts a few seconds after
+    // the service). The histogram metric has no `max`: only the comparison of the cohorts'
+    // slow shares can roll it back.
+    let (_dir, workdir, summary, context) = run_demo(&[
+        "--errors",
+        "0",
+        "--latency",
+        "0.3",
+        "--fault-after",
+        "10",
+        "--deadline",
+        "150",
+    ]);
+    let broken = status(&workdir, "new-search");
+    assert_eq!(broken.phase, Phase::RolledBack, "{context}");
+    let analysis = broken.last_analysis.as_ref().expect("a last look");
+    let verdict = |name: &str| {
+        analysis
+            .metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.verdict)
+    };
+    assert_eq!(verdict("slow-requests"), Some(Verdict::Fail), "{context}");
+    assert_ne!(verdict("error-rate"), Some(Verdict::Fail), "{context}");
+    let slow = analysis
+        .metrics
+        .iter()
+        .find(|m| m.name == "slow-requests")
+        .unwrap();
+    assert!(
+        slow.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("worse than tolerated"),
+        "{slow:?}"
+    );
+    // The fault began inside the first stage: after it started, before the second did.
+    let fault_at = summary["first_failure_unix"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the fault never touched a request:\n{context}"));
+    let began = |stage: u32| {
+        broken
+            .history
+            .iter()
+            .find(|h| h.stage == Some(stage))
+            .map(|h| h.at.as_millisecond() as f64 / 1000.0)
+    };
+    let first = began(0).expect("the first stage began");
+    assert!(
+        fault_at >= first,
+        "the fault began before the rollout:\n{context}"
+    );
+    if let Some(second) = began(1) {
+        assert!(
+            fault_at < second,
+            "the fault began after the first stage:\n{context}"
+        );
+    }
+    // The healthy rollout is untouched by the other flag's fault.
+    assert_eq!(
+        status(&workdir, "new-checkout").phase,
+        Phase::Promoted,
+        "{context}"
     );
 }
 

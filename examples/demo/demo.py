@@ -223,6 +223,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--errors", type=float, default=0.3,
                         help="share of the broken candidate's requests that fail")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added to each of the broken candidate's requests")
     parser.add_argument("--fault-after", type=float,
                         help="seconds after the service starts (default 25, quick 14)")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
@@ -288,7 +290,7 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         [python, str(Path(args.service_dir) / "service.py"), "--flags", str(flags),
          "--port", "0", "--port-file", str(port_file), "--seed", "7",
          "--route", "/checkout=new-checkout", "--route", "/search=new-search",
-         "--fault", f"{BROKEN}:errors={args.errors},after={fault_after}s"],
+         "--fault", f"{BROKEN}:errors={args.errors},latency={args.latency},after={fault_after}s"],
         stdout=service_log, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
@@ -297,7 +299,7 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
     service_url = f"http://127.0.0.1:{service_port}"
     wait("the service", 30, lambda: get(f"{service_url}/healthz")[0] == 200)
     say(f"service on {service_url} ({BROKEN}'s candidate fails {args.errors:.0%} of requests "
-        f"from {fault_after:.0f}s after start)")
+        f"and is {args.latency:g}s slower from {fault_after:.0f}s after start)")
 
     # Prometheus, scraping the service.
     prometheus_port = free_port()

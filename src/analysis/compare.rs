@@ -420,8 +420,12 @@ pub fn dispersion(strata: &[Stratum]) -> Dispersion {
         baseline,
         candidate,
     };
-    let (Some(b), Some(c)) = (baseline, candidate) else {
-        return separate;
+    let (b, c) = match (baseline, candidate) {
+        (Some(b), Some(c)) => (b, c),
+        // A cohort without a single bad event has no spread to estimate: it takes the
+        // other's (else a fault that leaves the baseline clean could never be judged).
+        (Some(d), None) | (None, Some(d)) => return Dispersion::Pooled(d),
+        (None, None) => return separate,
     };
     let se = (b.plug_in_variance + c.plug_in_variance).sqrt();
     if c.kappa - b.kappa > HETEROGENEITY_Z * se {
@@ -956,19 +960,16 @@ mod tests {
         );
         assert!(two.boundary.is_some(), "{two:?}");
         assert_eq!(two.boundary_state, BoundaryState::Set);
-        // No candidate errors at all: its dispersion cannot be estimated, and no
-        // dispersion could make these counts harm.
+        // No candidate errors at all: it has no spread of its own and takes the
+        // baseline's; a boundary is set and these counts are no harm.
         let none = run(
             None,
             0,
             0.01,
             &[((2970.0, 30.0), (30.0, 0.0)), ((2970.0, 30.0), (30.0, 0.0))],
         );
-        assert_eq!(
-            none.boundary_state,
-            BoundaryState::CannotBeReached,
-            "{none:?}"
-        );
+        assert_eq!(none.boundary_state, BoundaryState::Set, "{none:?}");
+        assert!(!none.reject());
     }
 
     #[test]
