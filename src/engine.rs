@@ -844,16 +844,13 @@ impl Planner {
         // What keeps the stage from ending, besides time.
         let mut waits = Vec::new();
         let analysis = self.current_analysis().cloned();
-        // Before the stage's end, the latest look (at most one interval old) says how the
-        // stage goes; from its end on, only a look made at or after the end (covering the
-        // stage's whole duration) may end it.
-        let fresh = analysis.as_ref().filter(|a| {
-            if self.now >= ends {
-                a.at >= ends
-            } else {
-                a.at + valid.interval > self.now
-            }
-        });
+        // The latest look says how the stage goes while it is at most one interval old;
+        // from the stage's end on, only such a look made at or after the end (covering the
+        // stage's whole duration) may end it. An older one (the shell skipped a due look,
+        // or a failed flag write is retried later) waits for the next look.
+        let fresh = analysis
+            .as_ref()
+            .filter(|a| a.at + valid.interval > self.now && (self.now < ends || a.at >= ends));
         if let Some(min) = stage.min_samples {
             let seen = analysis
                 .as_ref()

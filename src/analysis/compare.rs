@@ -856,6 +856,31 @@ mod tests {
     use rand::SeedableRng;
     use rand_distr::{Binomial, Distribution, Gamma};
 
+    /// `E max` of `m` independent χ²₁ variables against SciPy 1.x:
+    /// `scipy.integrate.quad(lambda x: 1 - scipy.stats.chi2.cdf(x, 1)**m, 0, inf)`
+    /// (m = 2 is also `1 + 2/π` in closed form). 256 is the table's last entry, 300 beyond it.
+    #[test]
+    fn expected_max_chi2_matches_scipy() {
+        let reference = [
+            (1, 1.0),
+            (2, 1.6366197723674252),
+            (3, 2.102657790852094),
+            (5, 2.7737490670967797),
+            (10, 3.7996208556729996),
+            (40, 6.093230194950788),
+            (256, 9.403782745195969),
+            (300, 9.69342797504255),
+        ];
+        for (m, expected) in reference {
+            let got = expected_max_chi2(m);
+            assert!(
+                (got - expected).abs() < 1e-6 * expected,
+                "m = {m}: {got} against SciPy's {expected}"
+            );
+        }
+        assert_eq!(expected_max_chi2(0), 0.0);
+    }
+
     /// One look's increments: ((baseline n, x), (candidate n, x)).
     type Step = ((f64, f64), (f64, f64));
 
