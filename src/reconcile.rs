@@ -232,25 +232,19 @@ impl Context {
         if let Err((field, message)) = self.check_credentials(settings) {
             return vec![Problem { field, message }];
         }
-        let invalid = |e: &crate::prometheus::Error| {
-            matches!(
-                e,
-                crate::prometheus::Error::InvalidUrl { .. }
-                    | crate::prometheus::Error::InvalidConfig { .. }
-            )
-        };
-        match client_config(settings) {
-            Err(message) => vec![Problem {
+        match self.cached_client(settings) {
+            Err(ClientSetup::Config(message)) => vec![Problem {
                 field: "spec.analysis.prometheus".into(),
                 message,
             }],
-            Ok(config) => match PrometheusClient::new(config) {
-                Err(e) if invalid(&e) => vec![Problem {
-                    field: "spec.analysis.prometheus".into(),
-                    message: e.to_string(),
-                }],
-                _ => Vec::new(),
-            },
+            Err(ClientSetup::Client(
+                e @ (crate::prometheus::Error::InvalidUrl { .. }
+                | crate::prometheus::Error::InvalidConfig { .. }),
+            )) => vec![Problem {
+                field: "spec.analysis.prometheus".into(),
+                message: e.to_string(),
+            }],
+            _ => Vec::new(),
         }
     }
 
@@ -268,18 +262,34 @@ impl Context {
         )?;
         self.check_credentials(settings)
             .map_err(|(field, message)| format!("{field}: {message}"))?;
-        let key = serde_json::to_string(settings).map_err(|e| e.to_string())?;
+        self.cached_client(settings).map_err(|e| match e {
+            ClientSetup::Config(message) => format!("spec.analysis.prometheus: {message}"),
+            ClientSetup::Client(e) => format!("spec.analysis.prometheus: {e}"),
+        })
+    }
+
+    /// The client for `settings`, made once and kept (a client holds a connection pool
+    /// and its TLS setup: too costly to build at every reconcile).
+    fn cached_client(&self, settings: &PrometheusSpec) -> Result<PrometheusClient, ClientSetup> {
+        let key =
+            serde_json::to_string(settings).map_err(|e| ClientSetup::Config(e.to_string()))?;
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let config =
-            client_config(settings).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
-        let client =
-            PrometheusClient::new(config).map_err(|e| format!("spec.analysis.prometheus: {e}"))?;
+        let config = client_config(settings).map_err(ClientSetup::Config)?;
+        let client = PrometheusClient::new(config).map_err(ClientSetup::Client)?;
         clients.insert(key, client.clone());
         Ok(client)
     }
+}
+
+/// Why no Prometheus client could be made for a spec's settings.
+enum ClientSetup {
+    /// The settings do not make a client configuration.
+    Config(String),
+    /// The client refused the configuration.
+    Client(crate::prometheus::Error),
 }
 
 /// One rollout as the shell read it.
@@ -324,13 +334,14 @@ pub async fn reconcile<S: Shell>(
     let spec = rollout.spec;
     let mut analysis = None;
     let mut analysis_took = None;
-    let setup_problems = match validate(spec) {
-        Ok(valid) => context.setup_problems(spec, &valid),
-        Err(_) => Vec::new(),
-    };
+    let valid = validate(spec).ok();
+    let setup_problems = valid
+        .as_ref()
+        .map(|valid| context.setup_problems(spec, valid))
+        .unwrap_or_default();
     if setup_problems.is_empty()
         && engine::analysis_due(spec, rollout.status, now)
-        && let (Ok(valid), Some(status)) = (validate(spec), rollout.status)
+        && let (Some(valid), Some(status)) = (&valid, rollout.status)
         && let (Some(stage), Some(started)) = (status.stage, status.stage_started_at)
     {
         let at = LookAt {
@@ -341,8 +352,8 @@ pub async fn reconcile<S: Shell>(
         let began = Instant::now();
         let previous = status.last_analysis.as_ref();
         analysis = Some(match context.client(spec) {
-            Ok(client) => look(&client, spec, &valid, rollout.id.clone(), at, previous).await,
-            Err(reason) => unreachable_look(spec, &valid, at, previous, reason),
+            Ok(client) => look(&client, spec, valid, rollout.id.clone(), at, previous).await,
+            Err(reason) => unreachable_look(spec, valid, at, previous, reason),
         });
         analysis_took = Some(began.elapsed());
     }
