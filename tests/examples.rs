@@ -522,6 +522,17 @@ fn argocd_health_check_maps_every_phase() {
         "RolledBack, weight 0%: error-rate failed: 4.1% against 1.0% (bound 0.6 points)"
     );
 
+    // An audience stage: the exposure says whose share the weight is.
+    let (_, text) = health(&rollout(json!({
+        "phase": "Progressing",
+        "stageName": "staff",
+        "weight": "50%",
+        "audience": true,
+        "exposure": "50% of audience",
+        "observedGeneration": 3,
+    })));
+    assert_eq!(text, "Progressing, stage staff, exposure 50% of audience");
+
     // Not reconciled yet, or not since the last edit.
     let mut fresh = rollout(Value::Null);
     fresh.as_object_mut().unwrap().remove("status");

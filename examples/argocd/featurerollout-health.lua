@@ -3,7 +3,8 @@
 --   Progressing  Pending, Progressing, Paused, WaitingForApproval, or a spec change the
 --                controller has not seen yet
 --   Degraded     RolledBack (everybody is back on the baseline) or Failed (invalid spec)
--- The message is the rollout's own status.message, with the phase, stage and weight.
+-- The message is the rollout's own status.message, with the phase, stage and exposure
+-- (status.exposure, e.g. "5% of audience"; status.weight from older controllers).
 local hs = {}
 
 local function describe(status)
@@ -14,7 +15,9 @@ local function describe(status)
   if status.stageName ~= nil then
     table.insert(parts, "stage " .. status.stageName)
   end
-  if status.weight ~= nil then
+  if status.exposure ~= nil then
+    table.insert(parts, "exposure " .. status.exposure)
+  elseif status.weight ~= nil then
     table.insert(parts, "weight " .. status.weight)
   end
   local text = table.concat(parts, ", ")
