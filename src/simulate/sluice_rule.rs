@@ -20,10 +20,10 @@ use rand::Rng;
 use super::Outcome;
 use super::traffic::{Cohorts, Counts, Regression, Schedule, TrafficSource};
 use crate::analysis::judge::{self, LookAt, Observed};
+use crate::analysis::source::{Measured, Measurement, PerCohort};
 use crate::crd::validate::{self, ValidSpec};
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, MetricSpec};
 use crate::engine::{self, Decision, Observations};
-use crate::prometheus::PerCohort;
 
 /// The name of the error-rate metric in the benchmark's spec.
 const METRIC: &str = "error-rate";
@@ -112,7 +112,7 @@ impl SluiceRollout {
             .find(|m| m.name == METRIC)
             .cloned()
             .ok_or("the benchmark spec has no error-rate metric")?;
-        let alpha = judge::budget_per_test(&spec, &valid);
+        let alpha = judge::budget_per_test(&valid);
         Ok(SluiceRollout {
             spec,
             valid,
@@ -271,14 +271,22 @@ impl SluiceRollout {
             now,
         };
         judge::judge_look(
-            &self.spec,
             &self.valid,
             at,
-            vec![(observed(stage_total), Vec::new())],
+            measured(stage_total),
             None,
             status.last_analysis.as_ref(),
         )
     }
+}
+
+/// The benchmark spec's measurements for cumulative counts: its one ratio metric,
+/// [`observed`].
+pub fn measured(stage_total: Cohorts) -> Measured {
+    Measured::from([(
+        METRIC.to_owned(),
+        Measurement::observed(observed(stage_total)),
+    )])
 }
 
 /// The ratio metric's answers for cumulative counts, as Prometheus gives them: no series
