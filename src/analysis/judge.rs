@@ -4,7 +4,9 @@
 
 use jiff::Timestamp;
 
-use super::compare::{self, BoundaryState, Comparison, MIN_DEGREES_OF_FREEDOM, Plan, Window};
+use super::compare::{
+    self, BoundaryState, Comparison, ComparisonTest, MIN_DEGREES_OF_FREEDOM, Plan, Window,
+};
 use super::histogram::{self, Buckets, Continuity, MannWhitneyOutcome};
 use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 pub use super::source::Observed;
@@ -381,9 +383,11 @@ fn judge_share(
             look.window(),
             baseline,
             candidate,
-            tolerance,
-            &look.plan,
-            look.budget,
+            ComparisonTest {
+                tolerance,
+                plan: &look.plan,
+                budget: look.budget,
+            },
         );
         record_comparison(out, &c, baseline, candidate, tolerance);
         if c.reject() {

@@ -186,7 +186,9 @@ impl SluiceRollout {
             generation: Some(1),
             ..Observations::default()
         };
-        let mut status = engine::plan(&self.spec, None, &nothing, t0).status;
+        // The spec is validated once, as a reconcile does, for every plan and look.
+        let valid = Ok(&self.valid);
+        let mut status = engine::plan_validated(&self.spec, valid, None, &nothing, t0).status;
         let cap = HOLD_CAP * self.schedule.total_minutes().max(1);
         let mut outcome = Outcome::default();
         let mut on_schedule = true;
@@ -213,14 +215,15 @@ impl SluiceRollout {
                     outcome.candidate_requests_since_onset += counts.candidate.requests;
                 }
             }
-            let looked = engine::analysis_due(&self.spec, Some(&status), now);
+            let looked =
+                engine::analysis_due_validated(&self.spec, Some(&self.valid), Some(&status), now);
             let analysis = looked.then(|| self.look(&status, stage_total, now));
             let observations = Observations {
                 analysis,
                 generation: Some(1),
                 ..Observations::default()
             };
-            let plan = engine::plan(&self.spec, Some(&status), &observations, now);
+            let plan = engine::plan_validated(&self.spec, valid, Some(&status), &observations, now);
             status = plan.status;
             trace(&Tick {
                 now,
@@ -378,9 +381,11 @@ impl super::Rule for KnownDispersionOracle {
             window,
             counts(b),
             counts(c),
-            Tolerance::Relative(0.0),
-            &self.plan,
-            self.budget,
+            compare::ComparisonTest {
+                tolerance: Tolerance::Relative(0.0),
+                plan: &self.plan,
+                budget: self.budget,
+            },
             self.kappa,
         );
         let reject = out.reject();
