@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
+use crate::analysis::look::{LookAt, RolloutRef, look};
 use crate::crd::{AnalysisStatus, PrometheusSpec, Verdict, parse_duration};
-use crate::prometheus::PrometheusClient;
+use crate::prometheus::{PrometheusClient, client_config};
 use crate::{crd, manifest, simulate, standalone};
 
 /// Roll feature flags out in stages; roll back on harm.
@@ -199,7 +199,7 @@ fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
         format!("{shown}: invalid: {}", list.join("; "))
     })?;
     let valid = crd::validate(&rollout.spec).map_err(|_| format!("{shown}: invalid"))?;
-    if !valid.has_metrics {
+    if !valid.has_metrics() {
         return Err(format!(
             "{shown}: spec.analysis.metrics is empty: nothing to analyse"
         ));
@@ -223,12 +223,7 @@ fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
         None if valid.stages[stage].duration.is_positive() => valid.stages[stage].duration,
         None => return Err("--elapsed is needed: the stage has no duration".into()),
     };
-    let mut prometheus_spec: PrometheusSpec = rollout
-        .spec
-        .analysis
-        .as_ref()
-        .and_then(|a| a.prometheus.clone())
-        .unwrap_or_default();
+    let mut prometheus_spec: PrometheusSpec = valid.prometheus.clone().unwrap_or_default();
     if let Some(address) = request.prometheus {
         prometheus_spec.address = address;
     }
@@ -272,7 +267,6 @@ fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
             };
             let status = look(
                 &client,
-                &rollout.spec,
                 &valid,
                 rollout_ref.clone(),
                 at,

@@ -150,7 +150,18 @@ pub fn analysis_due(
     status: Option<&FeatureRolloutStatus>,
     now: Timestamp,
 ) -> bool {
-    let Ok(valid) = validate(spec) else {
+    analysis_due_validated(spec, validate(spec).ok().as_ref(), status, now)
+}
+
+/// [`analysis_due`] for a spec already validated (`None` when it is invalid): what a
+/// reconcile calls, so the spec is validated once.
+pub fn analysis_due_validated(
+    spec: &FeatureRolloutSpec,
+    valid: Option<&ValidSpec>,
+    status: Option<&FeatureRolloutStatus>,
+    now: Timestamp,
+) -> bool {
+    let Some(valid) = valid else {
         return false;
     };
     let Some(status) = status else { return false };
@@ -165,7 +176,7 @@ pub fn analysis_due(
     let exists = status
         .stage
         .is_some_and(|i| (i as usize) < valid.stages.len());
-    if !valid.has_metrics || !active || status.stage_started_at.is_none() || !exists {
+    if !valid.has_metrics() || !active || status.stage_started_at.is_none() || !exists {
         // A stage removed under the rollout holds loudly (`StageRemoved`) without looks:
         // its exposure is no longer in the spec to judge it against.
         return false;
@@ -234,6 +245,25 @@ pub fn plan(
     observations: &Observations,
     now: Timestamp,
 ) -> Plan {
+    let checked = validate(spec);
+    plan_validated(
+        spec,
+        checked.as_ref().map_err(Vec::as_slice),
+        status,
+        observations,
+        now,
+    )
+}
+
+/// [`plan`] for a spec already validated (`valid` is what [`validate`] returned for it):
+/// what a reconcile calls, so the spec is validated once.
+pub fn plan_validated(
+    spec: &FeatureRolloutSpec,
+    valid: Result<&ValidSpec, &[Problem]>,
+    status: Option<&FeatureRolloutStatus>,
+    observations: &Observations,
+    now: Timestamp,
+) -> Plan {
     let prev = status.cloned().unwrap_or_default();
     let observed_fail = observations
         .analysis
@@ -251,9 +281,10 @@ pub fn plan(
     };
     p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
 
-    let valid = match validate(spec) {
+    let valid = match valid {
         Ok(valid) => valid,
         Err(problems) => {
+            let problems = problems.to_vec();
             // Rollback never waits: if the flag itself can be rendered, abort and a failing
             // look still roll back, even while the rest of the spec is broken.
             let flag_usable = !spec.flag.key.is_empty()
@@ -338,7 +369,7 @@ pub fn plan(
     if spec.control.abort {
         return p.rollback("Aborted", "control.abort is set.".into());
     }
-    if let Some(reason) = p.harm(&valid) {
+    if let Some(reason) = p.harm(valid) {
         return p.rollback("RolledBack", reason);
     }
     // A spec the shell cannot act on (no Prometheus, a credential file it may not read)
@@ -348,8 +379,8 @@ pub fn plan(
     }
 
     match p.next.stage_started_at {
-        None => p.before_first_stage(&valid, spec),
-        Some(started) => p.in_stage(&valid, spec, started),
+        None => p.before_first_stage(valid, spec),
+        Some(started) => p.in_stage(valid, spec, started),
     }
 }
 
@@ -863,7 +894,7 @@ impl Planner {
                 ));
             }
         }
-        if valid.has_metrics && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
+        if valid.has_metrics() && fresh.is_none_or(|a| a.verdict != Verdict::Pass) {
             let (reason, text) = match fresh {
                 None if self.now >= ends && analysis.is_some() => (
                     "WaitingForAnalysis",
@@ -1012,7 +1043,7 @@ impl Planner {
 
     /// When the next analysis is due, if metrics are configured.
     fn analysis_look(&self, valid: &ValidSpec) -> Option<Timestamp> {
-        if !valid.has_metrics {
+        if !valid.has_metrics() {
             return None;
         }
         let due = match self.current_analysis() {

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
-use crate::analysis::judge::{self, Observed};
-use crate::analysis::look::{LookAt, RolloutRef, client_config, look};
+use crate::analysis::judge;
+use crate::analysis::look::{LookAt, RolloutRef, look};
+use crate::analysis::source::{Measured, Measurement, ProviderError};
 use crate::crd::validate::ValidSpec;
 use crate::crd::{
     AnalysisStatus, FeatureRolloutSpec, FeatureRolloutStatus, Phase, Problem, PrometheusSpec,
@@ -39,7 +40,7 @@ use crate::engine::{self, Decision, Event, Observations, WriteFailure};
 use crate::flag_store::FlagWrite;
 use crate::flagd::{FlagDefinition, FlagState, FlagdError, Served};
 use crate::notify::Notifier;
-use crate::prometheus::PrometheusClient;
+use crate::prometheus::{PrometheusClient, client_config};
 
 /// Why writing the flag failed.
 #[derive(Debug, thiserror::Error)]
@@ -219,11 +220,11 @@ impl Context {
     /// an address or client setting that cannot be used. Each is a mistake only a change
     /// can cure (of the spec, or of Sluice's flags), never a failed look: the engine holds
     /// the rollout on them ([`Observations::setup_problems`]).
-    pub fn setup_problems(&self, spec: &FeatureRolloutSpec, valid: &ValidSpec) -> Vec<Problem> {
-        if !valid.has_metrics {
+    pub fn setup_problems(&self, valid: &ValidSpec) -> Vec<Problem> {
+        if !valid.has_metrics() {
             return Vec::new();
         }
-        let Some(settings) = self.settings(spec) else {
+        let Some(settings) = self.settings(valid) else {
             return vec![Problem {
                 field: "spec.analysis.prometheus.address".into(),
                 message: "no Prometheus is configured: set it (or start Sluice with --default-prometheus)".into(),
@@ -249,15 +250,17 @@ impl Context {
     }
 
     /// The Prometheus settings a spec uses: its own, or the default.
-    fn settings<'a>(&'a self, spec: &'a FeatureRolloutSpec) -> Option<&'a PrometheusSpec> {
-        spec.analysis
+    fn settings<'a>(&'a self, valid: &'a ValidSpec) -> Option<&'a PrometheusSpec> {
+        valid
+            .prometheus
             .as_ref()
-            .and_then(|a| a.prometheus.as_ref())
             .or(self.default_prometheus.as_ref())
     }
 
-    fn client(&self, spec: &FeatureRolloutSpec) -> Result<PrometheusClient, String> {
-        let settings = self.settings(spec).ok_or(
+    /// The metrics provider for a spec: the Prometheus client of its settings. A new
+    /// provider is chosen here, from the spec's settings for it.
+    fn client(&self, valid: &ValidSpec) -> Result<PrometheusClient, String> {
+        let settings = self.settings(valid).ok_or(
             "no Prometheus is configured: set spec.analysis.prometheus.address (or start Sluice with --default-prometheus)",
         )?;
         self.check_credentials(settings)
@@ -334,14 +337,15 @@ pub async fn reconcile<S: Shell>(
     let spec = rollout.spec;
     let mut analysis = None;
     let mut analysis_took = None;
-    let valid = validate(spec).ok();
+    // Validated once: the look, the setup check and the plan all take this.
+    let checked = validate(spec);
+    let valid = checked.as_ref().ok();
     let setup_problems = valid
-        .as_ref()
-        .map(|valid| context.setup_problems(spec, valid))
+        .map(|valid| context.setup_problems(valid))
         .unwrap_or_default();
     if setup_problems.is_empty()
-        && engine::analysis_due(spec, rollout.status, now)
-        && let (Some(valid), Some(status)) = (&valid, rollout.status)
+        && engine::analysis_due_validated(spec, valid, rollout.status, now)
+        && let (Some(valid), Some(status)) = (valid, rollout.status)
         && let (Some(stage), Some(started)) = (status.stage, status.stage_started_at)
     {
         let at = LookAt {
@@ -351,9 +355,9 @@ pub async fn reconcile<S: Shell>(
         };
         let began = Instant::now();
         let previous = status.last_analysis.as_ref();
-        analysis = Some(match context.client(spec) {
-            Ok(client) => look(&client, spec, valid, rollout.id.clone(), at, previous).await,
-            Err(reason) => unreachable_look(spec, valid, at, previous, reason),
+        analysis = Some(match context.client(valid) {
+            Ok(client) => look(&client, valid, rollout.id.clone(), at, previous).await,
+            Err(reason) => unreachable_look(valid, at, previous, reason),
         });
         analysis_took = Some(began.elapsed());
     }
@@ -363,7 +367,13 @@ pub async fn reconcile<S: Shell>(
         generation: rollout.generation,
         setup_problems,
     };
-    let plan = engine::plan(spec, rollout.status, &observations, now);
+    let plan = engine::plan_validated(
+        spec,
+        checked.as_ref().map_err(Vec::as_slice),
+        rollout.status,
+        &observations,
+        now,
+    );
     let previous = rollout.status.cloned().unwrap_or_default();
 
     // 1. The flag, before the status that claims it.
@@ -487,19 +497,20 @@ pub fn definition(spec: &FeatureRolloutSpec) -> FlagDefinition {
 /// A look that could not reach Prometheus at all: every metric is an `Error`. It goes
 /// through the same judgement as any look, so the evidence kept in `previous` carries on.
 fn unreachable_look(
-    spec: &FeatureRolloutSpec,
     valid: &ValidSpec,
     at: LookAt,
     previous: Option<&AnalysisStatus>,
     reason: String,
 ) -> AnalysisStatus {
-    let observed = spec
-        .analysis
+    let measured: Measured = valid
+        .metrics
         .iter()
-        .flat_map(|a| &a.metrics)
-        .map(|_| (Observed::Failed(reason.clone()), Vec::new()))
+        .map(|metric| {
+            let error = ProviderError::Unavailable(reason.clone());
+            (metric.name.clone(), Measurement::failed(error))
+        })
         .collect();
-    judge::judge_look(spec, valid, at, observed, None, previous)
+    judge::judge_look(valid, at, measured, None, previous)
 }
 
 /// One structured line per flag change, on its own target (`sluice::audit`): what the

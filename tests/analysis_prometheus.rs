@@ -10,9 +10,9 @@
 mod support;
 
 use jiff::{SignedDuration, Timestamp};
-use sluice::analysis::look::{LookAt, RolloutRef, client_config, look};
+use sluice::analysis::look::{LookAt, RolloutRef, look};
 use sluice::crd::{AnalysisStatus, FeatureRolloutSpec, PrometheusSpec, Verdict, validate};
-use sluice::prometheus::PrometheusClient;
+use sluice::prometheus::{PrometheusClient, client_config};
 use support::fake::{Behaviour, FakeServer};
 use support::openmetrics::OpenMetrics;
 use support::server::PrometheusServer;
@@ -170,15 +170,7 @@ async fn analyse(address: &str, spec: &FeatureRolloutSpec) -> AnalysisStatus {
             stage_started_at: started,
             now: started + SignedDuration::from_mins(minute),
         };
-        let status = look(
-            &client,
-            spec,
-            &valid,
-            rollout.clone(),
-            at,
-            previous.as_ref(),
-        )
-        .await;
+        let status = look(&client, &valid, rollout.clone(), at, previous.as_ref()).await;
         previous = Some(status);
     }
     previous.expect("ten looks")

@@ -139,7 +139,7 @@ async fn cohort_counts_buckets_and_no_data_match_the_loaded_data() {
     println!("buckets {buckets:?}");
     let baseline = buckets.baseline.expect("baseline buckets");
     let candidate = buckets.candidate.expect("candidate buckets");
-    let les: Vec<f64> = baseline.as_slice().iter().map(|b| b.le).collect();
+    let les: Vec<f64> = baseline.upper_bounds().collect();
     assert_eq!(les, vec![0.1, 0.5, f64::INFINITY]);
     assert_close(baseline.get(0.1), 5.0 * STEPS_IN_WINDOW, "baseline le=0.1");
     assert_close(baseline.get(0.5), 8.0 * STEPS_IN_WINDOW, "baseline le=0.5");

@@ -533,7 +533,7 @@ fn simulator_controller_and_standalone_make_the_same_decisions() {
     use sluice::analysis::judge::{self, LookAt};
     use sluice::crd::FeatureRolloutStatus;
     use sluice::engine::{self, Observations};
-    use sluice::simulate::sluice_rule::observed;
+    use sluice::simulate::sluice_rule::measured;
     // Bursty healthy traffic (S2), seeded: at every tick the simulator's engine-driven
     // rollout and the path of a reconcile (controller and standalone mode share it:
     // `analysis_due`, the pure judgement, `engine::plan`, with the status read back from
@@ -571,14 +571,13 @@ fn simulator_controller_and_standalone_make_the_same_decisions() {
         assert_eq!(due, tick.looked, "at {}", tick.now);
         let analysis = due.then(|| {
             judge::judge_look(
-                &spec,
                 &valid,
                 LookAt {
                     stage: status.stage.unwrap(),
                     stage_started_at: status.stage_started_at.unwrap(),
                     now: tick.now,
                 },
-                vec![(observed(tick.stage_total), Vec::new())],
+                measured(tick.stage_total),
                 None,
                 status.last_analysis.as_ref(),
             )

@@ -594,58 +594,55 @@ fn score(terms: &[Term], variances: KappaVariances) -> Option<(f64, f64)> {
     Some((z, df))
 }
 
+/// What one comparison tests, the same at every look of the rollout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ComparisonTest<'a> {
+    /// The harm tolerated.
+    pub tolerance: Tolerance,
+    /// The plan whose looks spend the budget.
+    pub plan: &'a Plan,
+    /// This comparison's share of `1 − confidence`.
+    pub budget: f64,
+}
+
 /// The comparison at one look, from the stage's cumulative counts and the evidence kept
-/// by the previous look. `budget` is this comparison's share of `1 − confidence`.
+/// by the previous look.
 pub fn compare(
     previous: Option<&Evidence>,
     window: Window,
     baseline: Counts,
     candidate: Counts,
-    tolerance: Tolerance,
-    plan: &Plan,
-    budget: f64,
+    test: ComparisonTest<'_>,
 ) -> Comparison {
-    compare_with(
-        previous, window, baseline, candidate, tolerance, plan, budget, None,
-    )
+    compare_with(previous, window, baseline, candidate, test, None)
 }
 
 /// [`compare`] told both cohorts' true dispersion `κ` (no estimate, no widening): the
 /// benchmark's oracle for overdispersed traffic, on the same spending and looks.
-#[allow(clippy::too_many_arguments)]
 pub fn compare_known_dispersion(
     previous: Option<&Evidence>,
     window: Window,
     baseline: Counts,
     candidate: Counts,
-    tolerance: Tolerance,
-    plan: &Plan,
-    budget: f64,
+    test: ComparisonTest<'_>,
     kappa: f64,
 ) -> Comparison {
-    compare_with(
-        previous,
-        window,
-        baseline,
-        candidate,
-        tolerance,
-        plan,
-        budget,
-        Some(kappa),
-    )
+    compare_with(previous, window, baseline, candidate, test, Some(kappa))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn compare_with(
     previous: Option<&Evidence>,
     window: Window,
     baseline: Counts,
     candidate: Counts,
-    tolerance: Tolerance,
-    plan: &Plan,
-    budget: f64,
+    test: ComparisonTest<'_>,
     known: Option<f64>,
 ) -> Comparison {
+    let ComparisonTest {
+        tolerance,
+        plan,
+        budget,
+    } = test;
     let mut evidence = previous.cloned().unwrap_or_default();
     let new_window = evidence
         .strata
@@ -931,9 +928,11 @@ mod tests {
                 w,
                 b,
                 c,
-                Tolerance::Relative(0.0),
-                &plan(),
-                0.05,
+                ComparisonTest {
+                    tolerance: Tolerance::Relative(0.0),
+                    plan: &plan(),
+                    budget: 0.05,
+                },
             );
             evidence = Some(out.evidence.clone());
             last = Some(out);
@@ -1028,9 +1027,11 @@ mod tests {
             window(1, 0.05, 600, last.seconds + 1.0),
             counts(last.baseline.x, last.baseline.n),
             counts(last.candidate.x + 20.0, last.candidate.n),
-            Tolerance::Relative(0.0),
-            &plan(),
-            0.05,
+            ComparisonTest {
+                tolerance: Tolerance::Relative(0.0),
+                plan: &plan(),
+                budget: 0.05,
+            },
         );
         assert!(again.boundary.is_none() && !again.reject(), "{again:?}");
         // It cannot roll back, and with 20 more candidate errors it cannot pass either:
@@ -1046,9 +1047,11 @@ mod tests {
             window(1, 0.05, 600, last.seconds + 1.0),
             counts(last.baseline.x, last.baseline.n),
             counts(last.candidate.x, last.candidate.n),
-            Tolerance::Relative(0.0),
-            &plan(),
-            0.05,
+            ComparisonTest {
+                tolerance: Tolerance::Relative(0.0),
+                plan: &plan(),
+                budget: 0.05,
+            },
         );
         assert_eq!(
             quiet.boundary_state,
@@ -1240,9 +1243,11 @@ mod tests {
                     },
                     b,
                     c,
-                    Tolerance::Relative(0.0),
-                    &plan,
-                    0.05,
+                    ComparisonTest {
+                        tolerance: Tolerance::Relative(0.0),
+                        plan: &plan,
+                        budget: 0.05,
+                    },
                 );
                 println!(
                     "look {}: z {:.2} boundary {:?} κ_c {:.3} κ_b {:.3} df {:.2} {:?} {:?}",

@@ -234,6 +234,19 @@ impl Buckets {
         self.cumulative.last().copied().unwrap_or(0.0)
     }
 
+    /// Every upper bound, ascending, the last one `f64::INFINITY` (the `+Inf` bucket).
+    pub fn upper_bounds(&self) -> impl Iterator<Item = f64> + '_ {
+        self.bounds.iter().copied().chain([f64::INFINITY])
+    }
+
+    /// The cumulative count of the bucket whose upper bound is exactly `le`
+    /// (`f64::INFINITY` for the `+Inf` bucket).
+    pub fn get(&self, le: f64) -> Option<f64> {
+        self.upper_bounds()
+            .position(|b| b == le)
+            .map(|i| self.cumulative[i])
+    }
+
     /// Count in each bin: `(-Inf, b0]`, `(b0, b1]`, …, `(b_last, +Inf)`; one more bin than
     /// there are finite bounds. Every count is finite and not negative.
     pub fn bin_counts(&self) -> Vec<f64> {

@@ -4,16 +4,19 @@
 
 use jiff::Timestamp;
 
-use super::compare::{self, BoundaryState, Comparison, MIN_DEGREES_OF_FREEDOM, Plan, Window};
-use super::histogram::{self, Continuity, MannWhitneyOutcome};
-use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
-use super::srm::{self, RequestShareOutcome, SrmOutcome};
-use crate::crd::validate::ValidSpec;
-use crate::crd::{
-    AnalysisStatus, CohortNumbers, FeatureRolloutSpec, MetricAnalysis, MetricCause, MetricSpec,
-    RequestShare, SampleRatio, Verdict, Weight, parse_percent,
+use super::compare::{
+    self, BoundaryState, Comparison, ComparisonTest, MIN_DEGREES_OF_FREEDOM, Plan, Window,
 };
-use crate::prometheus::{Buckets, PerCohort};
+use super::histogram::{self, Buckets, Continuity, MannWhitneyOutcome};
+use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
+pub use super::source::Observed;
+use super::source::{Measured, Measurement, PerCohort};
+use super::srm::{self, RequestShareOutcome, SrmOutcome};
+use crate::crd::validate::{MetricKind, ShareLimits, ValidMetric, ValidSpec};
+use crate::crd::{
+    AnalysisStatus, CohortNumbers, MetricAnalysis, MetricCause, RequestShare, SampleRatio, Verdict,
+    Weight,
+};
 
 /// The p-value under which the observed split of users is a sample ratio mismatch.
 pub const SRM_P_VALUE: f64 = 0.001;
@@ -65,7 +68,7 @@ impl StageLook {
     /// The look `at` a stage of a valid spec, with the budgets of [`alpha_per_test`] and
     /// [`budget_per_test`]: what every caller (controller, standalone, `sluice analyze`,
     /// `sluice simulate`) judges with.
-    pub fn new(spec: &FeatureRolloutSpec, valid: &ValidSpec, at: LookAt) -> StageLook {
+    pub fn new(valid: &ValidSpec, at: LookAt) -> StageLook {
         let index = at.stage;
         let elapsed = at
             .now
@@ -84,8 +87,8 @@ impl StageLook {
             elapsed_fraction,
             started_at: at.stage_started_at,
             elapsed_seconds: elapsed.as_secs_f64(),
-            alpha: alpha_per_test(spec, valid),
-            budget: budget_per_test(spec, valid),
+            alpha: alpha_per_test(valid),
+            budget: budget_per_test(valid),
             plan: Plan::new(valid),
         }
     }
@@ -104,12 +107,12 @@ impl StageLook {
 
 /// The number of tests a spec runs at each look (`maxIncrease` and `max` of every ratio
 /// and histogram metric).
-fn tests(spec: &FeatureRolloutSpec) -> usize {
-    spec.analysis
+fn tests(valid: &ValidSpec) -> usize {
+    valid
+        .metrics
         .iter()
-        .flat_map(|a| &a.metrics)
-        .filter(|m| m.guard.is_none())
-        .map(|m| usize::from(m.max_increase.is_some()) + usize::from(m.max.is_some()))
+        .filter_map(|m| m.kind.limits())
+        .map(ShareLimits::tests)
         .sum::<usize>()
         .max(1)
 }
@@ -117,43 +120,20 @@ fn tests(spec: &FeatureRolloutSpec) -> usize {
 /// The budget of one test over the whole rollout: `1 − confidence` split evenly over the
 /// tests (`maxIncrease` and `max` of every ratio and histogram metric). A comparison
 /// spends it over the plan's looks.
-pub fn budget_per_test(spec: &FeatureRolloutSpec, valid: &ValidSpec) -> f64 {
-    (1.0 - valid.confidence) / tests(spec) as f64
+pub fn budget_per_test(valid: &ValidSpec) -> f64 {
+    (1.0 - valid.confidence) / tests(valid) as f64
 }
 
 /// The budget of one `max` test at one stage: [`budget_per_test`] split evenly over the
 /// stages that are analysed (all but a final stage without duration).
-pub fn alpha_per_test(spec: &FeatureRolloutSpec, valid: &ValidSpec) -> f64 {
+pub fn alpha_per_test(valid: &ValidSpec) -> f64 {
     let stages = valid
         .stages
         .iter()
         .filter(|s| !s.duration.is_zero())
         .count()
         .max(1);
-    budget_per_test(spec, valid) / stages as f64
-}
-
-/// What the queries of one metric returned.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Observed {
-    /// Bad and total events per cohort.
-    Ratio {
-        /// Bad events (errors) per cohort.
-        bad: PerCohort<f64>,
-        /// All events (requests) per cohort.
-        total: PerCohort<f64>,
-    },
-    /// Histogram buckets per cohort.
-    Histogram(PerCohort<Buckets>),
-    /// A guard's value: the candidate cohort's, or one global value.
-    Guard {
-        /// The value per cohort, when the query is split by cohort.
-        cohorts: PerCohort<f64>,
-        /// The single value, when it is not.
-        global: Option<f64>,
-    },
-    /// A query failed.
-    Failed(String),
+    budget_per_test(valid) / stages as f64
 }
 
 /// The previous look's record of a metric, if it was made in the same stage.
@@ -169,11 +149,11 @@ fn previous_metric<'a>(
         .find(|m| m.name == metric)
 }
 
-/// An `Error` result for a check whose query failed.
-pub fn failed(name: &str, query: String, reason: String) -> MetricAnalysis {
+/// An `Error` result for a check whose queries failed.
+pub fn failed(name: &str, queries: Vec<String>, reason: String) -> MetricAnalysis {
     MetricAnalysis {
         name: name.into(),
-        queries: vec![query],
+        queries,
         baseline: None,
         candidate: None,
         effect: None,
@@ -198,14 +178,14 @@ pub fn failed(name: &str, query: String, reason: String) -> MetricAnalysis {
     }
 }
 
-/// Judges one metric at one look.
+/// Judges one metric at one look, from what its provider measured.
 pub fn judge_metric(
-    metric: &MetricSpec,
-    observed: &Observed,
+    metric: &ValidMetric,
+    measured: Measurement<Observed>,
     look: &StageLook,
     previous: Option<&AnalysisStatus>,
-    queries: Vec<String>,
 ) -> MetricAnalysis {
+    let Measurement { queries, result } = measured;
     // The `max` test's tuning is fixed at the stage's first look and carried through
     // every later look, errored or not, so the stage keeps one boundary. The comparison's
     // evidence is carried across stages: a look without data keeps it as it was.
@@ -238,10 +218,12 @@ pub fn judge_metric(
         reason: None,
         cause: None,
     };
-    let result = match observed {
-        Observed::Failed(message) => Err((Verdict::Error, message.clone())),
-        Observed::Guard { cohorts, global } => judge_guard(metric, cohorts, *global, &mut out),
-        Observed::Ratio { bad, total } => {
+    let result = match (&metric.kind, result) {
+        (_, Err(error)) => Err((Verdict::Error, error.to_string())),
+        (MetricKind::Guard { min, max, .. }, Ok(Observed::Guard { cohorts, global })) => {
+            judge_guard(*min, *max, &cohorts, global, &mut out)
+        }
+        (MetricKind::Ratio { limits, .. }, Ok(Observed::Ratio { bad, total })) => {
             let counts = |b: Option<f64>, t: Option<f64>| {
                 t.map(|total| Counts {
                     bad: b.unwrap_or(0.0),
@@ -250,9 +232,22 @@ pub fn judge_metric(
             };
             let baseline = counts(bad.baseline, total.baseline);
             let candidate = counts(bad.candidate, total.candidate);
-            judge_share(metric, baseline, candidate, look, &mut out)
+            judge_share(limits, baseline, candidate, look, &mut out)
         }
-        Observed::Histogram(buckets) => judge_histogram(metric, buckets, look, &mut out),
+        (
+            MetricKind::Histogram {
+                threshold, limits, ..
+            },
+            Ok(Observed::Histogram(buckets)),
+        ) => judge_histogram(*threshold, limits, &buckets, look, &mut out),
+        (kind, Ok(other)) => Err((
+            Verdict::Error,
+            format!(
+                "the metrics provider answered with {} values for a {} metric",
+                other.kind(),
+                kind.name()
+            ),
+        )),
     };
     let (verdict, reason) = match result {
         Ok(reason) => (Verdict::Pass, reason),
@@ -266,12 +261,12 @@ pub fn judge_metric(
 type Judged = Result<String, (Verdict, String)>;
 
 fn judge_guard(
-    metric: &MetricSpec,
+    min: Option<f64>,
+    max: Option<f64>,
     cohorts: &PerCohort<f64>,
     global: Option<f64>,
     out: &mut MetricAnalysis,
 ) -> Judged {
-    let guard = metric.guard.as_ref().expect("a guard metric");
     let (value, whose) = match (cohorts.candidate, global) {
         (Some(v), _) => (v, "the candidate's"),
         (None, Some(v)) => (v, "the"),
@@ -285,14 +280,14 @@ fn judge_guard(
     };
     out.candidate = Some(CohortNumbers { n: 1.0, value });
     out.test = Some("threshold".into());
-    if let Some(max) = guard.max.filter(|max| value > *max) {
+    if let Some(max) = max.filter(|max| value > *max) {
         out.bound = Some(max);
         return Err((
             Verdict::Fail,
             format!("{whose} value {value} is above the guard's max {max}"),
         ));
     }
-    if let Some(min) = guard.min.filter(|min| value < *min) {
+    if let Some(min) = min.filter(|min| value < *min) {
         out.bound = Some(min);
         return Err((
             Verdict::Fail,
@@ -302,18 +297,9 @@ fn judge_guard(
     Ok(format!("{whose} value {value} is within the guard"))
 }
 
-fn tolerance(metric: &MetricSpec) -> Option<Tolerance> {
-    let t = metric.max_increase.as_ref()?;
-    match (&t.relative, &t.absolute) {
-        (Some(r), _) => parse_percent(r).ok().map(Tolerance::Relative),
-        (None, Some(a)) => parse_percent(a).ok().map(Tolerance::Absolute),
-        (None, None) => None,
-    }
-}
-
 /// The share test shared by ratio and histogram metrics.
 fn judge_share(
-    metric: &MetricSpec,
+    limits: &ShareLimits,
     baseline: Option<Counts>,
     candidate: Option<Counts>,
     look: &StageLook,
@@ -358,7 +344,7 @@ fn judge_share(
         out.cause = whole_stage.then_some(MetricCause::NoDataAllStage);
         return no_data("candidate");
     };
-    let ceiling = metric.max.as_deref().and_then(|m| parse_percent(m).ok());
+    let ceiling = limits.max;
     let mut reasons = Vec::new();
 
     let mut tested: Option<SequentialTest> = None;
@@ -387,7 +373,7 @@ fn judge_share(
         }
         tested = Some(test);
     }
-    if let Some(tolerance) = tolerance(metric).filter(|_| look.comparable()) {
+    if let Some(tolerance) = limits.max_increase.filter(|_| look.comparable()) {
         let Some(baseline) = baseline.filter(|b| b.total > 0.0) else {
             out.cause = whole_stage.then_some(MetricCause::NoDataAllStage);
             return no_data("baseline");
@@ -397,9 +383,11 @@ fn judge_share(
             look.window(),
             baseline,
             candidate,
-            tolerance,
-            &look.plan,
-            look.budget,
+            ComparisonTest {
+                tolerance,
+                plan: &look.plan,
+                budget: look.budget,
+            },
         );
         record_comparison(out, &c, baseline, candidate, tolerance);
         if c.reject() {
@@ -557,19 +545,15 @@ fn record(out: &mut MetricAnalysis, test: &SequentialTest, name: &str) {
 }
 
 fn judge_histogram(
-    metric: &MetricSpec,
+    threshold: f64,
+    limits: &ShareLimits,
     buckets: &PerCohort<Buckets>,
     look: &StageLook,
     out: &mut MetricAnalysis,
 ) -> Judged {
-    let threshold = metric
-        .histogram
-        .as_ref()
-        .expect("a histogram metric")
-        .threshold;
     let slow = |b: &Buckets| -> Result<Counts, (Verdict, String)> {
-        let pairs: Vec<(f64, f64)> = b.as_slice().iter().map(|b| (b.le, b.count)).collect();
-        let (bad, total) = histogram::slow_share(&pairs, threshold)
+        let (bad, total) = b
+            .slow_share(threshold)
             .map_err(|e| (Verdict::Error, e.to_string()))?;
         Ok(Counts { bad, total })
     };
@@ -578,20 +562,12 @@ fn judge_histogram(
     if let (Some(b), Some(c)) = (&buckets.baseline, &buckets.candidate) {
         out.shift = shift(b, c);
     }
-    judge_share(metric, baseline, candidate, look, out)
+    judge_share(limits, baseline, candidate, look, out)
 }
 
 /// The Mann-Whitney description of how the candidate's latency distribution moved.
 fn shift(baseline: &Buckets, candidate: &Buckets) -> Option<String> {
-    let parse = |b: &Buckets| {
-        let pairs: Vec<(f64, f64)> = b.as_slice().iter().map(|b| (b.le, b.count)).collect();
-        histogram::Buckets::from_prometheus(&pairs)
-    };
-    let outcome = histogram::mann_whitney_buckets(
-        &parse(baseline).ok()?,
-        &parse(candidate).ok()?,
-        Continuity::On,
-    );
+    let outcome = histogram::mann_whitney_buckets(baseline, candidate, Continuity::On);
     match outcome {
         Ok(MannWhitneyOutcome::Computed(mw)) => Some(format!(
             "Mann-Whitney: P(candidate slower) = {:.3}, rank-biserial {:+.3}, p (two-sided) = {:.3e}",
@@ -650,38 +626,41 @@ pub fn request_share(metrics: &[MetricAnalysis], look: &StageLook) -> Option<Req
     }
 }
 
-/// A look's judgement, pure: the stage context of `at`, each metric's answers (in the
-/// order of `spec.analysis.metrics`, with the queries as sent), the users query's answer
-/// when one is configured (the query as sent, and the split or the failure), and the
-/// previous look's status (`status.lastAnalysis`), whose evidence it carries forward.
-/// [`super::look::look`] calls it after running the queries; `sluice simulate` calls it
-/// with simulated counts.
+/// A look's judgement, pure: the stage context of `at`, each metric's measurement (by
+/// metric name; a metric without one is an `Error`), the users query's measurement when
+/// one is configured, and the previous look's status (`status.lastAnalysis`), whose
+/// evidence it carries forward. [`super::look::look`] calls it after asking the metrics
+/// provider; `sluice simulate` calls it with simulated counts.
 pub fn judge_look(
-    spec: &FeatureRolloutSpec,
     valid: &ValidSpec,
     at: LookAt,
-    observed: Vec<(Observed, Vec<String>)>,
-    users: Option<(String, Result<PerCohort<f64>, String>)>,
+    mut measured: Measured,
+    users: Option<Measurement<PerCohort<f64>>>,
     previous: Option<&AnalysisStatus>,
 ) -> AnalysisStatus {
-    let stage_look = StageLook::new(spec, valid, at);
-    let specs = spec.analysis.iter().flat_map(|a| &a.metrics);
-    let mut metrics: Vec<MetricAnalysis> = specs
-        .zip(observed)
-        .map(|(metric, (observed, queries))| {
-            judge_metric(metric, &observed, &stage_look, previous, queries)
+    let stage_look = StageLook::new(valid, at);
+    let mut metrics: Vec<MetricAnalysis> = valid
+        .metrics
+        .iter()
+        .map(|metric| {
+            let measurement = measured.remove(&metric.name).unwrap_or_else(|| {
+                Measurement::failed(super::source::ProviderError::Unavailable(
+                    "nothing was measured for this metric".into(),
+                ))
+            });
+            judge_metric(metric, measurement, &stage_look, previous)
         })
         .collect();
     let sample_ratio = match users {
         None => None,
-        Some((query, answer)) => match answer {
+        Some(Measurement { queries, result }) => match result {
             Ok(users) => sample_ratio(&users, &stage_look),
             Err(e) => {
                 // A configured check that cannot run is an error, not a silent pass.
                 metrics.push(failed(
                     "sample-ratio",
-                    query,
-                    format!("the users query failed: {e}"),
+                    queries,
+                    format!("the users query failed: {}", e.detail()),
                 ));
                 None
             }
@@ -760,27 +739,23 @@ pub fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::FeatureRolloutSpec;
     use crate::simulate::{Cohorts, Counts as SimCounts, Schedule};
 
     fn look_at(
-        spec: &FeatureRolloutSpec,
         valid: &ValidSpec,
         minute: i64,
         stage_total: Cohorts,
         previous: Option<&AnalysisStatus>,
     ) -> AnalysisStatus {
         judge_look(
-            spec,
             valid,
             LookAt {
                 stage: 0,
                 stage_started_at: Timestamp::UNIX_EPOCH,
                 now: Timestamp::from_second(60 * minute).unwrap(),
             },
-            vec![(
-                crate::simulate::sluice_rule::observed(stage_total),
-                Vec::new(),
-            )],
+            crate::simulate::sluice_rule::measured(stage_total),
             None,
             previous,
         )
@@ -807,14 +782,8 @@ mod tests {
         let valid = crate::crd::validate::validate(&spec).unwrap();
         // No baseline error in two looks, the candidate's errors all in the second one:
         // the dispersion cannot be estimated and decides whether this is harm.
-        let first = look_at(&spec, &valid, 1, cohorts((2970, 0), (150, 0)), None);
-        let second = look_at(
-            &spec,
-            &valid,
-            2,
-            cohorts((5940, 0), (300, 20)),
-            Some(&first),
-        );
+        let first = look_at(&valid, 1, cohorts((2970, 0), (150, 0)), None);
+        let second = look_at(&valid, 2, cohorts((5940, 0), (300, 20)), Some(&first));
         let metric = &second.metrics[0];
         assert_eq!(
             metric.boundary_state,

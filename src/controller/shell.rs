@@ -8,7 +8,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType as KubeEventType};
 use kube::{Api, Resource, ResourceExt};
 
 use super::{FIELD_MANAGER, State, targets};
-use crate::crd::{FeatureRollout, FeatureRolloutStatus, Target};
+use crate::crd::{self, FeatureRollout, FeatureRolloutStatus, Target};
 use crate::engine::{Event, EventType};
 use crate::flag_store::{self, FlagWrite};
 use crate::flagd::{FlagDefinition, FlagState};
@@ -24,21 +24,15 @@ enum FlagTarget {
 
 impl FlagTarget {
     fn of(target: &Target) -> Self {
-        if let Some(c) = &target.config_map {
-            FlagTarget::ConfigMap {
-                name: c.name.clone(),
-                key: c.key.clone(),
-            }
-        } else if let Some(f) = &target.feature_flag {
-            FlagTarget::FeatureFlag {
-                name: f.name.clone(),
-            }
-        } else if target.file.is_some() {
-            FlagTarget::Unsupported(
+        match target.choice() {
+            Ok(crd::FlagTarget::ConfigMap { name, key }) => FlagTarget::ConfigMap { name, key },
+            Ok(crd::FlagTarget::FeatureFlag { name }) => FlagTarget::FeatureFlag { name },
+            Ok(crd::FlagTarget::File { .. }) => FlagTarget::Unsupported(
                 "spec.target.file is for standalone mode; in a cluster use spec.target.configMap or spec.target.featureFlag".into(),
-            )
-        } else {
-            FlagTarget::Unsupported("spec.target sets none of configMap or featureFlag".into())
+            ),
+            Err(_) => {
+                FlagTarget::Unsupported("spec.target sets none of configMap or featureFlag".into())
+            }
         }
     }
 

@@ -222,6 +222,78 @@ pub struct Target {
     pub file: Option<FileTarget>,
 }
 
+/// The one target a [`Target`] names: the only place its one-of is decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlagTarget {
+    /// A ConfigMap's data key (`spec.target.configMap`).
+    ConfigMap {
+        /// The ConfigMap's name.
+        name: String,
+        /// The data key holding the flagd document.
+        key: String,
+    },
+    /// An OpenFeature Operator `FeatureFlag` (`spec.target.featureFlag`).
+    FeatureFlag {
+        /// The `FeatureFlag`'s name.
+        name: String,
+    },
+    /// A flagd file on the local disk (`spec.target.file`).
+    File {
+        /// The path as written in the spec.
+        path: String,
+    },
+}
+
+impl FlagTarget {
+    /// A bounded name for metrics labels (`configMap`, `featureFlag`, `file`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlagTarget::ConfigMap { .. } => "configMap",
+            FlagTarget::FeatureFlag { .. } => "featureFlag",
+            FlagTarget::File { .. } => "file",
+        }
+    }
+}
+
+impl std::fmt::Display for FlagTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlagTarget::ConfigMap { name, key } => write!(f, "ConfigMap {name}, key {key}"),
+            FlagTarget::FeatureFlag { name } => write!(f, "FeatureFlag {name}"),
+            FlagTarget::File { path } => write!(f, "file {path}"),
+        }
+    }
+}
+
+/// Why a [`Target`] names no single target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetChoiceError {
+    /// None of `configMap`, `featureFlag` or `file` is set.
+    None,
+    /// More than one is set.
+    Several,
+}
+
+impl Target {
+    /// The target this names, when it names exactly one.
+    pub fn choice(&self) -> Result<FlagTarget, TargetChoiceError> {
+        match (&self.config_map, &self.feature_flag, &self.file) {
+            (Some(c), None, None) => Ok(FlagTarget::ConfigMap {
+                name: c.name.clone(),
+                key: c.key.clone(),
+            }),
+            (None, Some(f), None) => Ok(FlagTarget::FeatureFlag {
+                name: f.name.clone(),
+            }),
+            (None, None, Some(f)) => Ok(FlagTarget::File {
+                path: f.path.clone(),
+            }),
+            (None, None, None) => Err(TargetChoiceError::None),
+            _ => Err(TargetChoiceError::Several),
+        }
+    }
+}
+
 /// A ConfigMap holding a flagd document.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -4,7 +4,7 @@
 //! CEL). Here they serve standalone mode, `sluice validate` and the engine, which only
 //! ever plans from a [`ValidSpec`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use jiff::SignedDuration;
@@ -12,9 +12,10 @@ use serde_json::Value;
 
 use super::units::{parse_duration, parse_percent};
 use super::{
-    Approval, DEFAULT_CONFIDENCE, DEFAULT_INTERVAL, ErrorAction, FeatureRolloutSpec, MetricSpec,
-    OnError, Weight,
+    Approval, DEFAULT_COHORT_LABEL, DEFAULT_CONFIDENCE, DEFAULT_INTERVAL, ErrorAction,
+    FeatureRolloutSpec, FlagTarget, MetricSpec, OnError, PrometheusSpec, TargetChoiceError, Weight,
 };
+use crate::analysis::ratio::Tolerance;
 use crate::flagd::FlagDefinition;
 use crate::prometheus::template::{BUILTIN_VARIABLES, Template, check_variable_name};
 
@@ -43,19 +44,125 @@ impl fmt::Display for Problem {
 pub struct ValidSpec {
     /// The flag, as the flagd renderer needs it.
     pub flag: FlagDefinition,
+    /// Where the flag document lives: the one target the spec names.
+    pub target: FlagTarget,
     /// The stages, in order.
     pub stages: Vec<ValidStage>,
     /// Time between looks at the metrics.
     pub interval: SignedDuration,
     /// One minus the false-rollback budget.
     pub confidence: f64,
-    /// Whether any metric is configured (without, stages advance on time alone).
-    pub has_metrics: bool,
+    /// The metrics, parsed, in the order of `spec.analysis.metrics` (without any, stages
+    /// advance on time alone).
+    pub metrics: Vec<ValidMetric>,
+    /// The distinct-users query of the sample-ratio check, parsed, if any.
+    pub users: Option<Template>,
+    /// The metric label that tells the cohorts apart.
+    pub cohort_label: String,
+    /// The user-defined template variables (`spec.analysis.variables`).
+    pub variables: BTreeMap<String, String>,
+    /// The metrics provider's settings (`spec.analysis.prometheus`), if the spec has its
+    /// own.
+    pub prometheus: Option<PrometheusSpec>,
     /// What repeated analysis errors do.
     pub on_error: OnError,
     /// Plans whose looks will not work as planned: accepted, but `sluice validate` prints
     /// these and status carries them (`status.warnings`).
     pub warnings: Vec<Problem>,
+}
+
+impl ValidSpec {
+    /// Whether any metric is configured (without, stages advance on time alone).
+    pub fn has_metrics(&self) -> bool {
+        !self.metrics.is_empty()
+    }
+}
+
+/// One metric, parsed: what it measures and what harm it tolerates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidMetric {
+    /// The metric's name, unique in the rollout.
+    pub name: String,
+    /// What it measures, with its parsed queries and thresholds.
+    pub kind: MetricKind,
+}
+
+/// What a metric measures: exactly one kind, each with what it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricKind {
+    /// Bad events over all events, per cohort.
+    Ratio {
+        /// The bad events' query (`ratio.errors`).
+        errors: Template,
+        /// All events' query (`ratio.requests`).
+        requests: Template,
+        /// The harm tolerated.
+        limits: ShareLimits,
+    },
+    /// The share of observations above a threshold, per cohort, from histogram buckets.
+    Histogram {
+        /// The buckets' query (`histogram.buckets`).
+        buckets: Template,
+        /// The bound above which an observation is slow (one of the bucket bounds).
+        threshold: f64,
+        /// The harm tolerated.
+        limits: ShareLimits,
+    },
+    /// An absolute threshold on one value (the candidate's, or a global one).
+    Guard {
+        /// The value's query (`guard.query`).
+        query: Template,
+        /// Fails below this.
+        min: Option<f64>,
+        /// Fails above this.
+        max: Option<f64>,
+    },
+}
+
+impl MetricKind {
+    /// The kind's name, for messages (`ratio`, `histogram`, `guard`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MetricKind::Ratio { .. } => "ratio",
+            MetricKind::Histogram { .. } => "histogram",
+            MetricKind::Guard { .. } => "guard",
+        }
+    }
+
+    /// The harm a ratio or histogram metric tolerates; `None` for a guard.
+    pub fn limits(&self) -> Option<&ShareLimits> {
+        match self {
+            MetricKind::Ratio { limits, .. } | MetricKind::Histogram { limits, .. } => Some(limits),
+            MetricKind::Guard { .. } => None,
+        }
+    }
+
+    /// The query templates, with their field names under the metric.
+    pub fn queries(&self) -> Vec<(&'static str, &Template)> {
+        match self {
+            MetricKind::Ratio {
+                errors, requests, ..
+            } => vec![("ratio.errors", errors), ("ratio.requests", requests)],
+            MetricKind::Histogram { buckets, .. } => vec![("histogram.buckets", buckets)],
+            MetricKind::Guard { query, .. } => vec![("guard.query", query)],
+        }
+    }
+}
+
+/// The harm a share metric (ratio or histogram) tolerates: at least one is set.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct ShareLimits {
+    /// How much worse than the baseline the candidate may be (`maxIncrease`).
+    pub max_increase: Option<Tolerance>,
+    /// The candidate's share may not be above this fraction (`max`).
+    pub max: Option<f64>,
+}
+
+impl ShareLimits {
+    /// How many tests these limits run at each look (one per limit set).
+    pub fn tests(&self) -> usize {
+        usize::from(self.max_increase.is_some()) + usize::from(self.max.is_some())
+    }
 }
 
 /// One stage, parsed.
@@ -135,20 +242,22 @@ pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
     let mut p = Problems(Vec::new());
 
     check_flag(spec, &mut p);
-    check_target(spec, &mut p);
+    let target = check_target(spec, &mut p);
     let has_metrics = spec
         .analysis
         .as_ref()
         .is_some_and(|a| !a.metrics.is_empty());
     let stages = check_stages(spec, has_metrics, &mut p);
-    let (interval, confidence, on_error) = check_analysis(spec, &mut p);
+    let analysis = check_analysis(spec, &mut p);
     check_notifications(spec, &mut p);
     // `control.approve` naming no stage is not an error: it approves nothing, and the
     // waiting message names the stage that waits.
 
-    if !p.0.is_empty() {
-        return Err(p.0);
-    }
+    // No target means a problem was listed.
+    let target = match target {
+        Some(target) if p.0.is_empty() => target,
+        _ => return Err(p.0),
+    };
     let flag = FlagDefinition {
         key: spec.flag.key.clone(),
         variants: spec
@@ -162,14 +271,19 @@ pub fn validate(spec: &FeatureRolloutSpec) -> Result<ValidSpec, Vec<Problem>> {
     };
     let mut valid = ValidSpec {
         flag,
+        target,
         stages,
-        interval,
-        confidence,
-        has_metrics,
-        on_error,
+        interval: analysis.interval,
+        confidence: analysis.confidence,
+        metrics: analysis.metrics,
+        users: analysis.users,
+        cohort_label: analysis.cohort_label,
+        variables: analysis.variables,
+        prometheus: analysis.prometheus,
+        on_error: analysis.on_error,
         warnings: Vec::new(),
     };
-    if valid.has_metrics {
+    if valid.has_metrics() {
         valid.warnings = plan_warnings(&valid);
     }
     Ok(valid)
@@ -257,23 +371,19 @@ fn check_flag(spec: &FeatureRolloutSpec, p: &mut Problems) {
     }
 }
 
-fn check_target(spec: &FeatureRolloutSpec, p: &mut Problems) {
+fn check_target(spec: &FeatureRolloutSpec, p: &mut Problems) -> Option<FlagTarget> {
     let t = &spec.target;
-    let set = [
-        t.config_map.is_some(),
-        t.feature_flag.is_some(),
-        t.file.is_some(),
-    ];
-    match set.iter().filter(|s| **s).count() {
-        0 => p.add(
+    let chosen = t.choice();
+    match chosen {
+        Err(TargetChoiceError::None) => p.add(
             "spec.target",
             "sets none of configMap, featureFlag or file: set exactly one",
         ),
-        1 => {}
-        _ => p.add(
+        Err(TargetChoiceError::Several) => p.add(
             "spec.target",
             "sets more than one of configMap, featureFlag or file: set exactly one",
         ),
+        Ok(_) => {}
     }
     if let Some(cm) = &t.config_map {
         if cm.name.is_empty() {
@@ -293,6 +403,7 @@ fn check_target(spec: &FeatureRolloutSpec, p: &mut Problems) {
     {
         p.add("spec.target.file.path", "is empty");
     }
+    chosen.ok()
 }
 
 fn check_stages(spec: &FeatureRolloutSpec, has_metrics: bool, p: &mut Problems) -> Vec<ValidStage> {
@@ -491,10 +602,31 @@ pub fn check_webhook_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuration, f64, OnError) {
+/// `spec.analysis`, parsed (defaults where it is unset).
+struct ValidAnalysis {
+    interval: SignedDuration,
+    confidence: f64,
+    metrics: Vec<ValidMetric>,
+    users: Option<Template>,
+    cohort_label: String,
+    variables: BTreeMap<String, String>,
+    prometheus: Option<PrometheusSpec>,
+    on_error: OnError,
+}
+
+fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> ValidAnalysis {
     let default_interval = parse_duration(DEFAULT_INTERVAL).expect("the default interval parses");
     let Some(analysis) = &spec.analysis else {
-        return (default_interval, DEFAULT_CONFIDENCE, OnError::default());
+        return ValidAnalysis {
+            interval: default_interval,
+            confidence: DEFAULT_CONFIDENCE,
+            metrics: Vec::new(),
+            users: None,
+            cohort_label: DEFAULT_COHORT_LABEL.to_owned(),
+            variables: BTreeMap::new(),
+            prometheus: None,
+            on_error: OnError::default(),
+        };
     };
     let interval = match analysis.interval.as_deref().map(parse_duration) {
         None => default_interval,
@@ -575,6 +707,7 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
         check_template("spec.analysis.users".into(), users, &user_variables, p);
     }
     let mut names = BTreeSet::new();
+    let mut metrics = Vec::with_capacity(analysis.metrics.len());
     for (i, metric) in analysis.metrics.iter().enumerate() {
         for (field, query) in queries(metric) {
             check_template(
@@ -590,8 +723,23 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
                 format!("{:?} is used by an earlier metric", metric.name),
             );
         }
+        let problems_before = p.0.len();
         check_metric(i, metric, p);
+        match parse_metric(metric) {
+            Some(parsed) => metrics.push(parsed),
+            // Every reason a metric does not parse is a problem already listed; this
+            // keeps the promise that a valid spec holds every metric.
+            None if p.0.len() == problems_before => p.add(
+                format!("spec.analysis.metrics[{i}]"),
+                "cannot be parsed: set exactly one of ratio, histogram or guard, with its queries and thresholds",
+            ),
+            None => {}
+        }
     }
+    let users = analysis
+        .users
+        .as_deref()
+        .and_then(|users| Template::parse(users).ok());
     let on_error = analysis.on_error.clone().unwrap_or_default();
     if on_error.consecutive == 0 {
         p.add("spec.analysis.onError.consecutive", "is 0: set at least 1");
@@ -602,7 +750,63 @@ fn check_analysis(spec: &FeatureRolloutSpec, p: &mut Problems) -> (SignedDuratio
             "rollback needs analysis.metrics",
         );
     }
-    (interval, confidence, on_error)
+    ValidAnalysis {
+        interval,
+        confidence,
+        metrics,
+        users,
+        cohort_label: analysis
+            .cohort_label
+            .clone()
+            .unwrap_or_else(|| DEFAULT_COHORT_LABEL.to_owned()),
+        variables: analysis.variables.clone(),
+        prometheus: analysis.prometheus.clone(),
+        on_error,
+    }
+}
+
+/// A metric's typed form, when everything in it parses (its problems are listed by
+/// [`check_metric`] and [`check_template`]).
+fn parse_metric(metric: &MetricSpec) -> Option<ValidMetric> {
+    let template = |query: &str| Template::parse(query).ok();
+    let limits = || -> Option<ShareLimits> {
+        let max_increase = match &metric.max_increase {
+            None => None,
+            Some(t) => Some(match (&t.relative, &t.absolute) {
+                (Some(r), None) => Tolerance::Relative(parse_percent(r).ok()?),
+                (None, Some(a)) => Tolerance::Absolute(parse_percent(a).ok()?),
+                _ => return None,
+            }),
+        };
+        let max = match &metric.max {
+            None => None,
+            Some(text) => Some(parse_percent(text).ok()?),
+        };
+        let limits = ShareLimits { max_increase, max };
+        (limits.tests() > 0).then_some(limits)
+    };
+    let kind = match (&metric.ratio, &metric.histogram, &metric.guard) {
+        (Some(ratio), None, None) => MetricKind::Ratio {
+            errors: template(&ratio.errors)?,
+            requests: template(&ratio.requests)?,
+            limits: limits()?,
+        },
+        (None, Some(histogram), None) => MetricKind::Histogram {
+            buckets: template(&histogram.buckets)?,
+            threshold: histogram.threshold,
+            limits: limits()?,
+        },
+        (None, None, Some(guard)) => MetricKind::Guard {
+            query: template(&guard.query)?,
+            min: guard.min,
+            max: guard.max,
+        },
+        _ => return None,
+    };
+    Some(ValidMetric {
+        name: metric.name.clone(),
+        kind,
+    })
 }
 
 /// Most entries, and longest value, of `variables` and `headers` (as the schema says).
@@ -624,8 +828,9 @@ fn check_string_map(
     }
 }
 
-/// The query templates of a metric, with their field names.
-pub fn queries(metric: &MetricSpec) -> Vec<(&'static str, &str)> {
+/// The query templates of a metric as written, with their field names (the typed form is
+/// [`MetricKind::queries`]).
+fn queries(metric: &MetricSpec) -> Vec<(&'static str, &str)> {
     let mut out = Vec::new();
     if let Some(ratio) = &metric.ratio {
         out.push(("ratio.errors", ratio.errors.as_str()));

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::crd::{
     Approval, CohortNumbers, FeatureRollout, FeatureRolloutSpec, FeatureRolloutStatus,
-    MetricAnalysis, Phase, Target,
+    MetricAnalysis, Phase, Target, TargetChoiceError,
 };
 
 /// How many history entries `status` shows (the newest).
@@ -210,14 +210,10 @@ pub fn waiting_for(rollout: &FeatureRollout) -> String {
 }
 
 fn target_text(target: &Target) -> String {
-    if let Some(cm) = &target.config_map {
-        format!("ConfigMap {}, key {}", cm.name, cm.key)
-    } else if let Some(ff) = &target.feature_flag {
-        format!("FeatureFlag {}", ff.name)
-    } else if let Some(file) = &target.file {
-        format!("file {}", file.path)
-    } else {
-        "<none>".into()
+    match target.choice() {
+        Ok(target) => target.to_string(),
+        Err(TargetChoiceError::None) => "<none>".into(),
+        Err(TargetChoiceError::Several) => "<more than one>".into(),
     }
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use super::error::Error;
 use super::response::{QueryResult, Sample};
+use crate::analysis::source::{Buckets, PerCohort};
 
 /// The label OpenTelemetry's `feature_flag.result.variant` attribute becomes in Prometheus.
 pub const DEFAULT_COHORT_LABEL: &str = "feature_flag_result_variant";
@@ -35,60 +36,13 @@ impl CohortSpec {
     }
 }
 
-/// A value for each cohort; `None` means the cohort has no series yet ("no data").
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PerCohort<T> {
-    /// The baseline cohort's value, if it has data.
-    pub baseline: Option<T>,
-    /// The candidate cohort's value, if it has data.
-    pub candidate: Option<T>,
-}
-
-impl<T> PerCohort<T> {
-    /// Whether both cohorts have data.
-    pub fn is_complete(&self) -> bool {
-        self.baseline.is_some() && self.candidate.is_some()
-    }
-
-    /// Whether neither cohort has data (an empty result).
-    pub fn is_empty(&self) -> bool {
-        self.baseline.is_none() && self.candidate.is_none()
-    }
-}
-
-/// One cumulative histogram bucket: the count of observations `<= le`.
+/// One cumulative histogram bucket as a series gave it: the count of observations `<= le`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Bucket {
+struct Bucket {
     /// The upper bound (`le` label); `f64::INFINITY` for `+Inf`.
-    pub le: f64,
+    le: f64,
     /// The (cumulative) count, as the query returned it.
-    pub count: f64,
-}
-
-/// A cohort's histogram buckets, sorted by upper bound, the last one `le="+Inf"`.
-///
-/// Counts are as the query returned them: `increase()` extrapolates each bucket on its
-/// own, so neighbouring cumulative counts may be slightly out of order.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Buckets {
-    buckets: Vec<Bucket>,
-}
-
-impl Buckets {
-    /// The buckets, sorted by upper bound; the last one is `+Inf`.
-    pub fn as_slice(&self) -> &[Bucket] {
-        &self.buckets
-    }
-
-    /// The count of the bucket whose upper bound is exactly `le`.
-    pub fn get(&self, le: f64) -> Option<f64> {
-        self.buckets.iter().find(|b| b.le == le).map(|b| b.count)
-    }
-
-    /// The total number of observations: the `+Inf` bucket's count.
-    pub fn total(&self) -> f64 {
-        self.buckets.last().map_or(0.0, |b| b.count)
-    }
+    count: f64,
 }
 
 /// Splits a vector result into one value per cohort (ratio numerators and denominators,
@@ -266,8 +220,10 @@ fn into_buckets(cohort: &str, mut buckets: Vec<(Bucket, &Sample)>) -> Result<Buc
             cohort: cohort.to_owned(),
         });
     }
-    Ok(Buckets {
-        buckets: buckets.into_iter().map(|(bucket, _)| bucket).collect(),
+    let pairs: Vec<(f64, f64)> = buckets.iter().map(|(b, _)| (b.le, b.count)).collect();
+    Buckets::from_prometheus(&pairs).map_err(|problem| Error::BrokenHistogram {
+        cohort: cohort.to_owned(),
+        problem,
     })
 }
 
@@ -401,7 +357,7 @@ mod tests {
         ]);
         let split = split_buckets(&result, &spec()).unwrap();
         let on = split.candidate.unwrap();
-        let les: Vec<f64> = on.as_slice().iter().map(|b| b.le).collect();
+        let les: Vec<f64> = on.upper_bounds().collect();
         assert_eq!(les, vec![0.1, 0.5, f64::INFINITY]);
         assert_eq!(on.get(0.5), Some(8.0));
         assert_eq!(on.get(0.25), None);

@@ -196,6 +196,16 @@ pub enum Error {
         cohort: String,
     },
 
+    /// A cohort's buckets do not make a histogram (counts that fall as the bound rises,
+    /// a negative count): the message is the histogram's own.
+    #[error("{problem}")]
+    BrokenHistogram {
+        /// The cohort (variant name).
+        cohort: String,
+        /// What is wrong with its buckets.
+        problem: crate::analysis::histogram::HistogramError,
+    },
+
     /// More than one series for the same cohort (or bucket), so its value is ambiguous.
     #[error(
         "more than one series for cohort {cohort:?}: {{{}}}; aggregate with `sum by (...)` so each cohort has one series",
@@ -244,7 +254,9 @@ impl Error {
             Error::MalformedResponse { .. } => "malformed_response",
             Error::UnexpectedResultType { .. } => "result_type",
             Error::MissingCohortLabel { .. } => "missing_cohort_label",
-            Error::BadBucket { .. } | Error::MissingInfBucket { .. } => "bad_histogram",
+            Error::BadBucket { .. }
+            | Error::MissingInfBucket { .. }
+            | Error::BrokenHistogram { .. } => "bad_histogram",
             Error::DuplicateSeries { .. } => "duplicate_series",
             Error::NonFiniteValue { .. } => "non_finite_value",
         }

@@ -11,6 +11,8 @@
 //!   an error.
 //! - [`template`]: `{{ name }}` placeholders, substituted with values escaped for the
 //!   PromQL context they land in.
+//! - [`provider`]: the client as the analysis' [`crate::analysis::source::MetricsProvider`]:
+//!   renders a metric's queries, runs them at once and splits the answers by cohort.
 //!
 //! Every failure is an [`Error`] (or a [`TemplateError`] while validating a spec) with a
 //! bounded [`Error::category`] for metric labels and Event reasons. Secrets (tokens,
@@ -20,14 +22,13 @@
 pub mod client;
 pub mod cohort;
 pub mod error;
+pub mod provider;
 pub mod response;
 pub mod template;
 
 pub use client::{BasicAuth, ClientConfig, PrometheusClient, TlsConfig, ensure_crypto_provider};
-pub use cohort::{
-    Bucket, Buckets, CohortSpec, DEFAULT_COHORT_LABEL, PerCohort, global_value, split_buckets,
-    split_values,
-};
+pub use cohort::{CohortSpec, DEFAULT_COHORT_LABEL, global_value, split_buckets, split_values};
 pub use error::Error;
+pub use provider::client_config;
 pub use response::{QueryResponse, QueryResult, Sample, Series};
 pub use template::{BUILTIN_VARIABLES, Template, TemplateError, Variables};

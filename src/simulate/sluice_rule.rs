@@ -20,10 +20,10 @@ use rand::Rng;
 use super::Outcome;
 use super::traffic::{Cohorts, Counts, Regression, Schedule, TrafficSource};
 use crate::analysis::judge::{self, LookAt, Observed};
+use crate::analysis::source::{Measured, Measurement, PerCohort};
 use crate::crd::validate::{self, ValidSpec};
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, MetricSpec};
 use crate::engine::{self, Decision, Observations};
-use crate::prometheus::PerCohort;
 
 /// The name of the error-rate metric in the benchmark's spec.
 const METRIC: &str = "error-rate";
@@ -112,7 +112,7 @@ impl SluiceRollout {
             .find(|m| m.name == METRIC)
             .cloned()
             .ok_or("the benchmark spec has no error-rate metric")?;
-        let alpha = judge::budget_per_test(&spec, &valid);
+        let alpha = judge::budget_per_test(&valid);
         Ok(SluiceRollout {
             spec,
             valid,
@@ -186,7 +186,9 @@ impl SluiceRollout {
             generation: Some(1),
             ..Observations::default()
         };
-        let mut status = engine::plan(&self.spec, None, &nothing, t0).status;
+        // The spec is validated once, as a reconcile does, for every plan and look.
+        let valid = Ok(&self.valid);
+        let mut status = engine::plan_validated(&self.spec, valid, None, &nothing, t0).status;
         let cap = HOLD_CAP * self.schedule.total_minutes().max(1);
         let mut outcome = Outcome::default();
         let mut on_schedule = true;
@@ -213,14 +215,15 @@ impl SluiceRollout {
                     outcome.candidate_requests_since_onset += counts.candidate.requests;
                 }
             }
-            let looked = engine::analysis_due(&self.spec, Some(&status), now);
+            let looked =
+                engine::analysis_due_validated(&self.spec, Some(&self.valid), Some(&status), now);
             let analysis = looked.then(|| self.look(&status, stage_total, now));
             let observations = Observations {
                 analysis,
                 generation: Some(1),
                 ..Observations::default()
             };
-            let plan = engine::plan(&self.spec, Some(&status), &observations, now);
+            let plan = engine::plan_validated(&self.spec, valid, Some(&status), &observations, now);
             status = plan.status;
             trace(&Tick {
                 now,
@@ -271,14 +274,22 @@ impl SluiceRollout {
             now,
         };
         judge::judge_look(
-            &self.spec,
             &self.valid,
             at,
-            vec![(observed(stage_total), Vec::new())],
+            measured(stage_total),
             None,
             status.last_analysis.as_ref(),
         )
     }
+}
+
+/// The benchmark spec's measurements for cumulative counts: its one ratio metric,
+/// [`observed`].
+pub fn measured(stage_total: Cohorts) -> Measured {
+    Measured::from([(
+        METRIC.to_owned(),
+        Measurement::observed(observed(stage_total)),
+    )])
 }
 
 /// The ratio metric's answers for cumulative counts, as Prometheus gives them: no series
@@ -370,9 +381,11 @@ impl super::Rule for KnownDispersionOracle {
             window,
             counts(b),
             counts(c),
-            Tolerance::Relative(0.0),
-            &self.plan,
-            self.budget,
+            compare::ComparisonTest {
+                tolerance: Tolerance::Relative(0.0),
+                plan: &self.plan,
+                budget: self.budget,
+            },
             self.kappa,
         );
         let reject = out.reject();

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use crate::crd::FeatureRolloutSpec;
+use crate::crd::{FeatureRolloutSpec, FlagTarget};
 use crate::manifest;
 
 /// One rollout found in the directory.
@@ -184,7 +184,7 @@ pub fn load(path: &Path, text: &str) -> (Vec<Found>, Vec<FileProblem>) {
                 continue;
             }
         };
-        let Some(file) = &rollout.spec.target.file else {
+        let Ok(FlagTarget::File { path: flag_file }) = rollout.spec.target.choice() else {
             problems.push(problem(format!(
                 "{label}: spec.target: standalone mode writes only file targets; set spec.target.file.path"
             )));
@@ -193,7 +193,7 @@ pub fn load(path: &Path, text: &str) -> (Vec<Found>, Vec<FileProblem>) {
         // `manifest::check` refused any name the API server would (a DNS-1123
         // subdomain is also a safe file name in the state directory).
         let name = rollout.metadata.name.clone().unwrap_or_default();
-        let flag_path = base.join(&file.path);
+        let flag_path = base.join(&flag_file);
         found.push(Found {
             name,
             spec: rollout.spec,
