@@ -20,13 +20,15 @@ out as distroless images are, of exactly what the binary needs at run time:
 
 The image runs as 65532:65532; its entrypoint is the binary, its default argument
 `controller`. Labels: `org.opencontainers.image.*` (title, description, version from
-Cargo.toml, revision from git, licenses, created, source when known).
+Cargo.toml, revision from git, licenses, created; source from $SLUICE_IMAGE_SOURCE,
+Cargo.toml's `repository` or git's `origin` as an https URL without credentials).
 
 Reproducible: every timestamp is SOURCE_DATE_EPOCH (default: the commit's time), tar
-entries are sorted and owned by 0:0 with fixed modes, gzip headers carry no name or
-time. The same binary and the same Debian files give the same digest; the binary itself
-is the same for the same commit, toolchain and checkout path (Rust embeds source paths
-in panic messages).
+entries are sorted, owned by root (but /home/nonroot) with fixed modes, gzip headers
+carry no name or time. The same binary and the same Debian files give the same digest,
+and the same commit and Rust toolchain give the same binary: Cargo embeds the crate's
+own paths relative to the checkout (the registry's under $CARGO_HOME), so a clone at
+another path with an empty target directory built the identical archive.
 
 Writes <out>/sluice-<version>.oci.tar (an OCI image layout in a tar, tagged <version>)
 and <out>/sluice-<version>.digest (the manifest's digest, as registries report it).
@@ -202,6 +204,24 @@ def git(*args):
         return None
 
 
+def public_url(remote):
+    """A git remote as a browsable https URL without credentials; None for a local path."""
+    if not remote:
+        return None
+    remote = remote.strip()
+    scp = re.match(r"^[\w.-]+@([\w.-]+):(?!/)(.+)$", remote)
+    if scp:
+        host, path = scp.groups()
+    else:
+        url = re.match(r"^(?:https?|ssh|git)://(?:[^@/]*@)?([^/:]+)(?::\d+)?/(.+)$", remote)
+        if not url:
+            return None
+        host, path = url.groups()
+    if path.endswith(".git"):
+        path = path[: -len(".git")]
+    return f"https://{host}/{path.strip('/')}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--binary", required=True, type=Path, help="the release sluice binary")
@@ -228,10 +248,18 @@ def main():
     created = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%SZ")
     source = (os.environ.get("SLUICE_IMAGE_SOURCE") or cargo.get("repository")
-              or git("remote", "get-url", "origin"))
+              or public_url(git("remote", "get-url", "origin")))
     machine = platform.machine()
     if machine not in ARCHITECTURES:
         fail(f"no OCI architecture known for {machine}")
+
+    # Before 2.34 glibc loads its NSS modules (libnss_files, libnss_dns) with dlopen, so
+    # ldd does not list them and names would not resolve in the image.
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else ""
+    match = re.match(r"glibc (\d+)\.(\d+)", libc or "")
+    if not match or (int(match.group(1)), int(match.group(2))) < (2, 34):
+        fail(f"this machine's C library is {libc or 'not glibc'}: the image needs glibc >= 2.34 "
+             "(Debian 12 has 2.36), whose name resolution is inside libc.so.6")
 
     layer = Layer(epoch)
     layer.file(ENTRYPOINT, args.binary.read_bytes(), 0o755)
@@ -268,8 +296,9 @@ def main():
     if source:
         labels["org.opencontainers.image.source"] = source
     else:
-        print("warning: no org.opencontainers.image.source label: Cargo.toml has no "
-              "`repository`, git no `origin` and SLUICE_IMAGE_SOURCE is unset", file=sys.stderr)
+        print("warning: no org.opencontainers.image.source label: SLUICE_IMAGE_SOURCE is "
+              "unset, Cargo.toml has no `repository` and git's `origin` is no URL",
+              file=sys.stderr)
     versions = ", ".join(f"{p} {package_version(p)}" for p in sorted(packages))
     config = canonical({
         "created": created,

@@ -459,17 +459,15 @@ impl Pod {
                 .unwrap();
         }
 
-        let mut mount_script =
-            String::from("set -e\nmount --bind \"$1\" \"$1\"\nmount -o remount,bind,ro \"$1\"\n");
+        // $1 is the root; the container's command follows.
+        let mut mount_script = String::from("set -e\n");
         let read_only = container
             .security_context
             .as_ref()
-            .and_then(|c| c.read_only_root_filesystem)
-            == Some(true);
-        if !read_only {
-            mount_script = "set -e\n".into();
+            .and_then(|c| c.read_only_root_filesystem);
+        if read_only == Some(true) {
+            mount_script.push_str("mount --bind \"$1\" \"$1\"\nmount -o remount,bind,ro \"$1\"\n");
         }
-        let mut empty_dirs = Vec::new();
         for mount in container.volume_mounts.clone().unwrap_or_default() {
             let volume = pod
                 .volumes
@@ -490,7 +488,6 @@ impl Pod {
                 "mount --bind '{}' \"$1/{target}\"\n",
                 dir.display()
             ));
-            empty_dirs.push(dir);
         }
         mount_script.push_str("shift\nexec \"$@\"\n");
 
@@ -551,24 +548,37 @@ impl Pod {
         }
     }
 
-    /// The `(uid, gid, groups)` of the process whose root is the image's root (the
-    /// controller itself), from /proc, once it is there.
+    /// The `/proc` directory of the process whose root is the image's root (the
+    /// controller itself), once it is there.
+    fn process(&self) -> Option<PathBuf> {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|dir| std::fs::read_link(dir.join("root")).ok().as_ref() == Some(&self.root))
+    }
+
+    /// The process's `(uid, gid, groups)` as `/proc/<pid>/status` has them.
     fn credentials(&self) -> Option<(String, String, String)> {
-        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            if std::fs::read_link(entry.path().join("root")).ok().as_ref() != Some(&self.root) {
-                continue;
-            }
-            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
-            let field = |name: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-                    .unwrap_or_default()
-            };
-            return Some((field("Uid:"), field("Gid:"), field("Groups:")));
-        }
-        None
+        let status = std::fs::read_to_string(self.process()?.join("status")).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        Some((field("Uid:"), field("Gid:"), field("Groups:")))
+    }
+
+    /// The options of the process's mount at `path` (seen from inside its root), from
+    /// `/proc/<pid>/mountinfo`.
+    fn mount_options(&self, path: &str) -> Option<String> {
+        let info = std::fs::read_to_string(self.process()?.join("mountinfo")).ok()?;
+        info.lines()
+            .map(|line| line.split(' ').collect::<Vec<_>>())
+            .rfind(|fields| fields.get(4) == Some(&path))
+            .and_then(|fields| fields.get(5).map(|o| (*o).to_owned()))
     }
 
     /// Waits until `condition` holds, checking every 100 ms; fails naming `what`, with the
@@ -661,6 +671,16 @@ async fn the_image_runs_a_whole_rollout_as_the_chart_deploys_it() {
     assert_eq!(uid, "65532 65532 65532 65532", "the chart's user");
     assert_eq!(gid, "65532 65532 65532 65532", "the chart's group");
     assert_eq!(groups, "65532", "the pod's fsGroup");
+    let root_options = pod.mount_options("/").expect("the root is a mount");
+    assert!(
+        root_options.split(',').any(|o| o == "ro"),
+        "the root is read-only: {root_options}"
+    );
+    let tmp_options = pod.mount_options("/tmp").expect("/tmp is a mount");
+    assert!(
+        tmp_options.split(',').any(|o| o == "rw"),
+        "/tmp is writable: {tmp_options}"
+    );
 
     pod.wait_while_running("the liveness and readiness probes to pass", async |pod| {
         pod.probe_passes(&container, true).await && pod.probe_passes(&container, false).await
