@@ -5,9 +5,10 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test demo venv helm prometheus kube build lint helm-lint crd clean-venv
+.PHONY: test demo venv helm prometheus kube image image-tools build lint helm-lint crd clean-venv
 
-test: venv helm prometheus kube
+# The image test (tests/cluster_image.rs) runs the archive `make image` writes.
+test: venv helm prometheus kube image-tools image
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	$(PYTHON) scripts/helm.py lint charts/sluice
@@ -51,6 +52,18 @@ kube:
 
 build:
 	cargo build --locked --release
+
+# The controller's OCI image archive, from the release binary, without a daemon or a
+# registry: $${CARGO_TARGET_DIR:-target}/image/sluice-<version>.oci.tar and its digest
+# (scripts/build-image.py; reproducible: the same commit gives the same digest).
+image:
+	cargo build --locked --release --bin sluice
+	python3 scripts/build-image.py --binary $${CARGO_TARGET_DIR:-target}/release/sluice \
+		--out $${CARGO_TARGET_DIR:-target}/image
+
+# Debian's skopeo and umoci, which the image test reads the archive with.
+image-tools:
+	scripts/install-image-tools.sh
 
 lint:
 	cargo fmt --all -- --check

@@ -405,6 +405,25 @@ fn deployment_is_hardened_with_probes_resources_and_the_downward_api() {
     assert_eq!(mounts[0].mount_path, "/tmp");
 }
 
+/// The chart installs this version's image by default: `appVersion` is the crate's
+/// version and the default image is the name `make image` gives its archive
+/// (`sluice:<version>`; `tests/cluster_image.rs` checks the archive's side).
+#[test]
+fn the_default_image_is_the_one_make_image_builds() {
+    let text = std::fs::read_to_string(repo().join("charts/sluice/Chart.yaml")).unwrap();
+    let chart: Value = serde_yaml_ng::from_str(&text).expect("Chart.yaml parses");
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "Chart.yaml's appVersion is Cargo.toml's version"
+    );
+    let container = controller(&render(json!({})));
+    assert_eq!(
+        container.image.as_deref(),
+        Some(format!("sluice:{}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+}
+
 #[test]
 fn arguments_follow_the_contract() {
     let default = controller(&render(json!({})));

@@ -666,6 +666,14 @@ impl ControllerProcess {
         ControllerProcess { process }
     }
 
+    /// Starts `program` with exactly these arguments as a controller (the image test runs
+    /// the image's own binary through `chroot`; the arguments say everything, the
+    /// environment included); its output goes to `log`.
+    pub fn start_program(program: &Path, args: &[String], log: PathBuf) -> ControllerProcess {
+        let process = Guarded::spawn("sluice controller", program, args, log, None);
+        ControllerProcess { process }
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.process.log).unwrap_or_default()
