@@ -160,7 +160,7 @@ spec:
   flag: { key: planned, variants: { "on": true, "off": false }, baseline: "off", candidate: "on" }
   target: { file: { path: flags.json } }
   stages:
-    - { name: one-percent, weight: 1, duration: 10m, minSamples: 2000 }
+    - { name: one-percent, weight: 1, duration: 10m, minSamples: 300 }
     - { name: half, weight: 50, duration: 10m }
     - { weight: 100 }
   analysis:
@@ -226,7 +226,7 @@ spec:
         .find(|w| w["kind"] == "minSamplesUnreachable")
         .unwrap_or_else(|| panic!("no minSamples warning: {warnings:#?}"));
     assert_eq!(min_samples["stage"], "one-percent");
-    assert_eq!(min_samples["minSamples"], 2000);
+    assert_eq!(min_samples["minSamples"], 300);
     // Healthy rollouts are all held in that stage.
     let held = report["stages"][0]["healthy"]["heldByMinSamples"]["share"]
         .as_f64()
@@ -330,6 +330,18 @@ fn bad_input_exits_2_naming_the_field() {
                 "2",
             ],
             "--runs",
+        ),
+        (
+            vec![
+                plan,
+                "--traffic",
+                "50",
+                "--baseline-rate",
+                "0.01",
+                "--runs",
+                "1000000",
+            ],
+            "--runs: 1000000 runs of a plan of 40 looks (one every 60 s, with the holds its minSamples need at this traffic) would take too long; use at most --runs 25000",
         ),
         (
             vec![

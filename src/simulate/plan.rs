@@ -32,7 +32,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::report::{Share, Summary};
-use super::sluice_rule::{SluiceRollout, Tick};
+use super::sluice_rule::{HOLD_CAP, SluiceRollout, Tick};
 use super::traffic::{Cohorts, Traffic, TrafficSource};
 use crate::analysis::judge;
 use crate::analysis::ratio::MIN_COHORT_SAMPLES;
@@ -51,6 +51,10 @@ pub const DETECTION_POWER: f64 = 0.8;
 /// Bisection steps of the search for the smallest increase caught (each halves the
 /// interval in log scale: 6 steps leave at most 1.6 % of width between 1× and 2×).
 const SEARCH_STEPS: u32 = 6;
+
+/// The most planned looks one figure may simulate (runs × the plan's looks): a plan of
+/// hours at one look per second would otherwise run for hours.
+const MAX_LOOKS_PER_FIGURE: usize = 1_000_000;
 
 /// The largest multiple of the baseline rate searched (besides a candidate rate of 1).
 const MAX_MULTIPLIER: f64 = 1_000.0;
@@ -618,6 +622,38 @@ struct Simulation<'a> {
     rollout: SluiceRollout,
     /// The simulated spec, validated.
     valid: ValidSpec,
+    /// The most intervals a rollout runs ([`hold_cap`]).
+    cap: u32,
+}
+
+/// The most intervals a simulated rollout of the plan runs before it is stopped as held:
+/// [`HOLD_CAP`] times the plan's length, where each stage counts for as long as it needs
+/// at the expected traffic to see its `minSamples` and the events a look needs in each
+/// cohort, so that holds in early stages leave the later ones their whole duration.
+fn hold_cap(valid: &ValidSpec, look_seconds: u32, traffic: &[MetricTraffic]) -> u32 {
+    let rate = traffic
+        .iter()
+        .map(|t| t.requests_per_second)
+        .fold(f64::INFINITY, f64::min);
+    let seconds = f64::from(look_seconds.max(1));
+    let looks: f64 = valid
+        .stages
+        .iter()
+        .filter(|s| !s.duration.is_zero())
+        .map(|s| {
+            let planned = (s.duration.as_secs_f64() / seconds).ceil();
+            let w = s.weight.fraction();
+            let share = w.min(1.0 - w).max(1e-6);
+            let needed = s
+                .min_samples
+                .map_or(0.0, |m| m as f64 / w.max(1e-6))
+                .max(MIN_COHORT_SAMPLES / share)
+                / rate.max(1e-9)
+                / seconds;
+            planned.max(needed.ceil())
+        })
+        .sum();
+    (f64::from(HOLD_CAP) * looks.max(1.0)).min(f64::from(u32::MAX / 2)) as u32
 }
 
 impl Simulation<'_> {
@@ -717,7 +753,7 @@ impl Simulation<'_> {
             let past = harmed.is_some_and(|(_, from, _)| current > from);
             whole || !past
         };
-        self.rollout.drive(&mut draw, u32::MAX, trace);
+        self.rollout.drive(&mut draw, u32::MAX, self.cap, trace);
         record
     }
 }
@@ -781,10 +817,25 @@ pub fn run(input: &Input) -> Result<Report, InputError> {
     let look_seconds = rollout.schedule().look_seconds;
     let sim_valid = validate::validate(rollout.spec())
         .map_err(|p| input_error("spec", format!("the simulated spec is invalid: {}", p[0])))?;
+    let cap = hold_cap(&sim_valid, rollout.schedule().look_seconds, &input.traffic);
+    let looks = (cap / HOLD_CAP).max(1) as usize;
+    if input.runs.saturating_mul(looks) > MAX_LOOKS_PER_FIGURE {
+        return Err(input_error(
+            "--runs",
+            format!(
+                "{} runs of a plan of {looks} looks (one every {} s, with the holds its \
+                 minSamples need at this traffic) would take too long; use at most --runs {}",
+                input.runs,
+                rollout.schedule().look_seconds,
+                MAX_LOOKS_PER_FIGURE / looks
+            ),
+        ));
+    }
     let sim = Simulation {
         input,
         rollout,
         valid: sim_valid.clone(),
+        cap,
     };
     let metrics = compared_metrics(&input.spec);
     let tolerances: Vec<Tolerance> = metrics
@@ -1193,7 +1244,9 @@ fn count(n: f64) -> String {
 }
 
 fn minutes(m: f64) -> String {
-    if m >= 120.0 {
+    if m < 2.0 {
+        format!("{:.0} s", m * 60.0)
+    } else if m >= 120.0 {
         format!("{:.1} h", m / 60.0)
     } else if m >= 10.0 {
         format!("{m:.0} min")

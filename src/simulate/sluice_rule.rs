@@ -248,6 +248,7 @@ impl SluiceRollout {
                 }]
             },
             regression.onset_minute,
+            HOLD_CAP * self.schedule.total_minutes().max(1),
             |tick| {
                 trace(tick);
                 true
@@ -261,12 +262,14 @@ impl SluiceRollout {
     /// per metric of the spec, in order; it adds them to the stage's totals, makes the
     /// look [`engine::analysis_due`] asks for and plans with [`engine::plan`]. `trace`
     /// sees every tick and returns whether to go on (`false` stops the rollout there,
-    /// neither rolled back nor promoted). Candidate requests are counted from
-    /// `onset_minute` on, on the first metric's counts.
+    /// neither rolled back nor promoted); after `cap` intervals the rollout is stopped as
+    /// held ([`Outcome::stuck`]). Candidate requests are counted from `onset_minute` on, on
+    /// the first metric's counts.
     pub fn drive(
         &self,
         mut interval: impl FnMut(u32, usize, f64) -> Vec<Cohorts>,
         onset_minute: u32,
+        cap: u32,
         mut trace: impl FnMut(&Tick) -> bool,
     ) -> Outcome {
         let seconds = i64::from(self.schedule.look_seconds);
@@ -276,7 +279,6 @@ impl SluiceRollout {
             ..Observations::default()
         };
         let mut status = engine::plan(&self.spec, None, &nothing, t0).status;
-        let cap = HOLD_CAP * self.schedule.total_minutes().max(1);
         let mut outcome = Outcome::default();
         let mut stage_totals = vec![Cohorts::default(); self.metric_count().max(1)];
         let mut stage = 0_usize;
