@@ -161,8 +161,14 @@ fn per_metric(
 /// Prometheus.
 fn input(request: &PlanRequest) -> Result<Input, InputError> {
     let shown = request.file.display().to_string();
-    let rollout = crate::cli::load_rollout(&request.file, request.name.as_deref())
-        .map_err(|e| error(shown.clone(), e))?;
+    let rollout =
+        crate::cli::load_rollout(&request.file, request.name.as_deref()).map_err(|e| {
+            let message = e
+                .strip_prefix(&format!("{shown}: "))
+                .unwrap_or(&e)
+                .to_owned();
+            error(shown.clone(), message)
+        })?;
     let valid = validate(&rollout.spec).map_err(|p| error(p[0].field.clone(), &p[0].message))?;
     let metrics = compared_metrics(&rollout.spec);
     if metrics.is_empty() {
