@@ -36,6 +36,12 @@ pub enum Command {
     /// verdict per metric: check the queries before rolling out. Exits 1 when the verdict
     /// is Fail or Error.
     Analyze(AnalyzeRequest),
+    /// Show, before a rollout starts, what each of its stages can detect: per stage the
+    /// expected candidate requests, the smallest increase of each metric rolled back
+    /// before the stage ends in 80 % of runs, the median minutes to roll back 2× and 5×,
+    /// the chance the stage is held, the false-rollback budget it spends; from simulated
+    /// rollouts through the real engine. Exits 1 when it warns, 2 on bad input.
+    Plan(crate::plan::PlanRequest),
     /// Run the Kubernetes controller: reconcile FeatureRollouts, write their flags, report
     /// status; serves /livez, /readyz and /metrics on the admin address.
     Controller(crate::controller::Args),
@@ -87,6 +93,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Plan(request) => crate::plan::run(request),
         Command::Controller(args) => run_controller(args),
         Command::Simulate {
             runs,
@@ -175,29 +182,31 @@ pub struct AnalyzeRequest {
     pub namespace: Option<String>,
 }
 
-fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
-    let shown = request.file.display();
-    let text =
-        std::fs::read_to_string(&request.file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+/// Reads the FeatureRollout of a manifest file (the first one, or the one named), checked
+/// as the API server would check it; the error names the file and every problem's field.
+pub fn load_rollout(
+    file: &std::path::Path,
+    name: Option<&str>,
+) -> Result<crd::FeatureRollout, String> {
+    let shown = file.display();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
     let documents = manifest::documents(&text).map_err(|p| format!("{shown}: {p}"))?;
     let document = documents
         .iter()
-        .find(|d| match &request.name {
-            Some(name) => {
-                d.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name.as_str())
-            }
+        .find(|d| match name {
+            Some(name) => d.pointer("/metadata/name").and_then(|n| n.as_str()) == Some(name),
             None => d.get("kind").and_then(|k| k.as_str()) == Some(manifest::KIND),
         })
-        .ok_or_else(|| {
-            format!(
-                "{shown}: no FeatureRollout {}",
-                request.name.as_deref().unwrap_or("")
-            )
-        })?;
-    let rollout = manifest::check(document).map_err(|problems| {
+        .ok_or_else(|| format!("{shown}: no FeatureRollout {}", name.unwrap_or("")))?;
+    manifest::check(document).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         format!("{shown}: invalid: {}", list.join("; "))
-    })?;
+    })
+}
+
+fn analyze(request: AnalyzeRequest) -> Result<AnalysisStatus, String> {
+    let shown = request.file.display();
+    let rollout = load_rollout(&request.file, request.name.as_deref())?;
     let valid = crd::validate(&rollout.spec).map_err(|_| format!("{shown}: invalid"))?;
     if !valid.has_metrics() {
         return Err(format!(

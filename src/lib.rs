@@ -19,6 +19,7 @@ pub mod flagd;
 pub mod kubectl;
 pub mod manifest;
 pub mod notify;
+pub mod plan;
 pub mod prometheus;
 pub mod rbac;
 pub mod reconcile;

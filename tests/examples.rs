@@ -368,9 +368,12 @@ fn check_target(doc: &Doc, rollout: &FeatureRollout, docs: &[Doc]) {
         );
     }
     if let Some(file) = &target.file {
-        // Standalone mode's rollouts: the local-file example and the demo's (`make demo`).
+        // Standalone mode's rollouts: the local-file example and the demo's (`make demo`);
+        // and BENCHMARK.md's plan, the spec `sluice simulate` runs, for `sluice plan`.
         assert!(
-            doc.file == "local-file.yaml" || doc.file.starts_with("demo/"),
+            doc.file == "local-file.yaml"
+                || doc.file == "benchmark-plan.yaml"
+                || doc.file.starts_with("demo/"),
             "{what}: file targets are for standalone mode"
         );
         assert!(!file.path.is_empty());

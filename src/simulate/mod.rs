@@ -6,6 +6,8 @@
 //! - [`rules`] holds the [`Rule`] trait, the data of one [`Look`], and the anchor rules
 //!   modelled on today's tools;
 //! - [`sluice_rule`] runs Sluice's own analysis as one more rule;
+//! - [`plan`] runs a user's own rollout the same way for `sluice plan` (what each stage
+//!   can detect);
 //! - [`report`] turns outcomes into BENCHMARK.md's figures and prints them.
 //!
 //! Every rollout draws its traffic from its own ChaCha stream, keyed by the base seed, the
@@ -17,6 +19,7 @@
 //! with the analysis the controller uses, so holds, stage ends, promotion and rollback are
 //! the controller's; its outcome is listed after the anchors'.
 
+pub mod plan;
 pub mod report;
 pub mod rules;
 pub mod sluice_rule;

@@ -19,9 +19,10 @@ use rand::Rng;
 
 use super::Outcome;
 use super::traffic::{Cohorts, Counts, Regression, Schedule, TrafficSource};
+use crate::analysis::histogram::Buckets;
 use crate::analysis::judge::{self, LookAt, Observed};
 use crate::analysis::source::{Measured, Measurement, PerCohort};
-use crate::crd::validate::{self, ValidSpec};
+use crate::crd::validate::{self, MetricKind, ValidSpec};
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, MetricSpec};
 use crate::engine::{self, Decision, Observations};
 
@@ -122,6 +123,62 @@ impl SluiceRollout {
         })
     }
 
+    /// Sluice on any spec (the user's, for `sluice plan`): its own stages, interval,
+    /// confidence and metrics, one look every interval. Every metric must be a ratio or a
+    /// histogram (both are judged on the share of bad events; a guard has no sampling to
+    /// simulate), and no users query is run (simulated assignment is exact). The stages
+    /// become the schedule: each runs `ceil(duration / interval)` looks.
+    pub fn from_spec(spec: FeatureRolloutSpec) -> Result<Self, String> {
+        let valid = validate::validate(&spec).map_err(|problems| {
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let metrics: Vec<&MetricSpec> = spec.analysis.iter().flat_map(|a| &a.metrics).collect();
+        if let Some(guard) = metrics.iter().find(|m| m.guard.is_some()) {
+            return Err(format!(
+                "metric {:?} is a guard: only ratio and histogram metrics are simulated",
+                guard.name
+            ));
+        }
+        let metric = (*metrics
+            .first()
+            .ok_or("the spec has no metric to simulate")?)
+        .clone();
+        let interval = valid.interval.as_secs_f64().max(1.0);
+        let schedule = Schedule {
+            stages: valid
+                .stages
+                .iter()
+                .map(|s| super::traffic::Stage {
+                    exposure: s.weight.fraction(),
+                    minutes: (s.duration.as_secs_f64() / interval - 1e-9).ceil().max(0.0) as u32,
+                })
+                .collect(),
+            look_seconds: interval.round() as u32,
+        };
+        let alpha = judge::budget_per_test(&valid);
+        Ok(SluiceRollout {
+            spec,
+            valid,
+            metric,
+            alpha,
+            schedule,
+        })
+    }
+
+    /// The schedule the rollout follows (one entry per stage of the spec).
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The number of metrics each look judges (the spec's metrics).
+    pub fn metric_count(&self) -> usize {
+        self.spec.analysis.iter().map(|a| a.metrics.len()).sum()
+    }
+
     /// The benchmark's configuration: `confidence: 0.95`, `maxIncrease: 0%`.
     pub fn benchmark(schedule: &Schedule) -> Self {
         Self::new(schedule, 0.95, "0%").expect("the benchmark spec is valid")
@@ -180,6 +237,42 @@ impl SluiceRollout {
         scheduled: &[Cohorts],
         mut trace: impl FnMut(&Tick),
     ) -> Outcome {
+        let mut on_schedule = true;
+        self.drive(
+            |index, stage, exposure| {
+                on_schedule &= self.schedule.locate(index).map(|(s, _)| s) == Some(stage)
+                    && (index as usize) < scheduled.len();
+                vec![if on_schedule {
+                    scheduled[index as usize]
+                } else {
+                    source.draw(rng, exposure, regression.harm_at(index))
+                }]
+            },
+            regression.onset_minute,
+            HOLD_CAP * self.schedule.total_minutes().max(1),
+            |tick| {
+                trace(tick);
+                true
+            },
+        )
+    }
+
+    /// The driver every simulated rollout runs through. At every tick it asks
+    /// `interval(index, stage, exposure)` for the counts of the zero-based interval
+    /// `index`, spent in the engine's current `stage` at its `exposure`: one [`Cohorts`]
+    /// per metric of the spec, in order; it adds them to the stage's totals, makes the
+    /// look [`engine::analysis_due`] asks for and plans with [`engine::plan`]. `trace`
+    /// sees every tick and returns whether to go on (`false` stops the rollout there,
+    /// neither rolled back nor promoted); after `cap` intervals the rollout is stopped as
+    /// held ([`Outcome::stuck`]). Candidate requests are counted from `onset_minute` on, on
+    /// the first metric's counts.
+    pub fn drive(
+        &self,
+        mut interval: impl FnMut(u32, usize, f64) -> Vec<Cohorts>,
+        onset_minute: u32,
+        cap: u32,
+        mut trace: impl FnMut(&Tick) -> bool,
+    ) -> Outcome {
         let seconds = i64::from(self.schedule.look_seconds);
         let t0 = Timestamp::UNIX_EPOCH;
         let nothing = Observations {
@@ -189,10 +282,8 @@ impl SluiceRollout {
         // The spec is validated once, as a reconcile does, for every plan and look.
         let valid = Ok(&self.valid);
         let mut status = engine::plan_validated(&self.spec, valid, None, &nothing, t0).status;
-        let cap = HOLD_CAP * self.schedule.total_minutes().max(1);
         let mut outcome = Outcome::default();
-        let mut on_schedule = true;
-        let mut stage_total = Cohorts::default();
+        let mut stage_totals = vec![Cohorts::default(); self.metric_count().max(1)];
         let mut stage = 0_usize;
         let mut in_stage = 0_u32;
         // Tick 0 is the reconcile right after the start (its look sees no data yet); tick
@@ -202,22 +293,19 @@ impl SluiceRollout {
             if k > 0 {
                 let index = k - 1;
                 let exposure = self.schedule.stages[stage].exposure;
-                on_schedule &= self.schedule.locate(index).map(|(s, _)| s) == Some(stage)
-                    && (index as usize) < scheduled.len();
-                let counts = if on_schedule {
-                    scheduled[index as usize]
-                } else {
-                    source.draw(rng, exposure, regression.harm_at(index))
-                };
-                stage_total += counts;
+                let counts = interval(index, stage, exposure);
+                for (total, counts) in stage_totals.iter_mut().zip(&counts) {
+                    *total += *counts;
+                }
                 in_stage += 1;
-                if index >= regression.onset_minute {
-                    outcome.candidate_requests_since_onset += counts.candidate.requests;
+                if index >= onset_minute {
+                    outcome.candidate_requests_since_onset +=
+                        counts.first().map_or(0, |c| c.candidate.requests);
                 }
             }
             let looked =
                 engine::analysis_due_validated(&self.spec, Some(&self.valid), Some(&status), now);
-            let analysis = looked.then(|| self.look(&status, stage_total, now));
+            let analysis = looked.then(|| self.look(&status, &stage_totals, now));
             let observations = Observations {
                 analysis,
                 generation: Some(1),
@@ -225,9 +313,9 @@ impl SluiceRollout {
             };
             let plan = engine::plan_validated(&self.spec, valid, Some(&status), &observations, now);
             status = plan.status;
-            trace(&Tick {
+            let go_on = trace(&Tick {
                 now,
-                stage_total,
+                stage_total: stage_totals[0],
                 looked,
                 decision: plan.decision.clone(),
                 status: status.clone(),
@@ -247,10 +335,14 @@ impl SluiceRollout {
                 Decision::Advance { to, .. } => {
                     outcome.held_looks += in_stage.saturating_sub(planned);
                     stage = to as usize;
-                    stage_total = Cohorts::default();
+                    stage_totals.fill(Cohorts::default());
                     in_stage = 0;
                 }
                 _ => {}
+            }
+            if !go_on {
+                outcome.held_looks += in_stage.saturating_sub(planned);
+                return outcome;
             }
         }
         let planned = self.schedule.stages[stage].minutes;
@@ -259,13 +351,13 @@ impl SluiceRollout {
         outcome
     }
 
-    /// The look a reconcile makes at `now`: the stage's cumulative counts as the queries
-    /// return them (no series until a cohort's first event), judged with the previous look
-    /// kept in status.
+    /// The look a reconcile makes at `now`: each metric's cumulative counts in the stage
+    /// as the queries return them (no series until a cohort's first event), judged with
+    /// the previous look kept in status.
     fn look(
         &self,
         status: &FeatureRolloutStatus,
-        stage_total: Cohorts,
+        stage_totals: &[Cohorts],
         now: Timestamp,
     ) -> crate::crd::AnalysisStatus {
         let at = LookAt {
@@ -276,7 +368,7 @@ impl SluiceRollout {
         judge::judge_look(
             &self.valid,
             at,
-            measured(stage_total),
+            measured_metrics(&self.valid, stage_totals),
             None,
             status.last_analysis.as_ref(),
         )
@@ -290,6 +382,43 @@ pub fn measured(stage_total: Cohorts) -> Measured {
         METRIC.to_owned(),
         Measurement::observed(observed(stage_total)),
     )])
+}
+
+/// Each compared metric's measurement for its cumulative counts in the stage (`totals`
+/// in the order of the spec's ratio and histogram metrics), as a provider answers: a
+/// ratio metric's counts ([`observed`]), a histogram metric's two buckets, its threshold
+/// and `+Inf` ([`observed_buckets`]).
+pub fn measured_metrics(valid: &ValidSpec, totals: &[Cohorts]) -> Measured {
+    valid
+        .metrics
+        .iter()
+        .filter(|m| !matches!(m.kind, MetricKind::Guard { .. }))
+        .zip(totals)
+        .map(|(metric, total)| {
+            let answer = match metric.kind {
+                MetricKind::Histogram { threshold, .. } => observed_buckets(*total, threshold),
+                _ => observed(*total),
+            };
+            (metric.name.clone(), Measurement::observed(answer))
+        })
+        .collect()
+}
+
+/// A histogram metric's answer for cumulative counts: the slow requests (`errors`) above
+/// `threshold`, the others at or below it; no series for a cohort without requests.
+pub fn observed_buckets(stage_total: Cohorts, threshold: f64) -> Observed {
+    let buckets = |c: Counts| {
+        (c.requests > 0).then(|| {
+            let total = c.requests as f64;
+            let fast = c.requests.saturating_sub(c.errors) as f64;
+            Buckets::from_prometheus(&[(threshold, fast), (f64::INFINITY, total)])
+                .expect("two ascending buckets with non-decreasing counts")
+        })
+    };
+    Observed::Histogram(PerCohort {
+        baseline: buckets(stage_total.baseline),
+        candidate: buckets(stage_total.candidate),
+    })
 }
 
 /// The ratio metric's answers for cumulative counts, as Prometheus gives them: no series
