@@ -626,3 +626,79 @@ async fn the_phase_gauge_counts_every_rollout_by_the_phase_of_its_status() {
     }
     cluster.stop().await;
 }
+
+/// Issue 14's fourth controller defect: a rollout whose Prometheus is unreachable
+/// rewrote its status at every retried look (the message carried the error count; 500
+/// such rollouts made 50 status writes a second). Counted in the real server's audit
+/// log: once the rollout holds on the error (`onError.consecutive` 3), further looks
+/// write no status at all, and the status says since when it holds.
+#[tokio::test]
+async fn an_unreachable_prometheus_does_not_rewrite_the_status_at_every_look() {
+    let cluster = Cluster::start("sluice-unreachable").await;
+    // A port nothing listens on: every look fails to connect at once.
+    let closed = support::server::free_port();
+    let mut manifest = rollout("checkout", "new-checkout");
+    manifest["spec"]["stages"][0]["duration"] = json!("1h");
+    manifest["spec"]["analysis"] = json!({
+        "interval": "1s",
+        "prometheus": { "address": format!("http://127.0.0.1:{closed}") },
+        "metrics": [{
+            "name": "errors",
+            "ratio": {
+                "errors": "sum by (feature_flag_result_variant) (increase(errors_total[{{ window }}]))",
+                "requests": "sum by (feature_flag_result_variant) (increase(requests_total[{{ window }}]))",
+            },
+            "maxIncrease": { "relative": "10%" },
+        }],
+    });
+    cluster.apply(manifest).await;
+    let looks = || {
+        let text = cluster.metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("sluice_analysis_duration_seconds_count "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the hold on analysis errors", || async {
+        status_of(&cluster.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Held" && c.reason == "AnalysisFailing")
+            })
+    })
+    .await;
+    let status_writes = || {
+        ApiServer::shared()
+            .audit_events()
+            .into_iter()
+            .filter(|e| {
+                e["verb"] == "patch"
+                    && e["objectRef"]["resource"] == "featurerollouts"
+                    && e["objectRef"]["subresource"] == "status"
+                    && e["objectRef"]["namespace"] == cluster.namespace.as_str()
+                    && e["objectRef"]["name"] == "checkout"
+            })
+            .count()
+    };
+    let held_at = looks();
+    let written = status_writes();
+    println!("{written} status writes after {held_at} looks, at the hold");
+    // The first stage, then one write per error until the third.
+    assert!(written <= 4, "{written} status writes until the hold");
+    wait_until("ten more looks", || async { looks() >= held_at + 10 }).await;
+    assert_eq!(
+        status_writes(),
+        written,
+        "status writes during ten looks that repeat the error"
+    );
+    let status = status_of(&cluster.rollouts(), "checkout").await.unwrap();
+    let since = status.last_analysis.as_ref().unwrap().at;
+    let message = status.message.unwrap();
+    assert!(
+        message.contains(&format!("holding since {since}")) && message.contains("unreachable"),
+        "{message}"
+    );
+    cluster.stop().await;
+}
