@@ -1052,7 +1052,7 @@ impl Planner {
 
 /// Whether two errored looks of one stage failed the same way: the same verdict per
 /// metric and the same reasons once the resolved queries are left out (they hold the
-/// window, which grows at every look).
+/// window, which grows at every look), as they are or quoted.
 fn same_failure(kept: &AnalysisStatus, new: &AnalysisStatus) -> bool {
     let failure = |a: &AnalysisStatus| {
         let without_queries = |text: &str| {
@@ -1060,8 +1060,10 @@ fn same_failure(kept: &AnalysisStatus, new: &AnalysisStatus) -> bool {
                 .iter()
                 .flat_map(|m| &m.queries)
                 .filter(|q| !q.is_empty())
+                // A reason may quote the query as Rust's `{:?}` does (quotes escaped).
                 .fold(text.to_owned(), |text, query| {
-                    text.replace(query.as_str(), "")
+                    text.replace(&format!("{query:?}"), "")
+                        .replace(query.as_str(), "")
                 })
         };
         let metrics: Vec<(String, Verdict, String)> = a

@@ -645,8 +645,8 @@ async fn an_unreachable_prometheus_does_not_rewrite_the_status_at_every_look() {
         "metrics": [{
             "name": "errors",
             "ratio": {
-                "errors": "sum by (feature_flag_result_variant) (increase(errors_total[{{ window }}]))",
-                "requests": "sum by (feature_flag_result_variant) (increase(requests_total[{{ window }}]))",
+                "errors": "sum by (feature_flag_result_variant) (increase(errors_total{job=\"shop\"}[{{ window }}]))",
+                "requests": "sum by (feature_flag_result_variant) (increase(requests_total{job=\"shop\"}[{{ window }}]))",
             },
             "maxIncrease": { "relative": "10%" },
         }],

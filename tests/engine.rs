@@ -280,7 +280,19 @@ fn a_metrics_provider_that_stays_down_rewrites_the_status_only_until_the_hold() 
     for minute in 1..=30 {
         let now = at(minute);
         assert!(analysis_due(&s, Some(&p.status), now), "a look at {now}");
-        let next = step(&s, Some(&p.status), &look(0, now, Verdict::Error), now);
+        // As a look reports it: the resolved query (its window grows) in the reasons.
+        let query = format!("sum(increase(errors_total{{job=\"shop\"}}[{minute}m]))");
+        let reason = format!("query {query:?} failed: Prometheus is unreachable");
+        let mut errored = look(0, now, Verdict::Error);
+        let analysis = errored.analysis.as_mut().unwrap();
+        analysis.message = Some(format!("errors: {reason}"));
+        analysis.metrics = vec![
+            serde_json::from_value(serde_json::json!({
+                "name": "errors", "queries": [query], "verdict": "Error", "reason": reason,
+            }))
+            .unwrap(),
+        ];
+        let next = step(&s, Some(&p.status), &errored, now);
         assert_eq!(
             next.next_look,
             Some(at(minute + 1)),
