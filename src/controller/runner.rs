@@ -245,6 +245,9 @@ pub async fn run_controllers(
         let mut phases = PhaseGauge::new(scope.clone());
         let stream = watcher(api, config.clone())
             .default_backoff()
+            // Nothing reads `managedFields` (the status is applied whole), and they are
+            // a large part of every object the store keeps.
+            .modify(|rollout| rollout.meta_mut().managed_fields = None)
             .reflect(writer)
             .inspect(move |event| {
                 let Ok(event) = event else { return };
