@@ -278,6 +278,7 @@ pub fn plan_validated(
         observed_fail,
         retry_token: spec.control.retry,
         resync: None,
+        repeated_look: None,
     };
     p.next.observed_generation = observations.generation.or(p.prev.observed_generation);
 
@@ -330,7 +331,7 @@ pub fn plan_validated(
         };
     }
     if let Some(analysis) = &observations.analysis {
-        p.record_analysis(analysis);
+        p.record_analysis(analysis, valid.on_error.consecutive);
     }
 
     let fingerprint = fingerprint(spec);
@@ -478,6 +479,9 @@ struct Planner {
     /// interval), so a flag somebody else changed is repaired then, with or without
     /// metrics; `None` for an invalid spec.
     resync: Option<SignedDuration>,
+    /// When the look observed for this plan was made, if it only repeated the error
+    /// the rollout holds on (and so was not recorded).
+    repeated_look: Option<Timestamp>,
 }
 
 impl Planner {
@@ -501,7 +505,24 @@ impl Planner {
         self.next.exposure = Some(weight_text(weight, audience));
     }
 
-    fn record_analysis(&mut self, analysis: &AnalysisStatus) {
+    /// Records the look just made. One that only repeats the error the rollout already
+    /// holds on (`onError.consecutive` reached, same stage, the same metrics failing the
+    /// same way: [`same_failure`]) is not recorded:
+    /// it says nothing new, so the status is not rewritten at every look of a rollout
+    /// whose Prometheus is down; `lastAnalysis` stays the look that began the hold (its
+    /// `at` says since when) and the count stays where the hold began.
+    fn record_analysis(&mut self, analysis: &AnalysisStatus, hold_after: u32) {
+        let repeat = analysis.verdict == Verdict::Error
+            && self.next.consecutive_errors >= hold_after
+            && self
+                .next
+                .last_analysis
+                .as_ref()
+                .is_some_and(|kept| same_failure(kept, analysis));
+        if repeat {
+            self.repeated_look = Some(analysis.at);
+            return;
+        }
         self.next.consecutive_errors = match analysis.verdict {
             Verdict::Error => self.next.consecutive_errors.saturating_add(1),
             _ => 0,
@@ -879,9 +900,13 @@ impl Planner {
         // from the stage's end on, only such a look made at or after the end (covering the
         // stage's whole duration) may end it. An older one (the shell skipped a due look,
         // or a failed flag write is retried later) waits for the next look.
-        let fresh = analysis
-            .as_ref()
-            .filter(|a| a.at + valid.interval > self.now && (self.now < ends || a.at >= ends));
+        // An error the rollout holds on (`onError.consecutive` reached) stands until a look
+        // says otherwise: the looks repeating it are not recorded.
+        let holding_on_errors = self.next.consecutive_errors >= valid.on_error.consecutive;
+        let fresh = analysis.as_ref().filter(|a| {
+            (a.verdict == Verdict::Error && holding_on_errors)
+                || (a.at + valid.interval > self.now && (self.now < ends || a.at >= ends))
+        });
         if let Some(min) = stage.min_samples {
             let seen = analysis
                 .as_ref()
@@ -911,8 +936,9 @@ impl Planner {
                     (
                         "AnalysisFailing",
                         format!(
-                            "the analysis errored {} times in a row (onError: hold): {}",
-                            self.next.consecutive_errors,
+                            "the analysis keeps erroring (onError: hold after {} in a row), holding since {}: {}",
+                            valid.on_error.consecutive,
+                            a.at,
                             a.message.as_deref().unwrap_or("analysis error")
                         ),
                     )
@@ -1046,12 +1072,47 @@ impl Planner {
         if !valid.has_metrics() {
             return None;
         }
+        // A look just made that only repeated the kept error counts too.
         let due = match self.current_analysis() {
-            Some(a) => a.at + valid.interval,
+            Some(a) => a.at.max(self.repeated_look.unwrap_or(a.at)) + valid.interval,
             None => self.now,
         };
         Some(due.max(self.now))
     }
+}
+
+/// Whether two errored looks of one stage failed the same way: the same verdict per
+/// metric and the same reasons once the resolved queries are left out (they hold the
+/// window, which grows at every look), as they are or quoted.
+fn same_failure(kept: &AnalysisStatus, new: &AnalysisStatus) -> bool {
+    let failure = |a: &AnalysisStatus| {
+        let without_queries = |text: &str| {
+            a.metrics
+                .iter()
+                .flat_map(|m| &m.queries)
+                .filter(|q| !q.is_empty())
+                // A reason may quote the query as Rust's `{:?}` does (quotes escaped).
+                .fold(text.to_owned(), |text, query| {
+                    text.replace(&format!("{query:?}"), "")
+                        .replace(query.as_str(), "")
+                })
+        };
+        let metrics: Vec<(String, Verdict, String)> = a
+            .metrics
+            .iter()
+            .map(|m| {
+                let reason = without_queries(m.reason.as_deref().unwrap_or_default());
+                (m.name.clone(), m.verdict, reason)
+            })
+            .collect();
+        (
+            a.verdict,
+            a.stage,
+            without_queries(a.message.as_deref().unwrap_or_default()),
+            metrics,
+        )
+    };
+    kept.verdict == Verdict::Error && failure(kept) == failure(new)
 }
 
 fn split(stage: &ValidStage) -> FlagState {

@@ -276,7 +276,10 @@ impl Metrics {
     }
 
     /// Records a rollout's phase and exposure (`status.weight`: the candidate's share of
-    /// the eligible users, of the audience for an audience stage).
+    /// the eligible users, of the audience for an audience stage), replacing what was
+    /// recorded for it before. The controller calls it for every version of every
+    /// FeatureRollout its watch sees, so `sluice_rollouts{phase}` counts the phases the
+    /// rollouts' statuses hold (a rollout without a status yet is `Pending`).
     pub fn observe_rollout(
         &self,
         namespace: &str,
@@ -288,14 +291,21 @@ impl Metrics {
         let fraction = weight.map_or(0.0, Weight::fraction);
         let key = (namespace.to_owned(), name.to_owned());
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, old_flag)) = phases.insert(key, (phase, flag.to_owned()))
-            && old_flag != flag
-        {
-            self.rollout_weight.remove(&RolloutLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                flag: old_flag,
-            });
+        match phases.insert(key, (phase, flag.to_owned())) {
+            Some((old_phase, old_flag)) => {
+                if old_flag != flag {
+                    self.rollout_weight.remove(&RolloutLabels {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                        flag: old_flag,
+                    });
+                }
+                if old_phase != phase {
+                    self.count(old_phase, -1);
+                    self.count(phase, 1);
+                }
+            }
+            None => self.count(phase, 1),
         }
         self.rollout_weight
             .get_or_create(&RolloutLabels {
@@ -304,32 +314,49 @@ impl Metrics {
                 flag: flag.to_owned(),
             })
             .set(fraction);
-        self.recount(&phases);
     }
 
     /// Forgets a deleted rollout.
     pub fn forget_rollout(&self, namespace: &str, name: &str) {
         let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, flag)) = phases.remove(&(namespace.to_owned(), name.to_owned())) {
-            self.rollout_weight.remove(&RolloutLabels {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                flag,
-            });
+        if let Some((phase, flag)) = phases.remove(&(namespace.to_owned(), name.to_owned())) {
+            self.forget(namespace, name, phase, flag);
         }
-        self.recount(&phases);
     }
 
-    fn recount(&self, phases: &HashMap<(String, String), (Phase, String)>) {
-        // Every phase, so the `sluice_rollouts{phase}` gauge shows zeros too.
-        for phase in Phase::ALL {
-            let count = phases.values().filter(|(p, _)| *p == phase).count();
-            self.rollouts
-                .get_or_create(&PhaseLabel {
-                    phase: phase.as_str(),
-                })
-                .set(count as i64);
+    /// Forgets every rollout for which `keep(namespace, name)` is false (after a relist of
+    /// the watch: the rollouts deleted while it was not watching).
+    pub fn retain_rollouts(&self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let mut phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<(String, String)> = phases
+            .keys()
+            .filter(|(namespace, name)| !keep(namespace, name))
+            .cloned()
+            .collect();
+        for (namespace, name) in gone {
+            if let Some((phase, flag)) = phases.remove(&(namespace.clone(), name.clone())) {
+                self.forget(&namespace, &name, phase, flag);
+            }
         }
+    }
+
+    fn forget(&self, namespace: &str, name: &str, phase: Phase, flag: String) {
+        self.rollout_weight.remove(&RolloutLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            flag,
+        });
+        self.count(phase, -1);
+    }
+
+    /// Moves `sluice_rollouts{phase}` by `by` (called with the phases map locked, so
+    /// the counts always add up to the rollouts recorded).
+    fn count(&self, phase: Phase, by: i64) {
+        self.rollouts
+            .get_or_create(&PhaseLabel {
+                phase: phase.as_str(),
+            })
+            .inc_by(by);
     }
 
     /// The registry in the Prometheus text format.

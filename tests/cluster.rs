@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use sluice::controller::{self, State};
 use sluice::crd::{FeatureRollout, Phase};
-use sluice::telemetry::Health;
+use sluice::telemetry::{Health, Metrics};
 use support::apiserver::{
     ApiServer, config_map_rollout, install_feature_rollout_crd, served_flag, status_of, wait_until,
 };
@@ -32,6 +32,7 @@ struct Cluster {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     controller: Option<tokio::task::JoinHandle<()>>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
 }
 
 impl Cluster {
@@ -48,6 +49,7 @@ impl Cluster {
             stop: None,
             controller: None,
             health: Arc::new(Health::default()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -59,11 +61,13 @@ impl Cluster {
     }
 
     async fn start_controller(&mut self) {
-        let state = Arc::new(State::new(
+        let mut state = State::new(
             self.client.clone(),
             controller::system_clock(),
             Some("cluster-test".into()),
-        ));
+        );
+        state.metrics = self.metrics.clone();
+        let state = Arc::new(state);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         self.controller = Some(tokio::spawn(controller::run_controllers(
             state,
@@ -109,6 +113,43 @@ impl Cluster {
 
     async fn served(&self, config_map: &str, key: &str) -> Option<Value> {
         served_flag(&self.config_maps(), config_map, key).await
+    }
+
+    /// `sluice_rollouts{phase}` as the controller's metrics say it, for every phase.
+    fn phase_gauge(&self) -> Vec<(Phase, i64)> {
+        let text = self.metrics.encode();
+        Phase::ALL
+            .iter()
+            .map(|phase| {
+                let series = format!("sluice_rollouts{{phase=\"{}\"}} ", phase.as_str());
+                let value = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&series))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(-1);
+                (*phase, value)
+            })
+            .collect()
+    }
+
+    /// Waits until `sluice_rollouts{phase}` is `expected` for the phases named and 0 for
+    /// every other one.
+    async fn wait_for_phase_gauge(&self, expected: &[(Phase, i64)]) {
+        let want: Vec<(Phase, i64)> = Phase::ALL
+            .iter()
+            .map(|p| {
+                let n = expected.iter().find(|(e, _)| e == p).map_or(0, |(_, n)| *n);
+                (*p, n)
+            })
+            .collect();
+        wait_until(&format!("sluice_rollouts {want:?}"), || async {
+            let seen = self.phase_gauge();
+            if seen != want {
+                println!("sluice_rollouts {seen:?}");
+            }
+            seen == want
+        })
+        .await;
     }
 
     async fn stop(mut self) {
@@ -509,6 +550,155 @@ async fn every_transition_is_findable_in_the_events() {
     assert!(
         absent.is_empty(),
         "transitions found in no Event: {absent:#?}"
+    );
+    cluster.stop().await;
+}
+
+/// Issue 14's third controller defect: `sluice_rollouts{phase}` counts every rollout by
+/// the phase its status holds, also one whose reconcile fails (a first stage whose flag
+/// cannot be written holds in `Pending`; today's gauge counted only the outcome of a
+/// successful reconcile, so it read `Pending 0`), through phase changes and deletions.
+#[tokio::test]
+async fn the_phase_gauge_counts_every_rollout_by_the_phase_of_its_status() {
+    let cluster = Cluster::start("sluice-gauge").await;
+    cluster.wait_for_phase_gauge(&[]).await;
+    // A document that is not flagd's: the first stage cannot begin.
+    let foreign: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "shop-flags" },
+        "data": { "flags.json": "not: json" },
+    }))
+    .unwrap();
+    cluster
+        .config_maps()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    cluster.apply(rollout("checkout", "new-checkout")).await;
+    wait_until("Pending with the document refused", || async {
+        status_of(&cluster.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| {
+                s.phase == Phase::Pending
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "FlagDocumentInvalid")
+            })
+    })
+    .await;
+    cluster.wait_for_phase_gauge(&[(Phase::Pending, 1)]).await;
+
+    // A second rollout, on a document of its own, goes through its stages.
+    cluster
+        .apply(config_map_rollout(
+            "banner",
+            "banner",
+            "banner-flags",
+            &[10, 100],
+            "1h",
+        ))
+        .await;
+    cluster
+        .wait_for_phase_gauge(&[(Phase::Pending, 1), (Phase::Progressing, 1)])
+        .await;
+    cluster
+        .rollouts()
+        .patch(
+            "banner",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "control": { "paused": true } } })),
+        )
+        .await
+        .unwrap();
+    cluster
+        .wait_for_phase_gauge(&[(Phase::Pending, 1), (Phase::Paused, 1)])
+        .await;
+
+    for (name, left) in [
+        ("checkout", vec![(Phase::Paused, 1)]),
+        ("banner", Vec::new()),
+    ] {
+        cluster
+            .rollouts()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        cluster.wait_for_phase_gauge(&left).await;
+    }
+    cluster.stop().await;
+}
+
+/// Issue 14's fourth controller defect: a rollout whose Prometheus is unreachable
+/// rewrote its status at every retried look (the message carried the error count; 500
+/// such rollouts made 50 status writes a second). Counted in the real server's audit
+/// log: once the rollout holds on the error (`onError.consecutive` 3), further looks
+/// write no status at all, and the status says since when it holds.
+#[tokio::test]
+async fn an_unreachable_prometheus_does_not_rewrite_the_status_at_every_look() {
+    let cluster = Cluster::start("sluice-unreachable").await;
+    // A port nothing listens on: every look fails to connect at once.
+    let closed = support::server::free_port();
+    let mut manifest = rollout("checkout", "new-checkout");
+    manifest["spec"]["stages"][0]["duration"] = json!("1h");
+    manifest["spec"]["analysis"] = json!({
+        "interval": "1s",
+        "prometheus": { "address": format!("http://127.0.0.1:{closed}") },
+        "metrics": [{
+            "name": "errors",
+            "ratio": {
+                "errors": "sum by (feature_flag_result_variant) (increase(errors_total{job=\"shop\"}[{{ window }}]))",
+                "requests": "sum by (feature_flag_result_variant) (increase(requests_total{job=\"shop\"}[{{ window }}]))",
+            },
+            "maxIncrease": { "relative": "10%" },
+        }],
+    });
+    cluster.apply(manifest).await;
+    let looks = || {
+        let text = cluster.metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("sluice_analysis_duration_seconds_count "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the hold on analysis errors", || async {
+        status_of(&cluster.rollouts(), "checkout")
+            .await
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Held" && c.reason == "AnalysisFailing")
+            })
+    })
+    .await;
+    let status_writes = || {
+        ApiServer::shared()
+            .audit_events()
+            .into_iter()
+            .filter(|e| {
+                e["verb"] == "patch"
+                    && e["objectRef"]["resource"] == "featurerollouts"
+                    && e["objectRef"]["subresource"] == "status"
+                    && e["objectRef"]["namespace"] == cluster.namespace.as_str()
+                    && e["objectRef"]["name"] == "checkout"
+            })
+            .count()
+    };
+    let held_at = looks();
+    let written = status_writes();
+    println!("{written} status writes after {held_at} looks, at the hold");
+    // The first stage, then one write per error until the third.
+    assert!(written <= 4, "{written} status writes until the hold");
+    wait_until("ten more looks", || async { looks() >= held_at + 10 }).await;
+    assert_eq!(
+        status_writes(),
+        written,
+        "status writes during ten looks that repeat the error"
+    );
+    let status = status_of(&cluster.rollouts(), "checkout").await.unwrap();
+    let since = status.last_analysis.as_ref().unwrap().at;
+    let message = status.message.unwrap();
+    assert!(
+        message.contains(&format!("holding since {since}")) && message.contains("unreachable"),
+        "{message}"
     );
     cluster.stop().await;
 }

@@ -265,6 +265,79 @@ fn inconclusive_and_errored_looks_hold_with_the_reason() {
     assert_eq!(p.decision, Decision::Advance { from: 0, to: 1 });
 }
 
+/// Issue 14's fourth controller defect: a rollout whose Prometheus stays unreachable
+/// rewrote its status at every look, because the count of errors in a row (in
+/// `consecutiveErrors`, the message and the `Held` condition) and the look's time changed
+/// each time. Once the rollout holds on the error (`onError.consecutive` reached), a look
+/// that repeats it changes nothing in status; the next look is still an interval later,
+/// and the message says since when the rollout holds.
+#[test]
+fn a_metrics_provider_that_stays_down_rewrites_the_status_only_until_the_hold() {
+    let s = spec(ANALYSED);
+    let mut p = step(&s, None, &nothing(), t0());
+    let mut writes = 0;
+    let mut since_hold = Vec::new();
+    for minute in 1..=30 {
+        let now = at(minute);
+        assert!(analysis_due(&s, Some(&p.status), now), "a look at {now}");
+        // As a look reports it: the resolved query (its window grows) in the reasons.
+        let query = format!("sum(increase(errors_total{{job=\"shop\"}}[{minute}m]))");
+        let reason = format!("query {query:?} failed: Prometheus is unreachable");
+        let mut errored = look(0, now, Verdict::Error);
+        let analysis = errored.analysis.as_mut().unwrap();
+        analysis.message = Some(format!("errors: {reason}"));
+        analysis.metrics = vec![
+            serde_json::from_value(serde_json::json!({
+                "name": "errors", "queries": [query], "verdict": "Error", "reason": reason,
+            }))
+            .unwrap(),
+        ];
+        let next = step(&s, Some(&p.status), &errored, now);
+        assert_eq!(
+            next.next_look,
+            Some(at(minute + 1)),
+            "the next look is an interval after this one"
+        );
+        if next.status != p.status {
+            writes += 1;
+            if p.status.consecutive_errors >= 3 {
+                since_hold.push(minute);
+            }
+        }
+        p = next;
+    }
+    // Three errors to reach the hold (`onError.consecutive` 3), then only the end of the
+    // stage's duration (minute 10) is news.
+    assert_eq!(since_hold, [10], "status rewritten while holding");
+    assert_eq!(writes, 4, "status writes over 30 errored looks");
+    let message = p.status.message.clone().unwrap();
+    assert!(
+        message.contains(&format!("holding since {}", at(3))),
+        "{message}"
+    );
+    let held = p
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Held")
+        .unwrap();
+    assert_eq!(held.reason, "AnalysisFailing");
+    // A look that errors another way is news; one that passes ends the hold.
+    let mut other = look(0, at(31), Verdict::Error);
+    other.analysis.as_mut().unwrap().message = Some("timeout".into());
+    let p2 = step(&s, Some(&p.status), &other, at(31));
+    assert_ne!(p2.status, p.status);
+    assert!(p2.status.message.clone().unwrap().contains("timeout"));
+    let p3 = step(
+        &s,
+        Some(&p2.status),
+        &look(0, at(32), Verdict::Pass),
+        at(32),
+    );
+    assert_eq!(p3.status.consecutive_errors, 0);
+    assert_eq!(p3.decision, Decision::Advance { from: 0, to: 1 });
+}
+
 #[test]
 fn errors_past_the_limit_roll_back_when_configured() {
     let s = spec(&ANALYSED.replace(

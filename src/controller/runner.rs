@@ -168,13 +168,6 @@ async fn apply(rollout: &FeatureRollout, state: &State) -> Result<Action, Error>
     if let Some(took) = outcome.analysis_took {
         state.metrics.analysis_took(took);
     }
-    state.metrics.observe_rollout(
-        &namespace,
-        &name,
-        &rollout.spec.flag.key,
-        outcome.status.phase,
-        outcome.status.weight,
-    );
     tracing::debug!(
         namespace = %namespace, rollout = %name,
         decision = outcome.decision.kind(),
@@ -208,13 +201,14 @@ async fn cleanup(rollout: &FeatureRollout, state: &State) -> Result<Action, Erro
         }
         Err(error) => return Err(Error::Release(error)),
     }
-    state.metrics.forget_rollout(&namespace, &name);
     state.interrupts.forget(&object_key(&rollout.metadata));
     Ok(Action::await_change())
 }
 
 /// Runs the controllers (one per namespace, or one for all) until `stop` completes,
 /// finishing the reconciles in hand. Marks `health` listed once every watch has listed.
+/// While they run, `sluice_rollouts{phase}` and `sluice_rollout_weight` follow what the
+/// watches see; when they stop, both are emptied.
 pub async fn run_controllers(
     state: Arc<State>,
     namespaces: Vec<String>,
@@ -248,26 +242,34 @@ pub async fn run_controllers(
         let health = health.clone();
         let listed = listed.clone();
         let watching = state.clone();
+        let mut phases = PhaseGauge::new(scope.clone());
         let stream = watcher(api, config.clone())
             .default_backoff()
+            // Nothing reads `managedFields` (the status is applied whole), and they are
+            // a large part of every object the store keeps.
+            .modify(|rollout| rollout.meta_mut().managed_fields = None)
             .reflect(writer)
-            .inspect(move |event| match event {
-                Ok(watcher::Event::InitDone) => {
-                    let mut done = listed.lock().unwrap_or_else(|e| e.into_inner());
-                    done.insert(index);
-                    if done.len() == total {
-                        health.set_listed(true);
+            .inspect(move |event| {
+                let Ok(event) = event else { return };
+                phases.see(&watching.metrics, event);
+                match event {
+                    watcher::Event::InitDone => {
+                        let mut done = listed.lock().unwrap_or_else(|e| e.into_inner());
+                        done.insert(index);
+                        if done.len() == total {
+                            health.set_listed(true);
+                        }
                     }
-                }
-                // An abort interrupts the reconcile of that rollout in progress.
-                Ok(watcher::Event::Apply(object)) => {
-                    if let Ok(rollout) = &object.0
-                        && rollout.spec.control.abort
-                    {
-                        watching.interrupts.raise(&object_key(&rollout.metadata));
+                    // An abort interrupts the reconcile of that rollout in progress.
+                    watcher::Event::Apply(object) => {
+                        if let Ok(rollout) = &object.0
+                            && rollout.spec.control.abort
+                        {
+                            watching.interrupts.raise(&object_key(&rollout.metadata));
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             })
             .touched_objects();
         let controller = Controller::for_stream(stream, reader)
@@ -282,6 +284,83 @@ pub async fn run_controllers(
             })
     });
     futures::future::join_all(runs).await;
+    // No longer watching (a stop, a lost Lease): what the gauge showed would go stale.
+    state.metrics.retain_rollouts(|_, _| false);
+}
+
+/// Keeps `sluice_rollouts{phase}` and `sluice_rollout_weight` equal to what the
+/// FeatureRollouts of one watch scope say: every version the watch sees is recorded with
+/// the phase and weight of its status (`Pending` while it has none), a deleted one is
+/// forgotten, and a relist forgets those it no longer lists (deleted while the watch was
+/// down). The persisted status, not the outcome of a reconcile, is what the gauge shows:
+/// a rollout whose reconcile fails (a first stage whose flag cannot be written holds in
+/// `Pending`), one not reconciled yet and one reconciled by another replica count too.
+struct PhaseGauge {
+    scope: Option<String>,
+    relisted: Option<HashSet<(String, String)>>,
+}
+
+impl PhaseGauge {
+    fn new(scope: Option<String>) -> Self {
+        PhaseGauge {
+            scope,
+            relisted: None,
+        }
+    }
+
+    fn see(
+        &mut self,
+        metrics: &crate::telemetry::Metrics,
+        event: &watcher::Event<DeserializeGuard<FeatureRollout>>,
+    ) {
+        match event {
+            watcher::Event::Init => self.relisted = Some(HashSet::new()),
+            watcher::Event::InitApply(object) | watcher::Event::Apply(object) => {
+                let (namespace, name) = names(object);
+                match &object.0 {
+                    Ok(rollout) => {
+                        let status = rollout.status.as_ref();
+                        metrics.observe_rollout(
+                            &namespace,
+                            &name,
+                            &rollout.spec.flag.key,
+                            status.map(|s| s.phase).unwrap_or_default(),
+                            status.and_then(|s| s.weight),
+                        );
+                    }
+                    // An object that does not parse has no phase Sluice can tell.
+                    Err(_) => metrics.forget_rollout(&namespace, &name),
+                }
+                if let Some(seen) = &mut self.relisted {
+                    seen.insert((namespace, name));
+                }
+            }
+            watcher::Event::Delete(object) => {
+                let (namespace, name) = names(object);
+                metrics.forget_rollout(&namespace, &name);
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.relisted.take() {
+                    let scope = self.scope.as_deref();
+                    metrics.retain_rollouts(|namespace, name| {
+                        scope.is_some_and(|s| s != namespace)
+                            || seen.contains(&(namespace.to_owned(), name.to_owned()))
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn names(object: &DeserializeGuard<FeatureRollout>) -> (String, String) {
+    let meta = match &object.0 {
+        Ok(rollout) => &rollout.metadata,
+        Err(invalid) => &invalid.metadata,
+    };
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 fn log_controller_error(error: &controller::Error<Error, watcher::Error>) {

@@ -800,7 +800,8 @@ pub struct FeatureRolloutStatus {
     /// The value of `control.retry` last acted upon.
     #[serde(default)]
     pub retries: u32,
-    /// Errored looks in a row.
+    /// Errored looks in a row; no longer counted once the rollout holds on an error
+    /// that keeps repeating (`onError.consecutive` reached, same error).
     #[serde(default)]
     pub consecutive_errors: u32,
     /// A digest of the flag and target being rolled out; a change starts a new rollout.
@@ -817,7 +818,10 @@ pub struct FeatureRolloutStatus {
     /// `Held` (something other than time keeps the stage from ending).
     #[serde(default)]
     pub conditions: Vec<Condition>,
-    /// The last look at the metrics, in full.
+    /// The last look at the metrics, in full. Once the rollout holds on analysis errors
+    /// (`onError.consecutive` in a row), a look that repeats the same error is not
+    /// recorded (nothing in status changes, so nothing is written): this is then the look
+    /// that began the hold, its `at` says since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisStatus>,
     /// Changes of phase and exposure, newest last (bounded).
