@@ -986,12 +986,27 @@ mod tests {
         );
     }
 
-    /// Another process's read-modify-write of the same file: `count` times, add one to
-    /// `metadata.count`, under `flock(<file>.lock)` when `lock`, replacing the file by an
-    /// atomic rename when `rename` (else rewriting it in place).
-    fn other_writer(path: PathBuf, count: u64, lock: bool, rename: bool) {
+    /// Another process's read-modify-write of the same file: add one to `metadata.count`,
+    /// under `flock(<file>.lock)` when `lock`, replacing the file by an atomic rename when
+    /// `rename` (else rewriting it in place). It writes at least `count` times and goes on
+    /// until Sluice has landed `interleaved` writes of its own (or `limit` writes in all, so a
+    /// Sluice that never lands fails the test rather than hanging it); returns how many
+    /// increments it made. Waiting on that condition, not on a pace, keeps the race a race on
+    /// a loaded machine.
+    fn other_writer(
+        path: PathBuf,
+        count: u64,
+        lock: bool,
+        rename: bool,
+        landed: &std::sync::atomic::AtomicU32,
+        interleaved: u32,
+    ) -> u64 {
+        use std::sync::atomic::Ordering;
+        let limit = count * 100;
         let lock_path = path.with_file_name("flags.json.lock");
-        for _ in 0..count {
+        let mut made = 0;
+        while made < count || (landed.load(Ordering::Relaxed) < interleaved && made < limit) {
+            made += 1;
             let guard = lock.then(|| {
                 let file = std::fs::OpenOptions::new()
                     .write(true)
@@ -1017,22 +1032,29 @@ mod tests {
             // writes interleave with it rather than only conflicting.
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        made
     }
 
     /// Sluice rewrites its flag (alternating between two weights) as fast as it can while
-    /// the other writer runs; returns the other writer's count at the end and how many of
-    /// Sluice's writes landed during the race.
-    async fn race(lock: bool, rename: bool) -> (u64, u32) {
+    /// the other writer runs, which goes on until `INTERLEAVED` of Sluice's writes have
+    /// landed; returns how many increments the other writer made, its count in the file at
+    /// the end and how many of Sluice's writes landed during the race.
+    async fn race(lock: bool, rename: bool) -> (u64, u64, u32) {
+        use std::sync::atomic::{AtomicU32, Ordering};
         const COUNT: u64 = 400;
+        const INTERLEAVED: u32 = 10;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("flags.json");
         std::fs::write(&path, r#"{"metadata": {"count": 0}, "flags": {}}"#).unwrap();
         let (shell, _) = file_shell(dir.path(), &path);
+        let landed = std::sync::Arc::new(AtomicU32::new(0));
         let writer = {
-            let path = path.clone();
-            std::thread::spawn(move || other_writer(path, COUNT, lock, rename))
+            let (path, landed) = (path.clone(), landed.clone());
+            std::thread::spawn(move || {
+                other_writer(path, COUNT, lock, rename, &landed, INTERLEAVED)
+            })
         };
-        let (mut weight, mut landed) = (1, 0);
+        let mut weight = 1;
         let split = |w| FlagState::Split {
             candidate_weight: w,
             audience: None,
@@ -1040,12 +1062,14 @@ mod tests {
         while !writer.is_finished() {
             weight = 3 - weight;
             match shell.write_flag(&definition(), &split(weight)).await {
-                Ok(write) => landed += u32::from(write.changed),
+                Ok(write) => {
+                    landed.fetch_add(u32::from(write.changed), Ordering::Relaxed);
+                }
                 Err(e) if e.category() == "conflict" => {}
                 Err(e) => panic!("{e}"),
             }
         }
-        writer.join().unwrap();
+        let made = writer.join().unwrap();
         // Alone again, Sluice's write lands.
         shell.write_flag(&definition(), &split(7)).await.unwrap();
         let doc: serde_json::Value =
@@ -1054,7 +1078,11 @@ mod tests {
             doc["flags"]["mine"]["targeting"]["fractional"][0][1], 7,
             "Sluice's flag is there"
         );
-        (doc["metadata"]["count"].as_u64().unwrap(), landed)
+        (
+            made,
+            doc["metadata"]["count"].as_u64().unwrap(),
+            landed.load(Ordering::Relaxed),
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1064,9 +1092,9 @@ mod tests {
             (true, false, "with the lock, in place"),
             (false, true, "without the lock, by rename"),
         ] {
-            let (count, landed) = race(lock, rename).await;
-            eprintln!("{how}: count {count} of 400, {landed} writes of Sluice's landed");
-            assert_eq!(count, 400, "{how}: the other writer lost changes");
+            let (made, count, landed) = race(lock, rename).await;
+            eprintln!("{how}: count {count} of {made}, {landed} writes of Sluice's landed");
+            assert_eq!(count, made, "{how}: the other writer lost changes");
             assert!(
                 landed >= 10,
                 "{how}: the writes did not interleave ({landed})"
