@@ -106,6 +106,10 @@ pub struct Plan {
     pub last_step: f64,
     /// The spending function's `γ` ([`FIRST_STAGE_RATE`] over the first stage's share).
     pub gamma: f64,
+    /// Per stage (by index), the candidate's expected share of requests when requests are
+    /// assigned independently: the stage's exposure, or `None` where it is unknown (an
+    /// audience: the candidate is a share of some users only) or there is one cohort.
+    pub request_shares: Vec<Option<f64>>,
 }
 
 impl Plan {
@@ -143,11 +147,20 @@ impl Plan {
             last_step /= total;
         }
         let first_share = first_stage.map_or(1.0, |f| f / total).clamp(1e-9, 1.0);
+        let request_shares = valid
+            .stages
+            .iter()
+            .map(|stage| {
+                let w = stage.weight.fraction();
+                (stage.audience.is_none() && w > 0.0 && w < 1.0).then_some(w)
+            })
+            .collect();
         Plan {
             total,
             looks,
             last_step,
             gamma: FIRST_STAGE_RATE / first_share,
+            request_shares,
         }
     }
 
@@ -226,6 +239,10 @@ pub struct Comparison {
     pub degrees_of_freedom: f64,
     /// Whether the rollout's statistic had a boundary at this look, and if not, why.
     pub boundary_state: BoundaryState,
+    /// Whether the requests split between the cohorts as independently assigned requests
+    /// would ([`requests_split_independently`]; `None`: not testable): when they do not,
+    /// users cluster them and each cohort's dispersion is its own.
+    pub requests_independent: Option<bool>,
     /// The evidence to keep for the next look.
     pub evidence: Evidence,
 }
@@ -413,7 +430,13 @@ pub enum Dispersion {
 /// when the candidate's exceeds the baseline's by more than [`HETEROGENEITY_Z`] standard
 /// errors each keeps its own, else both use the estimate from both cohorts' sums, which
 /// is far more precise than the small candidate's alone.
-pub fn dispersion(strata: &[Stratum]) -> Dispersion {
+///
+/// `requests_independent` is [`requests_split_independently`]'s answer: when the requests
+/// split between the cohorts unlike independently assigned requests, users cluster them,
+/// and the cohorts' spreads need not be alike (the small candidate cohort's variance grows
+/// with the few heavy users it holds, while the baseline's says little about it): each
+/// cohort keeps its own estimate, whatever the test of their difference says.
+pub fn dispersion(strata: &[Stratum], requests_independent: bool) -> Dispersion {
     let baseline = cohort_dispersion(strata.iter().map(|s| &s.baseline), false);
     let candidate = cohort_dispersion(strata.iter().map(|s| &s.candidate), true);
     let separate = Dispersion::Separate {
@@ -427,6 +450,9 @@ pub fn dispersion(strata: &[Stratum]) -> Dispersion {
         (Some(d), None) | (None, Some(d)) => return Dispersion::Pooled(d),
         (None, None) => return separate,
     };
+    if !requests_independent {
+        return separate;
+    }
     let se = (b.plug_in_variance + c.plug_in_variance).sqrt();
     if c.kappa - b.kappa > HETEROGENEITY_Z * se {
         return separate;
@@ -434,6 +460,53 @@ pub fn dispersion(strata: &[Stratum]) -> Dispersion {
     // Both cohorts' sums in one moment equation: the candidate's trimmed as above.
     let both = pooled(strata);
     both.map_or(separate, Dispersion::Pooled)
+}
+
+/// The p-value below which the requests are taken to split between the cohorts unlike
+/// independently assigned requests: the design's level for split checks.
+pub const REQUEST_SPLIT_ALPHA: f64 = super::srm::DEFAULT_ALPHA;
+
+/// Whether the cohorts' requests split as independently assigned requests would: Pearson's
+/// chi-square of each stratum's request counts against its exposure
+/// ([`super::srm::sample_ratio_mismatch`]), summed over the strata whose split is known
+/// ([`Plan::request_shares`]) and judged at [`REQUEST_SPLIT_ALPHA`] with one degree of
+/// freedom per stratum. `None` when no stratum can be tested (an audience, too few
+/// requests).
+///
+/// Users are assigned, not requests: a user's requests all go to one cohort, so a few heavy
+/// users move the request share away from the exposure and make the small candidate
+/// cohort burstier than the baseline. That deviation is never a reason to hold (the users
+/// may be split perfectly), but it is evidence that the cohorts' spreads cannot stand in
+/// for each other ([`dispersion`]).
+pub fn requests_split_independently(strata: &[Stratum], plan: &Plan) -> Option<bool> {
+    request_split_p_value(strata, plan).map(|p| p >= REQUEST_SPLIT_ALPHA)
+}
+
+/// The p-value of [`requests_split_independently`]'s test: the upper tail of a chi-square
+/// with one degree of freedom per tested stratum at the sum of their Pearson statistics.
+pub fn request_split_p_value(strata: &[Stratum], plan: &Plan) -> Option<f64> {
+    let (mut chi_square, mut strata_tested) = (0.0, 0_u32);
+    for s in strata {
+        let known = plan
+            .request_shares
+            .get(s.stage as usize)
+            .is_some_and(Option::is_some);
+        if !(known && s.weight > 0.0 && s.weight < 1.0) {
+            continue;
+        }
+        let checked = super::srm::sample_ratio_mismatch(s.baseline.n, s.candidate.n, s.weight, 0.5);
+        if let Ok(super::srm::SrmOutcome::Checked(check)) = checked {
+            chi_square += check.chi_square;
+            strata_tested += 1;
+        }
+    }
+    if strata_tested == 0 {
+        return None;
+    }
+    let p = statrs::distribution::ChiSquared::new(f64::from(strata_tested)).map_or(1.0, |d| {
+        statrs::distribution::ContinuousCDF::sf(&d, chi_square)
+    });
+    Some(p)
 }
 
 fn pooled(strata: &[Stratum]) -> Option<CohortDispersion> {
@@ -677,6 +750,8 @@ fn compare_with(
         evidence.recent.drain(..excess);
     }
 
+    // An untestable split (an audience, too few requests) keeps the pooling rule.
+    let requests_independent = requests_split_independently(&evidence.strata, plan);
     let (kappa, variances) = match known {
         Some(k) => (
             Kappas {
@@ -689,7 +764,7 @@ fn compare_with(
                 pooled: false,
             },
         ),
-        None => match dispersion(&evidence.strata) {
+        None => match dispersion(&evidence.strata, requests_independent.unwrap_or(true)) {
             Dispersion::Pooled(d) => (
                 Kappas {
                     baseline: d.kappa,
@@ -843,6 +918,7 @@ fn compare_with(
         baseline_dispersion: kappa.baseline,
         degrees_of_freedom: df,
         boundary_state,
+        requests_independent,
         evidence,
     }
 }
@@ -907,6 +983,7 @@ mod tests {
             looks: looks.iter().map(|t| t / total).collect(),
             last_step: 0.25 * 60.0 / total,
             gamma: FIRST_STAGE_RATE / (0.0099 / 0.4949),
+            request_shares: vec![Some(0.01), Some(0.05), Some(0.25), Some(0.5)],
         }
     }
 
@@ -1258,7 +1335,7 @@ mod tests {
                     out.baseline_dispersion,
                     out.degrees_of_freedom,
                     out.boundary_state,
-                    dispersion(&out.evidence.strata)
+                    dispersion(&out.evidence.strata, true)
                 );
                 if out.reject() && rejected_at.is_none() {
                     rejected_at = Some(i + 1);
@@ -1307,5 +1384,89 @@ mod tests {
             "{c:?}"
         );
         assert!(c.boundary.is_none() && !c.reject());
+    }
+
+    fn stratum(stage: u32, weight: f64, nb: f64, nc: f64) -> Stratum {
+        let mut s = Stratum {
+            stage,
+            started_at: Timestamp::from_second(600 * i64::from(stage)).unwrap(),
+            weight,
+            rate: information_rate(weight, false),
+            seconds: 600.0,
+            baseline: IncrementSums::default(),
+            candidate: IncrementSums::default(),
+        };
+        s.baseline.add(nb, 0.01 * nb);
+        s.candidate.add(nc, 0.01 * nc);
+        s
+    }
+
+    #[test]
+    fn the_request_split_test_matches_scipy() {
+        // Reference: SciPy 1.17 (`scipy.stats.chisquare([nb, nc], f_exp=[n(1 − w), n·w])`
+        // per stratum, summed, then `scipy.stats.chi2.sf(total, 2)`), computed outside the
+        // repository: 14.179104477611940 + 5.426356589147287 = 19.605461066759226,
+        // p = 5.530039351931752e-05; and 0.5651461988304094, p = 0.7538415345698524.
+        let p = plan();
+        let clustered = [
+            stratum(1, 0.05, 28_500.0, 1_650.0),
+            stratum(2, 0.25, 22_400.0, 7_700.0),
+        ];
+        let got = request_split_p_value(&clustered, &p).unwrap();
+        assert!((got / 5.530_039_351_931_752e-5 - 1.0).abs() < 1e-9, "{got}");
+        assert_eq!(requests_split_independently(&clustered, &p), Some(false));
+        let independent = [
+            stratum(1, 0.05, 28_480.0, 1_520.0),
+            stratum(2, 0.25, 22_460.0, 7_540.0),
+        ];
+        let got = request_split_p_value(&independent, &p).unwrap();
+        assert!((got - 0.753_841_534_569_852_4).abs() < 1e-9, "{got}");
+        assert_eq!(requests_split_independently(&independent, &p), Some(true));
+        // An audience stage, or too few requests for the chi-square: not testable.
+        let mut audience = p.clone();
+        audience.request_shares = vec![None; 4];
+        assert_eq!(request_split_p_value(&clustered, &audience), None);
+        assert_eq!(
+            request_split_p_value(&[stratum(0, 0.01, 200.0, 2.0)], &p),
+            None
+        );
+    }
+
+    #[test]
+    fn a_cohort_whose_requests_cluster_keeps_its_own_dispersion() {
+        // S3a's failure: the 5 % candidate holds a heavy user, so it has 8 % of the requests
+        // and its errors come in lumps, while the baseline's spread is binomial. Ten looks
+        // cannot tell the candidate's spread from the baseline's by more than two standard
+        // errors, and the pooled estimate, dominated by the baseline, called the candidate
+        // binomial too. The request split shows the clustering: each keeps its own.
+        let candidate = [3.0, 0.0, 5.0, 1.0, 4.0, 0.0, 6.0, 1.0, 3.0, 0.0];
+        let baseline = [29.0, 27.0, 30.0, 26.0, 31.0, 28.0, 27.0, 30.0, 29.0, 28.0];
+        let steps: Vec<Step> = baseline
+            .iter()
+            .zip(candidate)
+            .map(|(&xb, xc)| ((2_760.0, xb), (240.0, xc)))
+            .collect();
+        let c = run(None, 1, 0.05, &steps);
+        println!("{c:?}");
+        assert_eq!(c.requests_independent, Some(false));
+        assert!(
+            matches!(dispersion(&c.evidence.strata, true), Dispersion::Pooled(_)),
+            "the pooling rule alone pools these cohorts"
+        );
+        assert!(
+            c.dispersion > 0.1 && c.baseline_dispersion < 0.01,
+            "candidate κ {}, baseline κ {}",
+            c.dispersion,
+            c.baseline_dispersion
+        );
+        // The same counts split as the exposure says: pooled, as before.
+        let even: Vec<Step> = baseline
+            .iter()
+            .zip(candidate)
+            .map(|(&xb, xc)| ((2_850.0, xb), (150.0, xc)))
+            .collect();
+        let pooled = run(None, 1, 0.05, &even);
+        assert_eq!(pooled.requests_independent, Some(true));
+        assert_eq!(pooled.dispersion, pooled.baseline_dispersion);
     }
 }

@@ -418,9 +418,16 @@ fn judge_share(
                 ),
             ));
         }
+        // Users cluster the requests: say so, since it is why the candidate's dispersion
+        // is its own (and often why the look cannot judge yet).
+        let clustered = if c.requests_independent == Some(false) {
+            CLUSTERED_REQUESTS
+        } else {
+            ""
+        };
         match c.boundary_state {
             BoundaryState::Set => reasons.push(format!(
-                "no evidence of harm beyond the tolerance (z = {:.2}, boundary {:.2})",
+                "no evidence of harm beyond the tolerance (z = {:.2}, boundary {:.2}){clustered}",
                 c.statistic,
                 c.boundary.unwrap_or_default()
             )),
@@ -440,7 +447,7 @@ fn judge_share(
                 return Err((
                     Verdict::Inconclusive,
                     format!(
-                        "z = {:.2} is below its boundary {:.2} only because the dispersion between looks is uncertain ({:.1} degrees of freedom): at the estimated dispersion it would be harm; more looks decide",
+                        "z = {:.2} is below its boundary {:.2} only because the dispersion between looks is uncertain ({:.1} degrees of freedom): at the estimated dispersion it would be harm; more looks decide{clustered}",
                         c.statistic,
                         c.boundary.unwrap_or_default(),
                         c.degrees_of_freedom
@@ -460,7 +467,7 @@ fn judge_share(
                 return Err((
                     Verdict::Inconclusive,
                     format!(
-                        "the dispersion between looks cannot be estimated well enough to judge z = {:.2}: {:.2} degrees of freedom, {MIN_DEGREES_OF_FREEDOM} needed (more looks add them)",
+                        "the dispersion between looks cannot be estimated well enough to judge z = {:.2}: {:.2} degrees of freedom, {MIN_DEGREES_OF_FREEDOM} needed (more looks add them){clustered}",
                         c.statistic, c.degrees_of_freedom
                     ),
                 ));
@@ -491,6 +498,9 @@ fn judge_share(
     }
     Ok(reasons.join("; "))
 }
+
+/// Added to a comparison's reason when the requests split unlike independent requests.
+pub const CLUSTERED_REQUESTS: &str = "; the requests split between the cohorts unlike independent requests (users cluster them), so each cohort's dispersion is estimated on its own";
 
 /// Event counts for people: whole numbers (`increase()` extrapolates to fractions).
 fn events(count: f64) -> String {
