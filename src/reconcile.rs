@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -41,6 +41,9 @@ use crate::flag_store::FlagWrite;
 use crate::flagd::{FlagDefinition, FlagState, FlagdError, Served};
 use crate::notify::Notifier;
 use crate::prometheus::{PrometheusClient, client_config};
+use crate::runtime::BackgroundJobs;
+use crate::simulate::plan::summary::{self as plan_summary, ObservedTraffic};
+use crate::simulate::plan::{self as simulated_plan, PlanError, Report};
 
 /// Why writing the flag failed.
 #[derive(Debug, thiserror::Error)]
@@ -144,14 +147,62 @@ pub trait Shell {
     fn publish(&self, event: &Event) -> impl Future<Output = ()> + Send;
 }
 
+/// How a shell computes the plan of its running rollouts ([`plan_summary`]): what each
+/// stage can detect at the traffic the first looks observed, kept in `status.plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanSettings {
+    /// Simulated rollouts per figure (fewer when the plan has too many looks for them).
+    pub runs: usize,
+    /// The longest one computation may take; past it, the plan says it ran out of time.
+    pub limit: Duration,
+    /// Computations at a time across every rollout (each takes one core).
+    pub concurrency: usize,
+}
+
+impl Default for PlanSettings {
+    /// 100 runs per figure, 2 minutes, one at a time.
+    fn default() -> Self {
+        PlanSettings {
+            runs: 100,
+            limit: Duration::from_secs(120),
+            concurrency: 1,
+        }
+    }
+}
+
+/// What computes a plan: [`simulated_plan::run_until`], or a stand-in a test gives.
+pub type PlanRunner = Arc<
+    dyn Fn(&simulated_plan::Input, Option<std::time::Instant>) -> Result<Report, PlanError>
+        + Send
+        + Sync,
+>;
+
+/// The plans being computed off the reconcile path, and the ones waiting to be written.
+struct Plans {
+    settings: PlanSettings,
+    runner: PlanRunner,
+    jobs: BackgroundJobs<crate::crd::PlanSummary>,
+}
+
+impl std::fmt::Debug for Plans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plans")
+            .field("settings", &self.settings)
+            .field("running", &self.jobs.running())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a reconcile shares across rollouts: Prometheus clients (one per distinct
-/// configuration, so connections are reused), the default Prometheus and the notifier.
+/// configuration, so connections are reused), the default Prometheus, the notifier and
+/// the plans computed in the background.
 #[derive(Debug, Default)]
 pub struct Context {
     default_prometheus: Option<PrometheusSpec>,
     clients: Mutex<HashMap<String, PrometheusClient>>,
     notifier: Option<Notifier>,
     credentials_dir: Option<PathBuf>,
+    plans: Option<Plans>,
 }
 
 impl Context {
@@ -162,6 +213,43 @@ impl Context {
             clients: Mutex::default(),
             notifier: None,
             credentials_dir: None,
+            plans: None,
+        }
+    }
+
+    /// The same context, computing each running rollout's plan from the traffic its
+    /// first looks observe ([`plan_summary`]) and again when its stages or metrics
+    /// change, off the reconcile path: on the blocking pool, `settings.concurrency` at a
+    /// time, each bounded by `settings.limit`. The summary is written with the rollout's
+    /// next status write; a stage that cannot detect its tolerance sets `PlanCanDetect`
+    /// to False and publishes one Warning event. Without this, no plan is computed.
+    pub fn with_plans(mut self, settings: PlanSettings) -> Self {
+        self.plans = Some(Plans {
+            settings,
+            runner: Arc::new(simulated_plan::run_until),
+            jobs: BackgroundJobs::new(settings.concurrency),
+        });
+        self
+    }
+
+    /// The same context, computing plans with `runner` instead of the simulation (for
+    /// tests: a runner that blocks shows that looks and rollbacks do not wait for it).
+    /// Turns plans on with the default settings if they were off.
+    pub fn with_plan_runner(mut self, runner: PlanRunner) -> Self {
+        if self.plans.is_none() {
+            self = self.with_plans(PlanSettings::default());
+        }
+        if let Some(plans) = &mut self.plans {
+            plans.runner = runner;
+        }
+        self
+    }
+
+    /// Forgets what is kept for a rollout that is gone (its plan being computed or
+    /// waiting to be written).
+    pub fn forget(&self, id: &RolloutRef<'_>) {
+        if let Some(plans) = &self.plans {
+            plans.jobs.forget(&plan_key(id));
         }
     }
 
@@ -367,13 +455,16 @@ pub async fn reconcile<S: Shell>(
         generation: rollout.generation,
         setup_problems,
     };
-    let plan = engine::plan_validated(
+    let mut plan = engine::plan_validated(
         spec,
         checked.as_ref().map_err(Vec::as_slice),
         rollout.status,
         &observations,
         now,
     );
+    if let (Some(plans), Ok(valid)) = (&context.plans, checked.as_ref()) {
+        plans.step(&rollout.id, spec, valid, &mut plan, now);
+    }
     let previous = rollout.status.cloned().unwrap_or_default();
 
     // 1. The flag, before the status that claims it.
@@ -441,6 +532,116 @@ pub async fn reconcile<S: Shell>(
         events: plan.events,
         analysis_took,
     })
+}
+
+fn plan_key(id: &RolloutRef<'_>) -> String {
+    format!("{}/{}", id.namespace, id.name)
+}
+
+impl Plans {
+    /// The plan's part of a reconcile, after the engine planned and before anything is
+    /// written; never waits. Puts a finished summary of the current spec into the status
+    /// (with its condition and event), or starts its computation once a look observed
+    /// the traffic, or does nothing (one runs already, or no slot is free: the next
+    /// reconcile asks again).
+    fn step(
+        &self,
+        id: &RolloutRef<'_>,
+        spec: &FeatureRolloutSpec,
+        valid: &ValidSpec,
+        plan: &mut engine::Plan,
+        now: Timestamp,
+    ) {
+        let key = plan_key(id);
+        if simulated_plan::compared_metrics(spec).is_empty() {
+            self.jobs.forget(&key);
+            plan_summary::clear(&mut plan.status);
+            return;
+        }
+        let digest = plan_summary::digest(spec);
+        if plan
+            .status
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.digest == digest)
+        {
+            // Written (or carried by the engine): nothing kept for it any more.
+            self.jobs.forget(&key);
+            return;
+        }
+        if let Some(summary) = self.jobs.finished(&key, &digest) {
+            if let Some(error) = &summary.error {
+                tracing::warn!(namespace = id.namespace, rollout = id.name, %error, "the plan could not be computed");
+            }
+            if let Some(event) = plan_summary::apply(&mut plan.status, summary, now) {
+                plan.events.push(event);
+            }
+            return;
+        }
+        if self.jobs.is_running(&key) || plan.status.phase.is_finished() {
+            return;
+        }
+        // The traffic of the latest look, or (for changed stages, before a look of a
+        // plain stage observed it again) the traffic the last plan assumed.
+        let observed = plan_summary::observed_traffic(spec, valid, &plan.status).or_else(|| {
+            plan.status
+                .plan
+                .as_ref()
+                .and_then(ObservedTraffic::of_summary)
+                .filter(|o| o.fits(spec))
+        });
+        let Some(observed) = observed else { return };
+        let input = plan_summary::input(spec, &observed, self.settings.runs);
+        let runner = self.runner.clone();
+        let limit = self.settings.limit;
+        let (tag, panic_digest) = (digest.clone(), digest.clone());
+        let (panic_spec, panic_observed) = (spec.clone(), observed.clone());
+        let runs = self.settings.runs;
+        let started = self.jobs.try_start(
+            &key,
+            tag,
+            move || {
+                let deadline = std::time::Instant::now() + limit;
+                let mut input = input;
+                match simulated_plan::affordable_runs(&input) {
+                    Ok(most) => input.runs = input.runs.min(most).max(10),
+                    Err(e) => {
+                        return plan_summary::failed(
+                            &PlanError::Input(e),
+                            &input.spec,
+                            &observed,
+                            input.runs,
+                            digest,
+                            now,
+                        );
+                    }
+                }
+                match runner(&input, Some(deadline)) {
+                    Ok(report) => plan_summary::summarize(&report, &observed, digest, now),
+                    Err(e) => {
+                        plan_summary::failed(&e, &input.spec, &observed, input.runs, digest, now)
+                    }
+                }
+            },
+            move |panic| {
+                plan_summary::failed(
+                    &PlanError::Panicked(panic),
+                    &panic_spec,
+                    &panic_observed,
+                    runs,
+                    panic_digest,
+                    now,
+                )
+            },
+        );
+        if started {
+            tracing::debug!(
+                namespace = id.namespace,
+                rollout = id.name,
+                "computing the plan"
+            );
+        }
+    }
 }
 
 /// The flag state to leave behind when a rollout is deleted: the baseline, unless the

@@ -177,6 +177,126 @@ impl Interrupts {
     }
 }
 
+/// Work too slow for a reconcile (a simulation of seconds), run on tokio's blocking pool
+/// beside it, never in its way: at most one job per key (a rollout) at a time, at most
+/// `concurrency` jobs in all (a job that finds no free slot is not started: the caller
+/// asks again later, so nothing queues up, whatever the number of rollouts), and each
+/// result kept, tagged, until the caller takes it away with [`BackgroundJobs::forget`]. A
+/// job that panics yields what `on_panic` makes of the panic. Cheap to clone.
+#[derive(Debug)]
+pub struct BackgroundJobs<T> {
+    permits: Arc<tokio::sync::Semaphore>,
+    jobs: Arc<Mutex<HashMap<String, Job<T>>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<T> Clone for BackgroundJobs<T> {
+    fn clone(&self) -> Self {
+        BackgroundJobs {
+            permits: self.permits.clone(),
+            jobs: self.jobs.clone(),
+            next_id: self.next_id.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Job<T> {
+    Running { id: u64 },
+    Done { tag: String, value: T },
+}
+
+impl<T: Clone + Send + 'static> BackgroundJobs<T> {
+    /// Jobs of which at most `concurrency` (at least one) run at a time.
+    pub fn new(concurrency: usize) -> Self {
+        BackgroundJobs {
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            jobs: Arc::default(),
+            next_id: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job<T>>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The result of the finished job of `key`, if it was started with `tag`.
+    pub fn finished(&self, key: &str, tag: &str) -> Option<T> {
+        match self.lock().get(key) {
+            Some(Job::Done { tag: done, value }) if done == tag => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a job of `key` is running.
+    pub fn is_running(&self, key: &str) -> bool {
+        matches!(self.lock().get(key), Some(Job::Running { .. }))
+    }
+
+    /// How many jobs run now.
+    pub fn running(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|j| matches!(j, Job::Running { .. }))
+            .count()
+    }
+
+    /// Starts `work` for `key` on the blocking pool, its result to be tagged `tag`,
+    /// unless a job of `key` runs already, every slot is taken, or there is no tokio
+    /// runtime. Says whether it started. A previous result of `key` is dropped.
+    pub fn try_start(
+        &self,
+        key: &str,
+        tag: String,
+        work: impl FnOnce() -> T + Send + 'static,
+        on_panic: impl FnOnce(String) -> T + Send + 'static,
+    ) -> bool {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let mut jobs = self.lock();
+        if matches!(jobs.get(key), Some(Job::Running { .. })) {
+            return false;
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return false;
+        };
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        jobs.insert(key.to_owned(), Job::Running { id });
+        drop(jobs);
+        let this = self.clone();
+        let key = key.to_owned();
+        handle.spawn_blocking(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let value = outcome.unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                on_panic(text)
+            });
+            let mut jobs = this.lock();
+            // Forgotten meanwhile (the rollout is gone, or its result no longer wanted):
+            // the result is dropped.
+            if matches!(jobs.get(&key), Some(Job::Running { id: running }) if *running == id) {
+                jobs.insert(key, Job::Done { tag, value });
+            }
+            drop(jobs);
+            drop(permit);
+        });
+        true
+    }
+
+    /// Forgets `key`: its result, or the job running for it (whose result is then
+    /// dropped when it ends).
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
 /// How far a shutdown has gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {

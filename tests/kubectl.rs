@@ -107,6 +107,34 @@ fn condition(type_: &str, status: &str, reason: &str, since: &str, message: &str
 }
 
 /// A rollout named `name` in `phase` (`None`: no status yet), as the API returns it.
+/// `status.plan` as the controller writes it: computed from the first looks of "canary".
+fn plan() -> Value {
+    json!({
+        "digest": "00c0ffee00c0ffee",
+        "computedAt": "2026-11-24T12:13:00Z",
+        "runs": 100,
+        "observedStage": 1,
+        "observedSeconds": 180.0,
+        "traffic": [
+            { "metric": "error-rate", "requestsPerSecond": 150.0, "baselineRate": 0.0101, "targetMultiplier": 1.2 },
+            { "metric": "slow-requests", "requestsPerSecond": 150.0, "baselineRate": 0.0412, "targetMultiplier": 1.4 },
+        ],
+        "stages": [
+            { "index": 0, "name": "internal", "exposure": "100% of audience", "minutes": 10.0,
+              "notSimulated": "the stage has an audience: its share of the traffic is unknown to sluice plan", "metrics": [] },
+            { "index": 1, "name": "canary", "exposure": "5%", "minutes": 10.0, "metrics": [
+                { "name": "error-rate", "detectable": 1.9, "searchedUpTo": 99.0, "minutesToCatchDoubled": 6.0, "doubledCaughtInStage": 0.86, "detectsTolerance": false },
+                { "name": "slow-requests", "detectable": 1.35, "searchedUpTo": 24.27, "minutesToCatchDoubled": 2.0, "doubledCaughtInStage": 1.0, "detectsTolerance": true },
+            ] },
+            { "index": 2, "name": "wide", "exposure": "25%", "minutes": 30.0, "metrics": [
+                { "name": "error-rate", "detectable": 1.19, "searchedUpTo": 99.0, "minutesToCatchDoubled": 2.0, "doubledCaughtInStage": 1.0, "detectsTolerance": true },
+                { "name": "slow-requests", "searchedUpTo": 24.27, "doubledCaughtInStage": 0.0 },
+            ] },
+        ],
+        "warnings": ["stage canary (5% for 10 min) cannot detect error-rate's tolerance: it rolls back before its end in 80 % of runs only from 1.90× the baseline's rate (1.92 %); stage wide catches it later"],
+    })
+}
+
 fn rollout(name: &str, phase: Option<&str>) -> Value {
     let mut object = json!({
         "apiVersion": "sluice.dev/v1alpha1",
@@ -166,6 +194,7 @@ fn rollout(name: &str, phase: Option<&str>) -> Value {
             status["message"] = json!(running);
             status["lastAnalysis"] = inconclusive;
             status["lastAnalysis"]["at"] = json!("2026-11-24T12:29:00Z");
+            status["plan"] = plan();
             status["conditions"] = json!([
                 ready,
                 condition(
@@ -181,6 +210,13 @@ fn rollout(name: &str, phase: Option<&str>) -> Value {
                     "AnalysisInconclusive",
                     "2026-11-24T12:20:00Z",
                     running
+                ),
+                condition(
+                    "PlanCanDetect",
+                    "False",
+                    "ToleranceUndetectable",
+                    "2026-11-24T12:14:00Z",
+                    "At the traffic the first looks observed, some stages cannot detect their tolerance: stage canary on error-rate (catches only from 1.90×, should catch 1.20×) (see status.plan)."
                 ),
             ]);
         }

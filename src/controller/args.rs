@@ -36,4 +36,9 @@ pub struct Args {
     /// Notification webhooks for every rollout.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
+    /// Simulated rollouts per figure of the plan computed for each rollout from the
+    /// traffic its first looks observe (status.plan, condition PlanCanDetect); 0 turns
+    /// the plans off.
+    #[arg(long, default_value_t = crate::reconcile::PlanSettings::default().runs)]
+    pub plan_runs: usize,
 }

@@ -58,7 +58,7 @@ pub async fn run_with(args: Args, shutdown: Shutdown) -> Result<(), Error> {
     state.metrics = metrics.clone();
     let (notifier, failures) = crate::notify::Notifier::new(args.notify.config())
         .map_err(|e| Error::Config(format!("--notify-webhook: {e}")))?;
-    state.context =
+    let context =
         reconcile::Context::new(
             args.default_prometheus
                 .clone()
@@ -69,6 +69,16 @@ pub async fn run_with(args: Args, shutdown: Shutdown) -> Result<(), Error> {
         )
         .with_credentials_dir(args.prometheus_credentials_dir.clone())
         .with_notifier(notifier.clone());
+    // Each rollout's plan, from the traffic its first looks observe, off the reconcile
+    // path.
+    state.context = if args.plan_runs > 0 {
+        context.with_plans(reconcile::PlanSettings {
+            runs: args.plan_runs,
+            ..reconcile::PlanSettings::default()
+        })
+    } else {
+        context
+    };
     let elector = if args.leader_election {
         state.leadership = Leadership::elected(clock.clone());
         Some(Elector::new(

@@ -202,6 +202,10 @@ async fn cleanup(rollout: &FeatureRollout, state: &State) -> Result<Action, Erro
         Err(error) => return Err(Error::Release(error)),
     }
     state.interrupts.forget(&object_key(&rollout.metadata));
+    state.context.forget(&RolloutRef {
+        namespace: &namespace,
+        name: &name,
+    });
     Ok(Action::await_change())
 }
 

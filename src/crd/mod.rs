@@ -831,6 +831,14 @@ pub struct FeatureRolloutStatus {
     /// as `sluice validate` prints it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What each stage can detect at the traffic the first looks observed: `sluice plan`
+    /// computed by Sluice itself (simulated rollouts of this spec through the engine and
+    /// the analysis) once a stage without an audience has run three analysis intervals,
+    /// and again when the stages or the metrics change. Absent until then, and for a
+    /// rollout without ratio or histogram metrics. The `PlanCanDetect` condition says
+    /// whether every stage catches every metric's tolerance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanSummary>,
 }
 
 impl FeatureRolloutStatus {
@@ -845,6 +853,19 @@ impl FeatureRolloutStatus {
         now: Timestamp,
     ) {
         let status = if status { "True" } else { "False" };
+        self.set_condition_status(type_, status, reason, message, now);
+    }
+
+    /// [`FeatureRolloutStatus::set_condition`] with the status as text: `True`, `False`
+    /// or `Unknown` (for a condition nothing could establish yet).
+    pub fn set_condition_status(
+        &mut self,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        message: &str,
+        now: Timestamp,
+    ) {
         let transition = match self.conditions.iter().find(|c| c.type_ == type_) {
             Some(old) if old.status == status => old.last_transition_time,
             _ => now,
@@ -862,6 +883,101 @@ impl FeatureRolloutStatus {
             None => self.conditions.push(condition),
         }
     }
+}
+
+/// What each stage of a rollout can detect, computed by Sluice from the traffic its first
+/// looks observed (the figures of `sluice plan`, in short).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanSummary {
+    /// A digest of what the figures depend on (the stages and the analysis: metrics,
+    /// tolerances, interval, confidence); when the spec's differs, the plan is computed
+    /// again.
+    pub digest: String,
+    /// When the computation began.
+    pub computed_at: Timestamp,
+    /// Simulated rollouts per figure (shares are good to about `0.5/sqrt(runs)`).
+    pub runs: u32,
+    /// The stage (index) whose looks the traffic was taken from.
+    pub observed_stage: u32,
+    /// Seconds of that stage the traffic was measured over.
+    pub observed_seconds: f64,
+    /// The traffic the figures assume, per ratio or histogram metric.
+    #[serde(default)]
+    pub traffic: Vec<PlanTraffic>,
+    /// Per stage of the spec except the final promotion: what it detects.
+    #[serde(default)]
+    pub stages: Vec<PlanStage>,
+    /// What the plan warns about, one sentence each (a stage that cannot detect a
+    /// tolerance, cannot reach its `minSamples` or sees too little data).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Why the plan could not be computed (it ran out of time, or failed); the stages
+    /// are then empty. It is not tried again until the stages or metrics change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The traffic one metric's figures assume, as the looks observed it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanTraffic {
+    /// The metric's name.
+    pub metric: String,
+    /// Events (requests) per second, both cohorts together.
+    pub requests_per_second: f64,
+    /// The baseline cohort's share of bad events (errors, slow requests).
+    pub baseline_rate: f64,
+    /// The increase a stage should catch, as a multiple of the baseline rate: twice the
+    /// tolerated increase (`maxIncrease`, `max`), or a doubling when none is tolerated.
+    pub target_multiplier: f64,
+}
+
+/// What one stage detects.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStage {
+    /// Its index (0-based) in `spec.stages`.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Its exposure (`"1%"`, `"100% of audience"`).
+    pub exposure: String,
+    /// Its least duration, in minutes.
+    pub minutes: f64,
+    /// Why it was not simulated (a stage with an audience: its share of the traffic is
+    /// unknown); its metrics are then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_simulated: Option<String>,
+    /// Per ratio or histogram metric.
+    #[serde(default)]
+    pub metrics: Vec<PlanStageMetric>,
+}
+
+/// What one stage detects on one metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStageMetric {
+    /// The metric's name.
+    pub name: String,
+    /// The smallest increase, as a multiple of the baseline rate, rolled back before the
+    /// stage ends in at least 80 % of simulated runs. Absent: not detectable, not even at
+    /// `searchedUpTo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detectable: Option<f64>,
+    /// The largest multiple searched.
+    pub searched_up_to: f64,
+    /// Median minutes from the stage's start to the rollback when the candidate's rate is
+    /// twice the baseline's from the stage's start (among the runs rolled back before
+    /// promotion). Absent: never rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes_to_catch_doubled: Option<f64>,
+    /// The share of runs a doubling is rolled back in while this stage runs.
+    pub doubled_caught_in_stage: f64,
+    /// Whether the stage catches the metric's target increase (`targetMultiplier`).
+    /// Absent when no simulated run reached the stage (earlier stages held them all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detects_tolerance: Option<bool>,
 }
 
 /// The stage a rollout waits to have approved.

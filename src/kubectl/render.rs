@@ -482,6 +482,14 @@ pub fn status(rollout: &FeatureRollout, now: Timestamp) -> String {
         }
     }
 
+    // What each stage can detect, at the traffic the first looks observed.
+    if let Some(plan) = &status.plan {
+        let _ = writeln!(out, "\nPlan ({} ago):", age(plan.computed_at, now));
+        for line in crate::simulate::plan::summary::lines(plan) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+
     // Conditions.
     if !status.conditions.is_empty() {
         let rows: Vec<Vec<String>> = status

@@ -24,8 +24,10 @@
 //! audience (the audience's share of the traffic is unknown): they are left out of the
 //! simulated spec and the report says so.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+pub mod summary;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -624,6 +626,10 @@ struct Simulation<'a> {
     valid: ValidSpec,
     /// The most intervals a rollout runs ([`hold_cap`]).
     cap: u32,
+    /// When to give up, if ever.
+    deadline: Option<Instant>,
+    /// Set once the deadline passed: every run after it returns at once, empty.
+    stopped: AtomicBool,
 }
 
 /// The most intervals a simulated rollout of the plan runs before it is stopped as held:
@@ -661,6 +667,18 @@ impl Simulation<'_> {
         self.rollout.schedule().stages.len()
     }
 
+    /// Whether the deadline has passed (checked before each run: a run is short).
+    fn out_of_time(&self) -> bool {
+        if self.stopped.load(Ordering::Relaxed) {
+            return true;
+        }
+        let late = self.deadline.is_some_and(|d| Instant::now() >= d);
+        if late {
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        late
+    }
+
     /// One rollout: the metric `harmed` has `multiplier` times its baseline rate once the
     /// engine enters the simulated stage `from`; stops after that stage when `whole` is
     /// false.
@@ -671,6 +689,16 @@ impl Simulation<'_> {
         harmed: Option<(usize, usize, f64)>,
         whole: bool,
     ) -> RunRecord {
+        let stages = self.stages();
+        if self.out_of_time() {
+            return RunRecord {
+                entered: vec![None; stages],
+                held: vec![0; stages],
+                held_by: vec![None; stages],
+                budget: vec![None; stages],
+                rollback: None,
+            };
+        }
         let schedule = self.rollout.schedule();
         let look_seconds = schedule.look_seconds;
         let mut rng = run_rng(self.input.seed, key, run);
@@ -688,7 +716,6 @@ impl Simulation<'_> {
                 TrafficSource::new(&mut rng, &traffic, look_seconds)
             })
             .collect();
-        let stages = self.stages();
         let mut record = RunRecord {
             entered: vec![None; stages],
             held: vec![0; stages],
@@ -810,17 +837,83 @@ fn caught_in_stage(records: &[RunRecord], stage: usize) -> Rate {
     Rate::new(caught, n)
 }
 
-/// Simulates the plan and reports what each stage can detect.
-pub fn run(input: &Input) -> Result<Report, InputError> {
-    let started = Instant::now();
+/// A checked input, ready to simulate.
+struct Prepared {
+    /// The user's spec, validated.
+    valid: ValidSpec,
+    /// The simulated rollout.
+    rollout: SluiceRollout,
+    /// The index in the spec of each simulated stage.
+    kept: Vec<usize>,
+    /// The simulated spec, validated.
+    sim_valid: ValidSpec,
+    /// The most intervals a simulated rollout runs.
+    cap: u32,
+    /// The looks of the plan at the input's traffic, holds included.
+    looks: usize,
+}
+
+fn prepare(input: &Input) -> Result<Prepared, InputError> {
     let (valid, rollout, kept) = check(input)?;
-    let look_seconds = rollout.schedule().look_seconds;
     let sim_valid = validate::validate(rollout.spec())
         .map_err(|p| input_error("spec", format!("the simulated spec is invalid: {}", p[0])))?;
     let cap = hold_cap(&sim_valid, rollout.schedule().look_seconds, &input.traffic);
     let looks = (cap / HOLD_CAP).max(1) as usize;
+    Ok(Prepared {
+        valid,
+        rollout,
+        kept,
+        sim_valid,
+        cap,
+        looks,
+    })
+}
+
+/// The most runs per figure [`run`] accepts for `input` (its `runs` aside): a plan of many
+/// looks (long stages, a short interval, holds for `minSamples` at low traffic) affords
+/// fewer.
+pub fn affordable_runs(input: &Input) -> Result<usize, InputError> {
+    Ok(MAX_LOOKS_PER_FIGURE / prepare(input)?.looks)
+}
+
+/// Why a plan with a deadline was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The input cannot be planned.
+    #[error("{0}")]
+    Input(#[from] InputError),
+    /// The simulation did not finish before its deadline.
+    #[error("the simulation did not finish within {}", minutes(.0.as_secs_f64() / 60.0))]
+    OutOfTime(Duration),
+    /// The simulation panicked (a bug): the plan is not made.
+    #[error("the simulation failed: {0}")]
+    Panicked(String),
+}
+
+/// Simulates the plan and reports what each stage can detect.
+pub fn run(input: &Input) -> Result<Report, InputError> {
+    run_until(input, None).map_err(|e| match e {
+        PlanError::Input(e) => e,
+        // Neither happens without a deadline; a panic unwinds through here.
+        other => input_error("plan", other.to_string()),
+    })
+}
+
+/// [`run`], giving up at `deadline`: the simulation checks it before each simulated
+/// rollout, so it ends soon after (one rollout of the plan later at most per thread).
+pub fn run_until(input: &Input, deadline: Option<Instant>) -> Result<Report, PlanError> {
+    let started = Instant::now();
+    let Prepared {
+        valid,
+        rollout,
+        kept,
+        sim_valid,
+        cap,
+        looks,
+    } = prepare(input)?;
+    let look_seconds = rollout.schedule().look_seconds;
     if input.runs.saturating_mul(looks) > MAX_LOOKS_PER_FIGURE {
-        return Err(input_error(
+        return Err(PlanError::Input(input_error(
             "--runs",
             format!(
                 "{} runs of a plan of {looks} looks (one every {} s, with the holds its \
@@ -829,13 +922,15 @@ pub fn run(input: &Input) -> Result<Report, InputError> {
                 rollout.schedule().look_seconds,
                 MAX_LOOKS_PER_FIGURE / looks
             ),
-        ));
+        )));
     }
     let sim = Simulation {
         input,
         rollout,
         valid: sim_valid.clone(),
         cap,
+        deadline,
+        stopped: AtomicBool::new(false),
     };
     let metrics = compared_metrics(&input.spec);
     let tolerances: Vec<Tolerance> = metrics
@@ -1107,6 +1202,11 @@ pub fn run(input: &Input) -> Result<Report, InputError> {
              on one metric at a time"
                 .into(),
         );
+    }
+    if sim.stopped.load(Ordering::Relaxed) {
+        return Err(PlanError::OutOfTime(
+            deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(started)),
+        ));
     }
     Ok(Report {
         traffic_source: input.traffic_source.clone(),

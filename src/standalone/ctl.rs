@@ -233,6 +233,12 @@ pub fn describe(name: &str, status: &FeatureRolloutStatus) -> String {
             }
         }
     }
+    if let Some(plan) = &status.plan {
+        let _ = writeln!(out, "plan:");
+        for line in crate::simulate::plan::summary::lines(plan) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
     if !status.history.is_empty() {
         let _ = writeln!(out, "history:");
         for h in &status.history {

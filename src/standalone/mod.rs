@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::analysis::look::RolloutRef;
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, PrometheusSpec, Verdict};
 use crate::notify::{self, Notifier, NotifyArgs};
-use crate::reconcile::{self, Context, Rollout, Shell as _};
+use crate::reconcile::{self, Context, PlanSettings, Rollout, Shell as _};
 use crate::runtime::{self, Backoff, LogTo, Shutdown};
 use crate::telemetry::LogFormat;
 
@@ -104,6 +104,11 @@ pub struct Options {
     /// Webhooks told about every rollout's rollbacks, promotions and troubles.
     #[command(flatten)]
     pub notify: NotifyArgs,
+    /// Simulated rollouts per figure of the plan computed for each rollout from the
+    /// traffic its first looks observe (status.plan, condition PlanCanDetect); 0 turns
+    /// the plans off. Not computed with --once.
+    #[arg(long, default_value_t = PlanSettings::default().runs)]
+    pub plan_runs: usize,
 }
 
 fn parse_poll(text: &str) -> Result<Duration, String> {
@@ -181,7 +186,15 @@ pub fn run(options: Options) -> Result<bool, Error> {
             Notifier::new(options.notify.config()).map_err(|e| Error::Usage(e.to_string()))?;
         // Every reconcile hands its events to the notifier (webhooks from the command line
         // and from spec.notifications).
-        let context = Arc::new(Context::new(default_prometheus).with_notifier(notifier.clone()));
+        let mut context = Context::new(default_prometheus).with_notifier(notifier.clone());
+        // A single pass exits before a plan could be written.
+        if options.plan_runs > 0 && !options.once {
+            context = context.with_plans(PlanSettings {
+                runs: options.plan_runs,
+                ..PlanSettings::default()
+            });
+        }
+        let context = Arc::new(context);
         let (view_tx, view_rx) = mpsc::unbounded_channel();
         // A delivery that gave up becomes a Warning event on its rollout.
         let failure_state = state.clone();
@@ -519,6 +532,10 @@ async fn rollout_task(
         if input.removed {
             match reconcile::release(&shell, &input.spec, status.as_ref()).await {
                 Ok(_) => {
+                    context.forget(&RolloutRef {
+                        namespace: "",
+                        name: &name,
+                    });
                     if let Err(e) = state.forget(&name) {
                         tracing::error!(rollout = %name, "{e}");
                     }
