@@ -12,6 +12,7 @@ use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 pub use super::source::Observed;
 use super::source::{Measured, Measurement, PerCohort};
 use super::srm::{self, RequestShareOutcome, SrmOutcome};
+use super::users::{StratumUsers, UserSums};
 use crate::crd::validate::{MetricKind, ShareLimits, ValidMetric, ValidSpec};
 use crate::crd::{
     AnalysisStatus, CohortNumbers, MetricAnalysis, MetricCause, RequestShare, SampleRatio, Verdict,
@@ -171,6 +172,7 @@ pub fn failed(name: &str, queries: Vec<String>, reason: String) -> MetricAnalysi
         baseline_dispersion: None,
         boundary_state: None,
         degrees_of_freedom: None,
+        user_variance: None,
         evidence: None,
         verdict: Verdict::Error,
         reason: Some(reason),
@@ -213,6 +215,7 @@ pub fn judge_metric(
         baseline_dispersion: None,
         boundary_state: None,
         degrees_of_freedom: None,
+        user_variance: None,
         evidence,
         verdict: Verdict::Inconclusive,
         reason: None,
@@ -223,7 +226,7 @@ pub fn judge_metric(
         (MetricKind::Guard { min, max, .. }, Ok(Observed::Guard { cohorts, global })) => {
             judge_guard(*min, *max, &cohorts, global, &mut out)
         }
-        (MetricKind::Ratio { limits, .. }, Ok(Observed::Ratio { bad, total })) => {
+        (MetricKind::Ratio { limits, .. }, Ok(Observed::Ratio { bad, total, users })) => {
             let counts = |b: Option<f64>, t: Option<f64>| {
                 t.map(|total| Counts {
                     bad: b.unwrap_or(0.0),
@@ -232,14 +235,14 @@ pub fn judge_metric(
             };
             let baseline = counts(bad.baseline, total.baseline);
             let candidate = counts(bad.candidate, total.candidate);
-            judge_share(limits, baseline, candidate, look, &mut out)
+            judge_share(limits, baseline, candidate, users, look, &mut out)
         }
         (
             MetricKind::Histogram {
                 threshold, limits, ..
             },
-            Ok(Observed::Histogram(buckets)),
-        ) => judge_histogram(*threshold, limits, &buckets, look, &mut out),
+            Ok(Observed::Histogram { buckets, users }),
+        ) => judge_histogram(*threshold, limits, &buckets, users, look, &mut out),
         (kind, Ok(other)) => Err((
             Verdict::Error,
             format!(
@@ -302,6 +305,7 @@ fn judge_share(
     limits: &ShareLimits,
     baseline: Option<Counts>,
     candidate: Option<Counts>,
+    users: Option<PerCohort<UserSums>>,
     look: &StageLook,
     out: &mut MetricAnalysis,
 ) -> Judged {
@@ -378,17 +382,30 @@ fn judge_share(
             out.cause = whole_stage.then_some(MetricCause::NoDataAllStage);
             return no_data("baseline");
         };
-        let c = compare::compare(
-            out.evidence.as_ref(),
-            look.window(),
-            baseline,
-            candidate,
-            ComparisonTest {
-                tolerance,
-                plan: &look.plan,
-                budget: look.budget,
-            },
-        );
+        let test = ComparisonTest {
+            tolerance,
+            plan: &look.plan,
+            budget: look.budget,
+        };
+        // The variance: from the per-user sums when the metric has them, else today's
+        // request-level one.
+        let c = match stage_users(users.as_ref(), baseline, candidate)? {
+            Some(stage) => compare::compare_with_users(
+                out.evidence.as_ref(),
+                look.window(),
+                baseline,
+                candidate,
+                stage,
+                test,
+            ),
+            None => compare::compare(
+                out.evidence.as_ref(),
+                look.window(),
+                baseline,
+                candidate,
+                test,
+            ),
+        };
         record_comparison(out, &c, baseline, candidate, tolerance);
         if c.reject() {
             let recent = matches!((c.recent_statistic, c.recent_boundary), (Some(z), Some(b)) if z >= b)
@@ -515,6 +532,48 @@ fn shortfall(baseline: Counts, candidate: Counts) -> Option<String> {
 /// The test's name in status.
 pub const COMPARISON_TEST: &str = "group-sequential stratified score over the rollout, with a recent window (quasi-binomial, saddlepoint tails)";
 
+/// Both cohorts' per-user sums for the comparison, when the metric has per-user queries:
+/// a cohort with events but no sums (its series not there yet) is `Inconclusive`, and
+/// impossible sums are an `Error` (checked here, before they reach the statistics).
+fn stage_users(
+    users: Option<&PerCohort<UserSums>>,
+    baseline: Counts,
+    candidate: Counts,
+) -> Result<Option<StratumUsers>, (Verdict, String)> {
+    let Some(users) = users else {
+        return Ok(None);
+    };
+    let mut sums = StratumUsers::default();
+    for (cohort, counts, given, slot) in [
+        ("baseline", baseline, users.baseline, &mut sums.baseline),
+        ("candidate", candidate, users.candidate, &mut sums.candidate),
+    ] {
+        match given {
+            Some(s) if !s.is_consistent() => {
+                return Err((
+                    Verdict::Error,
+                    format!(
+                        "impossible per-user sums for the {cohort} cohort (Σn = {}, Σx = {}, Σn² = {}, Σx² = {}, Σn·x = {}): check that the per-user queries count the same events as the others",
+                        s.n, s.x, s.nn, s.xx, s.nx
+                    ),
+                ));
+            }
+            Some(s) => *slot = s,
+            None if counts.total > 0.0 => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "no per-user sums for the {cohort} cohort yet, which has {} events",
+                        events(counts.total)
+                    ),
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(Some(sums))
+}
+
 fn record_comparison(
     out: &mut MetricAnalysis,
     c: &Comparison,
@@ -535,6 +594,7 @@ fn record_comparison(
     out.baseline_dispersion = Some(c.baseline_dispersion);
     out.boundary_state = Some(c.boundary_state);
     out.degrees_of_freedom = Some(c.degrees_of_freedom).filter(|d| d.is_finite());
+    out.user_variance = c.user_variance;
     out.evidence = Some(c.evidence.clone());
 }
 
@@ -548,6 +608,7 @@ fn judge_histogram(
     threshold: f64,
     limits: &ShareLimits,
     buckets: &PerCohort<Buckets>,
+    users: Option<PerCohort<UserSums>>,
     look: &StageLook,
     out: &mut MetricAnalysis,
 ) -> Judged {
@@ -562,7 +623,7 @@ fn judge_histogram(
     if let (Some(b), Some(c)) = (&buckets.baseline, &buckets.candidate) {
         out.shift = shift(b, c);
     }
-    judge_share(limits, baseline, candidate, look, out)
+    judge_share(limits, baseline, candidate, users, look, out)
 }
 
 /// The Mann-Whitney description of how the candidate's latency distribution moved.
