@@ -858,6 +858,60 @@ mod tests {
     }
 
     #[test]
+    fn impossible_or_missing_per_user_sums_are_an_error_or_inconclusive_never_a_pass() {
+        let yaml =
+            crate::simulate::sluice_rule::benchmark_spec_yaml(&Schedule::benchmark(), 0.95, "0%");
+        let spec: FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+        let valid = crate::crd::validate::validate(&spec).unwrap();
+        let judged = |users: PerCohort<UserSums>| {
+            let mut measured =
+                crate::simulate::sluice_rule::measured(cohorts((2970, 30), (150, 2)));
+            if let Some(Measurement {
+                result: Ok(Observed::Ratio { users: slot, .. }),
+                ..
+            }) = measured.get_mut("error-rate")
+            {
+                *slot = Some(users);
+            }
+            let at = LookAt {
+                stage: 0,
+                stage_started_at: Timestamp::UNIX_EPOCH,
+                now: Timestamp::from_second(60).unwrap(),
+            };
+            judge_look(&valid, at, measured, None, None)
+        };
+        let one_each = |n: f64, x: f64| UserSums {
+            n,
+            x,
+            nn: n,
+            xx: x,
+            nx: x,
+        };
+        let mut impossible = one_each(150.0, 2.0);
+        impossible.xx = impossible.nx + 5.0;
+        let look = judged(PerCohort {
+            baseline: Some(one_each(2970.0, 30.0)),
+            candidate: Some(impossible),
+        });
+        assert_eq!(look.verdict, Verdict::Error, "{look:#?}");
+        let reason = look.metrics[0].reason.as_deref().unwrap();
+        assert!(
+            reason.contains("impossible per-user sums for the candidate"),
+            "{reason}"
+        );
+        let look = judged(PerCohort {
+            baseline: Some(one_each(2970.0, 30.0)),
+            candidate: None,
+        });
+        assert_eq!(look.verdict, Verdict::Inconclusive, "{look:#?}");
+        let reason = look.metrics[0].reason.as_deref().unwrap();
+        assert!(
+            reason.contains("no per-user sums for the candidate"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn a_shortfall_names_every_cohort_short_with_whole_counts() {
         assert_eq!(
             shortfall(

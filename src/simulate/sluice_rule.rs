@@ -227,7 +227,9 @@ impl SluiceRollout {
     /// Sluice on any spec (the user's, for `sluice plan`): its own stages, interval,
     /// confidence and metrics, one look every interval. Every metric must be a ratio or a
     /// histogram (both are judged on the share of bad events; a guard has no sampling to
-    /// simulate), and no users query is run (simulated assignment is exact). The stages
+    /// simulate), and no users query is run (simulated assignment is exact). Per-user
+    /// queries are not simulated (the plan's traffic has no users): the metric is judged
+    /// on its requests. The stages
     /// become the schedule: each runs `ceil(duration / interval)` looks.
     pub fn from_spec(spec: FeatureRolloutSpec) -> Result<Self, String> {
         let valid = validate::validate(&spec).map_err(|problems| {
