@@ -51,8 +51,38 @@ const USERS: &[(&str, &str, f64)] = &[
     ("skewed", "on", 6.0),
 ];
 
+/// Per-step increments of the Python instrumentation's per-user sums for the "doubled"
+/// flag: (variant, Σn, Σx, Σn², Σx², Σn·x). The baseline's users send one request each;
+/// in the candidate, one heavy user sends half the requests (20,000 in the window) with
+/// 600 of its 800 errors, the others one request each: over the 40 steps of a look's
+/// window, Σn² = 20,000² + 20,000, Σx² = 600² + 200, Σn·x = 20,000·600 + 200.
+const PER_USER: &[(&str, [f64; 5])] = &[
+    ("off", [1000.0, 10.0, 1000.0, 10.0, 10.0]),
+    ("on", [1000.0, 20.0, 10_000_500.0, 9_005.0, 300_005.0]),
+];
+
 fn data() -> OpenMetrics {
     let mut data = OpenMetrics::default();
+    for (variant, sums) in PER_USER {
+        let labels = [
+            ("job", "shop"),
+            ("feature_flag_key", "doubled"),
+            ("feature_flag_result_variant", *variant),
+            ("feature_flag_result_reason", "TARGETING_MATCH"),
+        ];
+        for (name, increment) in [
+            "sluice_user_requests",
+            "sluice_user_errors",
+            "sluice_user_requests_squared",
+            "sluice_user_errors_squared",
+            "sluice_user_requests_errors",
+        ]
+        .into_iter()
+        .zip(sums)
+        {
+            data.counter(name, &labels, START, STEP, POINTS, *increment);
+        }
+    }
     for (flag, variant, code, increment) in TRAFFIC {
         let labels = [
             ("job", "shop"),
@@ -294,6 +324,62 @@ async fn verdicts_follow_the_data() {
             .unwrap()
             .contains("above the guard's max")
     );
+}
+
+/// The error-rate metric with `perUser` queries on the Python instrumentation's series.
+fn error_rate_per_user() -> String {
+    let query = |series: &str| {
+        format!(
+            "'sum by (feature_flag_result_variant) (increase({series}{{feature_flag_key=\"{{{{ flag }}}}\",feature_flag_result_reason=\"TARGETING_MATCH\"}}[{{{{ window }}}}]))'"
+        )
+    };
+    ERROR_RATE.replace(
+        "      maxIncrease:",
+        &format!(
+            "        perUser:\n          requests: {}\n          bad: {}\n          requestsSquared: {}\n          badSquared: {}\n          requestsTimesBad: {}\n      maxIncrease:",
+            query("sluice_user_requests_total"),
+            query("sluice_user_errors_total"),
+            query("sluice_user_requests_squared_total"),
+            query("sluice_user_errors_squared_total"),
+            query("sluice_user_requests_errors_total"),
+        ),
+    )
+}
+
+/// Twice the baseline's error rate, but half of the candidate's requests and most of its
+/// errors come from one heavy user: with the per-user sums read from Prometheus, the
+/// user-level variance sees that one user, and the evidence is far weaker than the
+/// request-level one (which holds on it as harm it cannot yet confirm).
+#[tokio::test]
+async fn per_user_sums_from_prometheus_give_the_user_level_variance() {
+    let server = PrometheusServer::start(&data()).await;
+    let url = server.base_url();
+    let requests = analyse(&url, &spec("doubled", ERROR_RATE, false)).await;
+    let users = analyse(&url, &spec("doubled", &error_rate_per_user(), false)).await;
+    let (r, u) = (&requests.metrics[0], &users.metrics[0]);
+    assert_eq!(u.queries.len(), 7, "{:?}", u.queries);
+    assert!(
+        u.queries[4].contains("sluice_user_requests_squared_total")
+            && u.queries[4].contains(r#"feature_flag_key="doubled""#)
+            && u.queries[4].contains("[10m]"),
+        "{:?}",
+        u.queries
+    );
+    assert!(r.user_variance.is_none(), "{r:#?}");
+    let v = u.user_variance.expect("the user-level variance in status");
+    assert!(v.candidate_over_binomial > 50.0, "{v:?}");
+    assert!((v.baseline_over_binomial - 1.0).abs() < 1e-6, "{v:?}");
+    assert!(v.candidate_effective_users < 5.0, "{v:?}");
+    assert_eq!(users.verdict, Verdict::Pass, "{users:#?}");
+    assert!(
+        u.statistic.unwrap() < r.statistic.unwrap() / 3.0,
+        "user-level z = {:?}, request-level z = {:?}",
+        u.statistic,
+        r.statistic
+    );
+    let stratum = &u.evidence.as_ref().unwrap().strata[0];
+    let sums = stratum.users.expect("per-user sums kept in the evidence");
+    assert_eq!(sums.candidate.nn, 400_020_000.0);
 }
 
 #[tokio::test]

@@ -98,6 +98,7 @@ fn stage_spec(shape: Shape) -> FeatureRolloutSpec {
             ratio: Some(RatioMetric {
                 errors: "e".into(),
                 requests: "r".into(),
+                per_user: None,
             }),
             histogram: None,
             guard: None,

@@ -112,6 +112,7 @@ impl MetricsProvider for Memory {
                     baseline: some(sum.baseline.0),
                     candidate: some(sum.candidate.0),
                 },
+                users: None,
             }),
         }
     }

@@ -58,6 +58,23 @@ reports that the flag's configuration changed (``PROVIDER_CONFIGURATION_CHANGED`
 the flag in ``flags_changed``), which is what happens when Sluice writes a new stage.
 The increase over a stage's window then counts each user active in it once per variant.
 
+Per-user sums. For a variance that counts users, not requests (Sluice's ``perUser``
+queries), each user's request count ``n``, error count ``x`` (status 5xx) and slow count
+``s`` (latency above ``slow_threshold``) since the flag's configuration last changed are
+kept beside its seen-set entry, and plain counters per flag, variant and reason add up,
+over users, ``Σn`` (``sluice_user_requests_total``), ``Σn²``
+(``sluice_user_requests_squared_total``), ``Σx``, ``Σx²``, ``Σn·x``
+(``sluice_user_errors_total``, ``sluice_user_errors_squared_total``,
+``sluice_user_requests_errors_total``) and the same for slow requests
+(``sluice_user_slow_total``, ``sluice_user_slow_squared_total``,
+``sluice_user_requests_slow_total``). Each is updated one request at a time:
+``(n + 1)² − n² = 2n + 1``, and ``(n + 1)(x + e) − n·x = x + e(n + 1)`` for a request
+with ``e`` errors (0 or 1). The increase of a counter over a stage's window is then the
+sum over the stage's users of their counts' squares (and products) since the stage began.
+Memory: one entry per active user and variant (its key and three counts), measured at
+184 bytes per user on CPython 3.11 with tracemalloc (the test
+``test_memory_per_user_is_small`` prints the figure): 18.4 MB per 100,000 users.
+
 Limits, stated plainly:
 
 * The seen-sets live in this process's memory: one entry per distinct targeting key and
@@ -109,7 +126,7 @@ DEFAULT_BUCKETS = (
 
 # What the current request was served: flag key -> (variant, reason). Set by the
 # middleware for the duration of a request, filled by the hook.
-_served: contextvars.ContextVar[dict[str, tuple[str, str]] | None] = contextvars.ContextVar(
+_served: contextvars.ContextVar[dict[str, tuple[str, str, str]] | None] = contextvars.ContextVar(
     "sluice_openfeature_served", default=None
 )
 
@@ -131,6 +148,7 @@ class FlagMetrics:
         *,
         buckets: typing.Sequence[float] = DEFAULT_BUCKETS,
         skip_paths: typing.Iterable[str] = ("/metrics", "/healthz"),
+        slow_threshold: float = 0.5,
     ) -> None:
         self.requests = Counter(
             "http_requests",
@@ -158,11 +176,31 @@ class FlagMetrics:
             ["feature_flag_key"],
             registry=registry,
         )
+        def user_counter(name: str, what: str) -> Counter:
+            return Counter(
+                f"sluice_user_{name}",
+                f"The sum over users of {what}, each user counted since the flag's "
+                "configuration last changed.",
+                FLAG_LABELS,
+                registry=registry,
+            )
+
+        self.user_sums = {
+            "n": user_counter("requests", "their requests n"),
+            "nn": user_counter("requests_squared", "n²"),
+            "x": user_counter("errors", "their errors x (5xx)"),
+            "xx": user_counter("errors_squared", "x²"),
+            "nx": user_counter("requests_errors", "n·x"),
+            "s": user_counter("slow", "their slow requests s (above the slow threshold)"),
+            "ss": user_counter("slow_squared", "s²"),
+            "ns": user_counter("requests_slow", "n·s"),
+        }
+        self.slow_threshold = slow_threshold
         self.skip_paths = frozenset(skip_paths)
         self._configured = threading.Event()
         self._lock = threading.Lock()
-        # flag key -> (variant, reason) -> targeting keys served it since the last change
-        self._seen: dict[str, dict[tuple[str, str], set[str]]] = {}
+        # flag key -> (variant, reason) -> targeting key -> [n, x, s] since the last change
+        self._seen: dict[str, dict[tuple[str, str], dict[str, list[int]]]] = {}
 
     def install(self) -> None:
         """Registers the hook globally and the configuration-change handler.
@@ -216,23 +254,44 @@ class FlagMetrics:
         served = _served.get()
         if served is not None:
             # The first evaluation of a flag in a request decides its attribution.
-            served.setdefault(flag, (variant, reason))
+            served.setdefault(flag, (variant, reason, targeting_key or ""))
         if not targeting_key:
             return
         with self._lock:
-            keys = self._seen.setdefault(flag, {}).setdefault((variant, reason), set())
+            keys = self._seen.setdefault(flag, {}).setdefault((variant, reason), {})
             if targeting_key in keys:
                 return
-            keys.add(targeting_key)
+            keys[targeting_key] = [0, 0, 0]
         self.users.labels(flag, variant, reason).inc()
 
-    def record_request(self, served: dict[str, tuple[str, str]], code: int, seconds: float) -> None:
+    def record_request(
+        self, served: dict[str, tuple[str, str, str]], code: int, seconds: float
+    ) -> None:
         """Records one finished request for every flag it evaluated (or once with empty
-        flag labels if it evaluated none). Called by the middlewares."""
-        attributions = [(f, v, r) for f, (v, r) in served.items()] or [_NO_FLAG]
+        flag labels if it evaluated none), and adds it to its user's counts and the
+        per-user sums. Called by the middlewares."""
+        attributions = [(f, v, r) for f, (v, r, _) in served.items()] or [_NO_FLAG]
         for labels in attributions:
             self.requests.labels(*labels, str(code)).inc()
             self.duration.labels(*labels).observe(seconds)
+        error, slow = int(code >= 500), int(seconds > self.slow_threshold)
+        for flag, (variant, reason, key) in served.items():
+            if not key:
+                continue
+            with self._lock:
+                keys = self._seen.setdefault(flag, {}).setdefault((variant, reason), {})
+                counts = keys.setdefault(key, [0, 0, 0])
+                n, x, s = counts
+                counts[0], counts[1], counts[2] = n + 1, x + error, s + slow
+            sums = {k: c.labels(flag, variant, reason) for k, c in self.user_sums.items()}
+            sums["n"].inc()
+            sums["nn"].inc(2 * n + 1)
+            sums["x"].inc(error)
+            sums["xx"].inc(error * (2 * x + 1))
+            sums["nx"].inc(x + error * (n + 1))
+            sums["s"].inc(slow)
+            sums["ss"].inc(slow * (2 * s + 1))
+            sums["ns"].inc(s + slow * (n + 1))
 
     def wsgi(self, app: typing.Callable) -> typing.Callable:
         """Wraps a WSGI application so each request is recorded by variant.
@@ -280,7 +339,7 @@ class _WsgiMiddleware:
         if environ.get("PATH_INFO", "") in self.metrics.skip_paths:
             return self.app(environ, start_response)
         started = time.perf_counter()
-        served: dict[str, tuple[str, str]] = {}
+        served: dict[str, tuple[str, str, str]] = {}
         token = _served.set(served)
         status = [500]
 
@@ -337,7 +396,7 @@ class _AsgiMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        served: dict[str, tuple[str, str]] = {}
+        served: dict[str, tuple[str, str, str]] = {}
         token = _served.set(served)
         status = 500
 

@@ -303,3 +303,89 @@ class AsgiTest(Fixture):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PerUserSumsTest(unittest.TestCase):
+    """The per-user counters against a brute-force computation over a recorded log."""
+
+    def test_counters_match_a_brute_force_computation_over_the_request_log(self) -> None:
+        import random
+
+        import sluice_openfeature
+
+        registry = CollectorRegistry()
+        metrics = FlagMetrics(registry, slow_threshold=0.5)
+        rng = random.Random(18)
+        # A request log: (user, variant, status, seconds), with a configuration change
+        # (the stage moves on) after every 400 requests; heavy users via a skewed draw.
+        log = []
+        for i in range(2000):
+            user = f"user-{int(rng.paretovariate(1.1)) % 300}"
+            variant = "on" if int(user.split("-")[1]) % 4 == 0 else "off"
+            code = 500 if rng.random() < (0.2 if user.endswith("7") else 0.02) else 200
+            seconds = rng.choice([0.01, 0.2, 0.7])
+            log.append((i, user, variant, code, seconds))
+        for i, user, variant, code, seconds in log:
+            if i % 400 == 0:
+                metrics.on_configuration_changed(EventDetails(flags_changed=["new-checkout"]))
+            served: dict = {}
+            token = sluice_openfeature._served.set(served)
+            try:
+                metrics.record_evaluation("new-checkout", variant, "TARGETING_MATCH", user)
+            finally:
+                sluice_openfeature._served.reset(token)
+            metrics.record_request(served, code, seconds)
+        # Brute force: per segment between changes, each user's counts, then the sums.
+        expected: dict = {}
+        for start in range(0, len(log), 400):
+            per_user: dict = {}
+            for _, user, variant, code, seconds in log[start : start + 400]:
+                c = per_user.setdefault((variant, user), [0, 0, 0])
+                c[0] += 1
+                c[1] += int(code >= 500)
+                c[2] += int(seconds > 0.5)
+            for (variant, _), (n, x, s) in per_user.items():
+                e = expected.setdefault(variant, dict.fromkeys(metrics.user_sums, 0))
+                for name, value in [
+                    ("n", n), ("nn", n * n), ("x", x), ("xx", x * x), ("nx", n * x),
+                    ("s", s), ("ss", s * s), ("ns", n * s),
+                ]:  # fmt: skip
+                    e[name] += value
+        series = {
+            "n": "requests", "nn": "requests_squared", "x": "errors", "xx": "errors_squared",
+            "nx": "requests_errors", "s": "slow", "ss": "slow_squared", "ns": "requests_slow",
+        }  # fmt: skip
+        for variant, sums in expected.items():
+            labels = {
+                "feature_flag_key": "new-checkout",
+                "feature_flag_result_variant": variant,
+                "feature_flag_result_reason": "TARGETING_MATCH",
+            }
+            for name, value in sums.items():
+                got = registry.get_sample_value(f"sluice_user_{series[name]}_total", labels)
+                self.assertEqual(got, value, f"{variant} {name}")
+        # Heavy users make Σn² far larger than Σn: the sums see the clustering.
+        self.assertGreater(expected["off"]["nn"], 10 * expected["off"]["n"])
+
+    def test_memory_per_user_is_small(self) -> None:
+        import sluice_openfeature
+        import tracemalloc
+
+        metrics = FlagMetrics(CollectorRegistry())
+        users = 100_000
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for i in range(users):
+            served: dict = {}
+            token = sluice_openfeature._served.set(served)
+            try:
+                metrics.record_evaluation("new-checkout", "on", "TARGETING_MATCH", f"u{i}")
+            finally:
+                sluice_openfeature._served.reset(token)
+            metrics.record_request(served, 200, 0.01)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        per_user = grown / users
+        print(f"\nper-user state: {per_user:.0f} bytes per user, {grown / 1e6:.1f} MB per {users:,} users")
+        self.assertLess(per_user, 1000)

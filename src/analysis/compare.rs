@@ -48,9 +48,10 @@ use jiff::Timestamp;
 
 use super::ratio::{Counts, Tolerance};
 use super::sequential::{self, BinomialTerm};
+use super::users;
 pub use crate::crd::BoundaryState;
 use crate::crd::validate::ValidSpec;
-use crate::crd::{Evidence, Increment, IncrementSums, Stratum};
+use crate::crd::{Evidence, Increment, IncrementSums, Stratum, StratumUsers, UserVariance};
 
 /// The share of a comparison's budget kept for the recent-window statistic. Small: a
 /// regression that starts late stands out so sharply in a short window that a small
@@ -245,6 +246,8 @@ pub struct Comparison {
     pub requests_independent: Option<bool>,
     /// The evidence to keep for the next look.
     pub evidence: Evidence,
+    /// The current stage's user-level variance, when per-user sums were given.
+    pub user_variance: Option<UserVariance>,
 }
 
 impl Comparison {
@@ -568,6 +571,9 @@ struct Term {
     v0: f64,
     w_baseline: f64,
     w_candidate: f64,
+    /// What users add to the score's variance beyond the binomial
+    /// ([`users::score_excess`]); 0 without per-user sums.
+    user: f64,
     phi: f64,
 }
 
@@ -589,6 +595,7 @@ fn term(
     rates: (f64, f64),
     tolerance: Tolerance,
     kappa: Kappas,
+    clustering: Clustering<'_>,
 ) -> Option<Term> {
     if nb <= 0.0 || nc <= 0.0 {
         return None;
@@ -598,7 +605,12 @@ fn term(
     let v0 = (1.0 - pi).powi(2) * nc * pc * (1.0 - pc) + pi * pi * nb * pb * (1.0 - pb);
     let w_candidate = (1.0 - pi).powi(2) * pc * pc * nnc;
     let w_baseline = pi * pi * pb * pb * nnb;
-    let extra = kappa.candidate * w_candidate + kappa.baseline * w_baseline;
+    let user = match clustering {
+        Clustering::None => 0.0,
+        Clustering::Users(u) => users::score_excess(u, rates, pi),
+        Clustering::Ratio(r) => r * v0,
+    };
+    let extra = kappa.candidate * w_candidate + kappa.baseline * w_baseline + user;
     let phi = if v0 > 0.0 { 1.0 + extra / v0 } else { 1.0 };
     Some(Term {
         binomial: BinomialTerm {
@@ -609,8 +621,33 @@ fn term(
         v0,
         w_baseline,
         w_candidate,
+        user,
         phi,
     })
+}
+
+/// What users add to a term's variance.
+#[derive(Clone, Copy, Debug)]
+enum Clustering<'a> {
+    /// Nothing (no per-user sums).
+    None,
+    /// From the stratum's per-user sums.
+    Users(&'a StratumUsers),
+    /// This multiple of the binomial variance (the recent window's increments, at the
+    /// current stage's ratio: an upper bound, as a user's share of a cumulative count
+    /// only grows with the window).
+    Ratio(f64),
+}
+
+/// Widens a stratified sum's terms by `factor` (the variance of their sum grows by it).
+fn widen(terms: &mut [Term], factor: f64) {
+    if factor > 1.0 {
+        for t in terms {
+            t.binomial.size /= factor;
+            t.y /= factor;
+            t.phi *= factor;
+        }
+    }
 }
 
 /// The variances of both cohorts' `κ` estimates (`None`: not estimable yet); `pooled`:
@@ -687,7 +724,29 @@ pub fn compare(
     candidate: Counts,
     test: ComparisonTest<'_>,
 ) -> Comparison {
-    compare_with(previous, window, baseline, candidate, test, None)
+    compare_with(previous, window, baseline, candidate, test, None, None)
+}
+
+/// [`compare`] with the stage's per-user sums of both cohorts: the variance of each
+/// stage's counts is the user-level one ([`super::users`]), and the stages' user-level
+/// parts are combined as if perfectly correlated (the same users stay in their cohorts).
+pub fn compare_with_users(
+    previous: Option<&Evidence>,
+    window: Window,
+    baseline: Counts,
+    candidate: Counts,
+    users: StratumUsers,
+    test: ComparisonTest<'_>,
+) -> Comparison {
+    compare_with(
+        previous,
+        window,
+        baseline,
+        candidate,
+        test,
+        None,
+        Some(users),
+    )
 }
 
 /// [`compare`] told both cohorts' true dispersion `κ` (no estimate, no widening): the
@@ -700,7 +759,15 @@ pub fn compare_known_dispersion(
     test: ComparisonTest<'_>,
     kappa: f64,
 ) -> Comparison {
-    compare_with(previous, window, baseline, candidate, test, Some(kappa))
+    compare_with(
+        previous,
+        window,
+        baseline,
+        candidate,
+        test,
+        Some(kappa),
+        None,
+    )
 }
 
 fn compare_with(
@@ -710,6 +777,7 @@ fn compare_with(
     candidate: Counts,
     test: ComparisonTest<'_>,
     known: Option<f64>,
+    stage_users: Option<StratumUsers>,
 ) -> Comparison {
     let ComparisonTest {
         tolerance,
@@ -730,10 +798,14 @@ fn compare_with(
             seconds: 0.0,
             baseline: IncrementSums::default(),
             candidate: IncrementSums::default(),
+            users: None,
         });
     }
     let current = evidence.strata.last_mut().expect("a stratum");
     current.seconds = window.seconds;
+    if stage_users.is_some() {
+        current.users = stage_users;
+    }
     // Counts are cumulative within the stage: the increment is the difference (never
     // negative: `increase()` extrapolates, and counters reset).
     let step = Increment {
@@ -795,17 +867,44 @@ fn compare_with(
 
     // The statistic over every stratum.
     let mut current_rates = (0.0, 0.0);
-    let strata_terms: Vec<Term> = evidence
+    let mut user_variance = None;
+    let mut recent_clustering = 0.0;
+    let mut strata_terms: Vec<Term> = evidence
         .strata
         .iter()
         .filter_map(|s| {
             let (b, c) = (&s.baseline, &s.candidate);
             let rates = null_rates(b.n, b.x, c.n, c.x, tolerance);
             current_rates = rates;
-            term(b.n, b.x, c.n, c.x, b.nn, c.nn, rates, tolerance, kappa)
+            user_variance = s
+                .users
+                .map(|u| users::stage_variance(&u.baseline, &u.candidate, rates));
+            let clustering = s.users.as_ref().map_or(Clustering::None, Clustering::Users);
+            let t = term(
+                b.n, b.x, c.n, c.x, b.nn, c.nn, rates, tolerance, kappa, clustering,
+            );
+            recent_clustering = t
+                .as_ref()
+                .map_or(0.0, |t| if t.v0 > 0.0 { t.user / t.v0 } else { 0.0 });
+            t
         })
         .collect();
+    if strata_terms.iter().filter(|t| t.user > 0.0).count() > 1 {
+        // The same users stay in their cohorts from stage to stage: their strata's
+        // user-level parts are correlated, bounded as if perfectly.
+        let sd: Vec<f64> = strata_terms.iter().map(|t| t.user.sqrt() / t.phi).collect();
+        let independent: f64 = strata_terms.iter().map(|t| t.v0 / t.phi).sum();
+        widen(
+            &mut strata_terms,
+            users::stratified_inflation(&sd, independent),
+        );
+    }
     let (statistic, df) = score(&strata_terms, variances).unwrap_or((0.0, f64::INFINITY));
+    let recent_clustering = if recent_clustering > 0.0 {
+        Clustering::Ratio(recent_clustering)
+    } else {
+        Clustering::None
+    };
     let recent_terms: Vec<Term> = evidence
         .recent
         .iter()
@@ -821,6 +920,7 @@ fn compare_with(
                 current_rates,
                 tolerance,
                 kappa,
+                recent_clustering,
             )
         })
         .collect();
@@ -920,6 +1020,7 @@ fn compare_with(
         boundary_state,
         requests_independent,
         evidence,
+        user_variance,
     }
 }
 

@@ -12,6 +12,7 @@ use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 pub use super::source::Observed;
 use super::source::{Measured, Measurement, PerCohort};
 use super::srm::{self, RequestShareOutcome, SrmOutcome};
+use super::users::{StratumUsers, UserSums};
 use crate::crd::validate::{MetricKind, ShareLimits, ValidMetric, ValidSpec};
 use crate::crd::{
     AnalysisStatus, CohortNumbers, MetricAnalysis, MetricCause, RequestShare, SampleRatio, Verdict,
@@ -171,6 +172,7 @@ pub fn failed(name: &str, queries: Vec<String>, reason: String) -> MetricAnalysi
         baseline_dispersion: None,
         boundary_state: None,
         degrees_of_freedom: None,
+        user_variance: None,
         evidence: None,
         verdict: Verdict::Error,
         reason: Some(reason),
@@ -213,6 +215,7 @@ pub fn judge_metric(
         baseline_dispersion: None,
         boundary_state: None,
         degrees_of_freedom: None,
+        user_variance: None,
         evidence,
         verdict: Verdict::Inconclusive,
         reason: None,
@@ -223,7 +226,7 @@ pub fn judge_metric(
         (MetricKind::Guard { min, max, .. }, Ok(Observed::Guard { cohorts, global })) => {
             judge_guard(*min, *max, &cohorts, global, &mut out)
         }
-        (MetricKind::Ratio { limits, .. }, Ok(Observed::Ratio { bad, total })) => {
+        (MetricKind::Ratio { limits, .. }, Ok(Observed::Ratio { bad, total, users })) => {
             let counts = |b: Option<f64>, t: Option<f64>| {
                 t.map(|total| Counts {
                     bad: b.unwrap_or(0.0),
@@ -232,14 +235,14 @@ pub fn judge_metric(
             };
             let baseline = counts(bad.baseline, total.baseline);
             let candidate = counts(bad.candidate, total.candidate);
-            judge_share(limits, baseline, candidate, look, &mut out)
+            judge_share(limits, baseline, candidate, users, look, &mut out)
         }
         (
             MetricKind::Histogram {
                 threshold, limits, ..
             },
-            Ok(Observed::Histogram(buckets)),
-        ) => judge_histogram(*threshold, limits, &buckets, look, &mut out),
+            Ok(Observed::Histogram { buckets, users }),
+        ) => judge_histogram(*threshold, limits, &buckets, users, look, &mut out),
         (kind, Ok(other)) => Err((
             Verdict::Error,
             format!(
@@ -302,6 +305,7 @@ fn judge_share(
     limits: &ShareLimits,
     baseline: Option<Counts>,
     candidate: Option<Counts>,
+    users: Option<PerCohort<UserSums>>,
     look: &StageLook,
     out: &mut MetricAnalysis,
 ) -> Judged {
@@ -378,17 +382,30 @@ fn judge_share(
             out.cause = whole_stage.then_some(MetricCause::NoDataAllStage);
             return no_data("baseline");
         };
-        let c = compare::compare(
-            out.evidence.as_ref(),
-            look.window(),
-            baseline,
-            candidate,
-            ComparisonTest {
-                tolerance,
-                plan: &look.plan,
-                budget: look.budget,
-            },
-        );
+        let test = ComparisonTest {
+            tolerance,
+            plan: &look.plan,
+            budget: look.budget,
+        };
+        // The variance: from the per-user sums when the metric has them, else today's
+        // request-level one.
+        let c = match stage_users(users.as_ref(), baseline, candidate)? {
+            Some(stage) => compare::compare_with_users(
+                out.evidence.as_ref(),
+                look.window(),
+                baseline,
+                candidate,
+                stage,
+                test,
+            ),
+            None => compare::compare(
+                out.evidence.as_ref(),
+                look.window(),
+                baseline,
+                candidate,
+                test,
+            ),
+        };
         record_comparison(out, &c, baseline, candidate, tolerance);
         if c.reject() {
             let recent = matches!((c.recent_statistic, c.recent_boundary), (Some(z), Some(b)) if z >= b)
@@ -525,6 +542,48 @@ fn shortfall(baseline: Counts, candidate: Counts) -> Option<String> {
 /// The test's name in status.
 pub const COMPARISON_TEST: &str = "group-sequential stratified score over the rollout, with a recent window (quasi-binomial, saddlepoint tails)";
 
+/// Both cohorts' per-user sums for the comparison, when the metric has per-user queries:
+/// a cohort with events but no sums (its series not there yet) is `Inconclusive`, and
+/// impossible sums are an `Error` (checked here, before they reach the statistics).
+fn stage_users(
+    users: Option<&PerCohort<UserSums>>,
+    baseline: Counts,
+    candidate: Counts,
+) -> Result<Option<StratumUsers>, (Verdict, String)> {
+    let Some(users) = users else {
+        return Ok(None);
+    };
+    let mut sums = StratumUsers::default();
+    for (cohort, counts, given, slot) in [
+        ("baseline", baseline, users.baseline, &mut sums.baseline),
+        ("candidate", candidate, users.candidate, &mut sums.candidate),
+    ] {
+        match given {
+            Some(s) if !s.is_consistent() => {
+                return Err((
+                    Verdict::Error,
+                    format!(
+                        "impossible per-user sums for the {cohort} cohort (Σn = {}, Σx = {}, Σn² = {}, Σx² = {}, Σn·x = {}): check that the per-user queries count the same events as the others",
+                        s.n, s.x, s.nn, s.xx, s.nx
+                    ),
+                ));
+            }
+            Some(s) => *slot = s,
+            None if counts.total > 0.0 => {
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "no per-user sums for the {cohort} cohort yet, which has {} events",
+                        events(counts.total)
+                    ),
+                ));
+            }
+            None => {}
+        }
+    }
+    Ok(Some(sums))
+}
+
 fn record_comparison(
     out: &mut MetricAnalysis,
     c: &Comparison,
@@ -545,6 +604,7 @@ fn record_comparison(
     out.baseline_dispersion = Some(c.baseline_dispersion);
     out.boundary_state = Some(c.boundary_state);
     out.degrees_of_freedom = Some(c.degrees_of_freedom).filter(|d| d.is_finite());
+    out.user_variance = c.user_variance;
     out.evidence = Some(c.evidence.clone());
 }
 
@@ -558,6 +618,7 @@ fn judge_histogram(
     threshold: f64,
     limits: &ShareLimits,
     buckets: &PerCohort<Buckets>,
+    users: Option<PerCohort<UserSums>>,
     look: &StageLook,
     out: &mut MetricAnalysis,
 ) -> Judged {
@@ -572,7 +633,7 @@ fn judge_histogram(
     if let (Some(b), Some(c)) = (&buckets.baseline, &buckets.candidate) {
         out.shift = shift(b, c);
     }
-    judge_share(limits, baseline, candidate, look, out)
+    judge_share(limits, baseline, candidate, users, look, out)
 }
 
 /// The Mann-Whitney description of how the candidate's latency distribution moved.
@@ -804,6 +865,60 @@ mod tests {
         let reason = metric.reason.as_deref().unwrap();
         assert!(reason.contains("degrees of freedom"), "{reason}");
         assert!(!reason.contains("planned look"), "{reason}");
+    }
+
+    #[test]
+    fn impossible_or_missing_per_user_sums_are_an_error_or_inconclusive_never_a_pass() {
+        let yaml =
+            crate::simulate::sluice_rule::benchmark_spec_yaml(&Schedule::benchmark(), 0.95, "0%");
+        let spec: FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+        let valid = crate::crd::validate::validate(&spec).unwrap();
+        let judged = |users: PerCohort<UserSums>| {
+            let mut measured =
+                crate::simulate::sluice_rule::measured(cohorts((2970, 30), (150, 2)));
+            if let Some(Measurement {
+                result: Ok(Observed::Ratio { users: slot, .. }),
+                ..
+            }) = measured.get_mut("error-rate")
+            {
+                *slot = Some(users);
+            }
+            let at = LookAt {
+                stage: 0,
+                stage_started_at: Timestamp::UNIX_EPOCH,
+                now: Timestamp::from_second(60).unwrap(),
+            };
+            judge_look(&valid, at, measured, None, None)
+        };
+        let one_each = |n: f64, x: f64| UserSums {
+            n,
+            x,
+            nn: n,
+            xx: x,
+            nx: x,
+        };
+        let mut impossible = one_each(150.0, 2.0);
+        impossible.xx = impossible.nx + 5.0;
+        let look = judged(PerCohort {
+            baseline: Some(one_each(2970.0, 30.0)),
+            candidate: Some(impossible),
+        });
+        assert_eq!(look.verdict, Verdict::Error, "{look:#?}");
+        let reason = look.metrics[0].reason.as_deref().unwrap();
+        assert!(
+            reason.contains("impossible per-user sums for the candidate"),
+            "{reason}"
+        );
+        let look = judged(PerCohort {
+            baseline: Some(one_each(2970.0, 30.0)),
+            candidate: None,
+        });
+        assert_eq!(look.verdict, Verdict::Inconclusive, "{look:#?}");
+        let reason = look.metrics[0].reason.as_deref().unwrap();
+        assert!(
+            reason.contains("no per-user sums for the candidate"),
+            "{reason}"
+        );
     }
 
     #[test]

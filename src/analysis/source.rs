@@ -16,6 +16,7 @@ use jiff::{SignedDuration, Timestamp};
 
 pub use super::histogram::Buckets;
 use super::judge::LookAt;
+pub use super::users::UserSums;
 use crate::crd::validate::{ValidMetric, ValidSpec};
 
 /// Where the rollout lives, for providers whose queries name it (Prometheus'
@@ -88,9 +89,19 @@ pub enum Observed {
         bad: PerCohort<f64>,
         /// All events (requests) per cohort.
         total: PerCohort<f64>,
+        /// Each cohort's per-user sums of events and bad events in the stage, when the
+        /// metric has per-user queries (`None`: it has none, and the variance is the
+        /// request-level one).
+        users: Option<PerCohort<UserSums>>,
     },
     /// Histogram buckets per cohort (a histogram metric).
-    Histogram(PerCohort<Buckets>),
+    Histogram {
+        /// The buckets per cohort.
+        buckets: PerCohort<Buckets>,
+        /// Each cohort's per-user sums of requests and slow requests, when the metric has
+        /// per-user queries.
+        users: Option<PerCohort<UserSums>>,
+    },
     /// A guard's value: the candidate cohort's, or one global value.
     Guard {
         /// The value per cohort, when the query is split by cohort.
@@ -105,7 +116,7 @@ impl Observed {
     pub fn kind(&self) -> &'static str {
         match self {
             Observed::Ratio { .. } => "ratio",
-            Observed::Histogram(_) => "histogram",
+            Observed::Histogram { .. } => "histogram",
             Observed::Guard { .. } => "guard",
         }
     }

@@ -549,6 +549,36 @@ pub struct RatioMetric {
     /// PromQL returning all requests per cohort over `{{ window }}`.
     #[schemars(length(min = 1, max = 8192))]
     pub requests: String,
+    /// Per-user sums of requests and errors, for a variance that counts users, not
+    /// requests, as the unit of randomisation. Without them, user clustering is not
+    /// accounted for: a few heavy users who fail more for reasons of their own can roll a
+    /// healthy flag back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<PerUserQueries>,
+}
+
+/// PromQL per cohort over `{{ window }}` for the sums over users of their counts since the
+/// flag's configuration last changed: each user `i` with `n_i` requests and `x_i` bad ones
+/// (errors for a ratio metric, slow requests for a histogram metric). An instrumentation
+/// exports them as plain counters (the Python module does: `sluice_user_*_total`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PerUserQueries {
+    /// `Σ n_i`: the requests counted per user.
+    #[schemars(length(min = 1, max = 8192))]
+    pub requests: String,
+    /// `Σ x_i`: the bad requests counted per user.
+    #[schemars(length(min = 1, max = 8192))]
+    pub bad: String,
+    /// `Σ n_i²`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub requests_squared: String,
+    /// `Σ x_i²`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub bad_squared: String,
+    /// `Σ n_i·x_i`.
+    #[schemars(length(min = 1, max = 8192))]
+    pub requests_times_bad: String,
 }
 
 /// Histogram buckets, per cohort.
@@ -563,6 +593,11 @@ pub struct HistogramMetric {
     /// counts as slow. Must be one of the bucket bounds.
     #[schemars(range(min = 0.0))]
     pub threshold: f64,
+    /// Per-user sums of requests and slow requests (above `threshold`), for a variance
+    /// that counts users, not requests. Without them, user clustering is not accounted
+    /// for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<PerUserQueries>,
 }
 
 /// An absolute threshold.
@@ -1187,6 +1222,10 @@ pub struct MetricAnalysis {
     /// is widened as for a Student t with these degrees of freedom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degrees_of_freedom: Option<f64>,
+    /// The user-level variance of the current stage, from the metric's per-user queries
+    /// (absent without them: then user clustering is not accounted for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_variance: Option<UserVariance>,
     /// The evidence kept across looks, stages and restarts (sums per stage and cohort, the
     /// last looks' increments). Sluice's memory: do not edit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1250,6 +1289,59 @@ pub struct Stratum {
     pub baseline: IncrementSums,
     /// The candidate cohort's sums.
     pub candidate: IncrementSums,
+    /// The stage's per-user sums of each cohort at its last look, when the metric has
+    /// per-user queries (the user-level variance is computed from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<StratumUsers>,
+}
+
+/// Both cohorts' per-user sums in one stage.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StratumUsers {
+    /// The baseline cohort's.
+    pub baseline: UserSums,
+    /// The candidate cohort's.
+    pub candidate: UserSums,
+}
+
+/// Sums over the users of one cohort since the stage began, each user `i` with `n_i`
+/// events (requests) and `x_i` bad events (errors, slow requests).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserSums {
+    /// `Σn`: events.
+    pub n: f64,
+    /// `Σx`: bad events.
+    pub x: f64,
+    /// `Σn²`.
+    pub nn: f64,
+    /// `Σx²`.
+    pub xx: f64,
+    /// `Σn·x`.
+    pub nx: f64,
+}
+
+/// The user-level variance of the current stage (users, not requests, are the unit of
+/// randomisation): the cluster-robust variance of each cohort's ratio of per-user sums.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserVariance {
+    /// The variance of the baseline's share of bad events, at the comparison's null rate.
+    pub baseline: f64,
+    /// The variance of the candidate's share of bad events, at the comparison's null rate.
+    pub candidate: f64,
+    /// The baseline's variance over the binomial's (1: users add nothing).
+    pub baseline_over_binomial: f64,
+    /// The candidate's variance over the binomial's.
+    pub candidate_over_binomial: f64,
+    /// The baseline's effective number of users, `(Σn)²/Σn²`.
+    pub baseline_effective_users: f64,
+    /// The candidate's effective number of users.
+    pub candidate_effective_users: f64,
+    /// The small-sample (leverage) correction applied to what users add, `1/(1 − Σn²/N²)`
+    /// over both cohorts.
+    pub correction: f64,
 }
 
 /// Sums over the increments `(n_j, x_j)` (events, bad events) of one cohort in one stage.

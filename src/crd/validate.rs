@@ -98,6 +98,8 @@ pub enum MetricKind {
         requests: Template,
         /// The harm tolerated.
         limits: ShareLimits,
+        /// The per-user sums' queries (`ratio.perUser`), if any.
+        per_user: Option<PerUser>,
     },
     /// The share of observations above a threshold, per cohort, from histogram buckets.
     Histogram {
@@ -107,6 +109,8 @@ pub enum MetricKind {
         threshold: f64,
         /// The harm tolerated.
         limits: ShareLimits,
+        /// The per-user sums' queries (`histogram.perUser`), if any.
+        per_user: Option<PerUser>,
     },
     /// An absolute threshold on one value (the candidate's, or a global one).
     Guard {
@@ -139,13 +143,84 @@ impl MetricKind {
 
     /// The query templates, with their field names under the metric.
     pub fn queries(&self) -> Vec<(&'static str, &Template)> {
-        match self {
+        let mut out = match self {
             MetricKind::Ratio {
                 errors, requests, ..
             } => vec![("ratio.errors", errors), ("ratio.requests", requests)],
             MetricKind::Histogram { buckets, .. } => vec![("histogram.buckets", buckets)],
             MetricKind::Guard { query, .. } => vec![("guard.query", query)],
+        };
+        if let Some(per_user) = self.per_user() {
+            let fields = match self {
+                MetricKind::Ratio { .. } => RATIO_PER_USER,
+                _ => HISTOGRAM_PER_USER,
+            };
+            out.extend(fields.into_iter().zip(per_user.queries().map(|(_, t)| t)));
         }
+        out
+    }
+
+    /// The per-user sums' queries of a ratio or histogram metric, if it has them.
+    pub fn per_user(&self) -> Option<&PerUser> {
+        match self {
+            MetricKind::Ratio { per_user, .. } | MetricKind::Histogram { per_user, .. } => {
+                per_user.as_ref()
+            }
+            MetricKind::Guard { .. } => None,
+        }
+    }
+}
+
+/// The fields of `perUser`, in [`PerUser::queries`]' order.
+const PER_USER_FIELDS: [&str; 5] = [
+    "requests",
+    "bad",
+    "requestsSquared",
+    "badSquared",
+    "requestsTimesBad",
+];
+const RATIO_PER_USER: [&str; 5] = [
+    "ratio.perUser.requests",
+    "ratio.perUser.bad",
+    "ratio.perUser.requestsSquared",
+    "ratio.perUser.badSquared",
+    "ratio.perUser.requestsTimesBad",
+];
+const HISTOGRAM_PER_USER: [&str; 5] = [
+    "histogram.perUser.requests",
+    "histogram.perUser.bad",
+    "histogram.perUser.requestsSquared",
+    "histogram.perUser.badSquared",
+    "histogram.perUser.requestsTimesBad",
+];
+
+/// The parsed queries of the per-user sums of a cohort (`perUser`): `Σn`, `Σx`, `Σn²`,
+/// `Σx²` and `Σn·x` over the users.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerUser {
+    /// `Σn` (`perUser.requests`).
+    pub requests: Template,
+    /// `Σx` (`perUser.bad`).
+    pub bad: Template,
+    /// `Σn²` (`perUser.requestsSquared`).
+    pub requests_squared: Template,
+    /// `Σx²` (`perUser.badSquared`).
+    pub bad_squared: Template,
+    /// `Σn·x` (`perUser.requestsTimesBad`).
+    pub requests_times_bad: Template,
+}
+
+impl PerUser {
+    /// The five templates with their field names under `perUser`, in the order of
+    /// `Σn`, `Σx`, `Σn²`, `Σx²`, `Σn·x`.
+    pub fn queries(&self) -> [(&'static str, &Template); 5] {
+        [
+            (PER_USER_FIELDS[0], &self.requests),
+            (PER_USER_FIELDS[1], &self.bad),
+            (PER_USER_FIELDS[2], &self.requests_squared),
+            (PER_USER_FIELDS[3], &self.bad_squared),
+            (PER_USER_FIELDS[4], &self.requests_times_bad),
+        ]
     }
 }
 
@@ -309,6 +384,21 @@ fn plan_warnings(valid: &ValidSpec) -> Vec<Problem> {
                     valid.interval,
                     stage.name,
                     stage.duration
+                ),
+            });
+        }
+    }
+    for (i, metric) in valid.metrics.iter().enumerate() {
+        let compared = metric
+            .kind
+            .limits()
+            .is_some_and(|l| l.max_increase.is_some());
+        if compared && metric.kind.per_user().is_none() {
+            warnings.push(Problem {
+                field: format!("spec.analysis.metrics[{i}].{}.perUser", metric.kind.name()),
+                message: format!(
+                    "is not set: metric {:?} judges requests as if they were independent, so user clustering is not accounted for (a few heavy users who fail more for reasons of their own can roll a healthy flag back); set perUser to the per-user sums your instrumentation exports",
+                    metric.name
                 ),
             });
         }
@@ -785,16 +875,30 @@ fn parse_metric(metric: &MetricSpec) -> Option<ValidMetric> {
         let limits = ShareLimits { max_increase, max };
         (limits.tests() > 0).then_some(limits)
     };
+    let per_user = |queries: &Option<crate::crd::PerUserQueries>| -> Option<Option<PerUser>> {
+        match queries {
+            None => Some(None),
+            Some(q) => Some(Some(PerUser {
+                requests: template(&q.requests)?,
+                bad: template(&q.bad)?,
+                requests_squared: template(&q.requests_squared)?,
+                bad_squared: template(&q.bad_squared)?,
+                requests_times_bad: template(&q.requests_times_bad)?,
+            })),
+        }
+    };
     let kind = match (&metric.ratio, &metric.histogram, &metric.guard) {
         (Some(ratio), None, None) => MetricKind::Ratio {
             errors: template(&ratio.errors)?,
             requests: template(&ratio.requests)?,
             limits: limits()?,
+            per_user: per_user(&ratio.per_user)?,
         },
         (None, Some(histogram), None) => MetricKind::Histogram {
             buckets: template(&histogram.buckets)?,
             threshold: histogram.threshold,
             limits: limits()?,
+            per_user: per_user(&histogram.per_user)?,
         },
         (None, None, Some(guard)) => MetricKind::Guard {
             query: template(&guard.query)?,
@@ -830,14 +934,31 @@ fn check_string_map(
 
 /// The query templates of a metric as written, with their field names (the typed form is
 /// [`MetricKind::queries`]).
-fn queries(metric: &MetricSpec) -> Vec<(&'static str, &str)> {
+fn queries<'a>(metric: &'a MetricSpec) -> Vec<(&'static str, &'a str)> {
     let mut out = Vec::new();
+    let per_user = |out: &mut Vec<(&'static str, &'a str)>,
+                    fields: [&'static str; 5],
+                    q: &'a Option<crate::crd::PerUserQueries>| {
+        if let Some(q) = q {
+            for (field, query) in fields.into_iter().zip([
+                &q.requests,
+                &q.bad,
+                &q.requests_squared,
+                &q.bad_squared,
+                &q.requests_times_bad,
+            ]) {
+                out.push((field, query.as_str()));
+            }
+        }
+    };
     if let Some(ratio) = &metric.ratio {
         out.push(("ratio.errors", ratio.errors.as_str()));
         out.push(("ratio.requests", ratio.requests.as_str()));
+        per_user(&mut out, RATIO_PER_USER, &ratio.per_user);
     }
     if let Some(histogram) = &metric.histogram {
         out.push(("histogram.buckets", histogram.buckets.as_str()));
+        per_user(&mut out, HISTOGRAM_PER_USER, &histogram.per_user);
     }
     if let Some(guard) = &metric.guard {
         out.push(("guard.query", guard.query.as_str()));
@@ -995,18 +1116,91 @@ analysis:
     }
 
     #[test]
+    fn a_compared_metric_without_per_user_queries_is_warned_about_once() {
+        let usual = "  - { weight: 1, duration: 10m }\n  - { weight: 5, duration: 10m }\n  - { weight: 100 }";
+        let warnings = validate(&spec(usual, "1m")).unwrap().warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].field, "spec.analysis.metrics[0].ratio.perUser");
+        assert!(
+            warnings[0]
+                .message
+                .contains("user clustering is not accounted for"),
+            "{warnings:?}"
+        );
+        let with = spec(usual, "1m");
+        let mut with = with;
+        let q = |s: &str| {
+            format!("sum by (feature_flag_result_variant) (increase({s}[{{{{ window }}}}]))")
+        };
+        with.analysis.as_mut().unwrap().metrics[0]
+            .ratio
+            .as_mut()
+            .unwrap()
+            .per_user = Some(crate::crd::PerUserQueries {
+            requests: q("n"),
+            bad: q("x"),
+            requests_squared: q("nn"),
+            bad_squared: q("xx"),
+            requests_times_bad: q("nx"),
+        });
+        let valid = validate(&with).unwrap();
+        assert_eq!(valid.warnings, vec![]);
+        let fields: Vec<&str> = valid.metrics[0]
+            .kind
+            .queries()
+            .iter()
+            .map(|(f, _)| *f)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "ratio.errors",
+                "ratio.requests",
+                "ratio.perUser.requests",
+                "ratio.perUser.bad",
+                "ratio.perUser.requestsSquared",
+                "ratio.perUser.badSquared",
+                "ratio.perUser.requestsTimesBad"
+            ]
+        );
+        // An unknown variable in a per-user query is refused, naming the field.
+        with.analysis.as_mut().unwrap().metrics[0]
+            .ratio
+            .as_mut()
+            .unwrap()
+            .per_user
+            .as_mut()
+            .unwrap()
+            .bad_squared = "xx{a=\"{{ nope }}\"}".into();
+        let problems = validate(&with).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.field == "spec.analysis.metrics[0].ratio.perUser.badSquared"),
+            "{problems:?}"
+        );
+    }
+
+    /// The warnings of `spec` other than the one about per-user queries.
+    fn plan_only(spec: &FeatureRolloutSpec) -> Vec<Problem> {
+        let mut warnings = validate(spec).unwrap().warnings;
+        warnings.retain(|w| !w.field.ends_with(".perUser"));
+        warnings
+    }
+
+    #[test]
     fn odd_plans_are_warned_about_or_refused() {
         let usual = "  - { weight: 1, duration: 10m }\n  - { weight: 5, duration: 10m }\n  - { weight: 100 }";
-        assert_eq!(validate(&spec(usual, "1m")).unwrap().warnings, vec![]);
+        assert_eq!(plan_only(&spec(usual, "1m")), vec![]);
         // Looks every 20 minutes on 15-minute stages: each stage gets one look.
         let long = "  - { weight: 1, duration: 15m }\n  - { weight: 5, duration: 15m }\n  - { weight: 100 }";
-        let warnings = validate(&spec(long, "20m")).unwrap().warnings;
+        let warnings = plan_only(&spec(long, "20m"));
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert_eq!(warnings[0].field, "spec.analysis.interval");
         assert!(warnings[0].message.contains("stage-1"), "{warnings:?}");
         // A first stage of 0.0001 %: most of the budget where nothing can be seen.
         let tiny = "  - { weight: \"0.0001%\", duration: 10m }\n  - { weight: 50, duration: 10m }\n  - { weight: 100 }";
-        let warnings = validate(&spec(tiny, "1m")).unwrap().warnings;
+        let warnings = plan_only(&spec(tiny, "1m"));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!(warnings[0].field, "spec.stages[0].weight");
         assert!(warnings[0].message.contains("59%"), "{warnings:?}");

@@ -322,6 +322,65 @@ fn metric_rows(spec: &FeatureRolloutSpec, metrics: &[MetricAnalysis]) -> String 
     out
 }
 
+/// Whether the comparisons count users or requests: the metrics with per-user queries and
+/// their candidate's variance over the binomial at the last look, and those without
+/// (`None` when no metric is compared).
+fn user_clustering(
+    spec: &crate::crd::FeatureRolloutSpec,
+    metrics: &[crate::crd::MetricAnalysis],
+) -> Option<String> {
+    let compared: Vec<(&str, bool)> = spec
+        .analysis
+        .iter()
+        .flat_map(|a| &a.metrics)
+        .filter(|m| m.max_increase.is_some())
+        .filter_map(|m| {
+            let per_user = match (&m.ratio, &m.histogram) {
+                (Some(r), _) => r.per_user.is_some(),
+                (_, Some(h)) => h.per_user.is_some(),
+                _ => return None,
+            };
+            Some((m.name.as_str(), per_user))
+        })
+        .collect();
+    if compared.is_empty() {
+        return None;
+    }
+    let with: Vec<String> = compared
+        .iter()
+        .filter(|(_, p)| *p)
+        .map(|(name, _)| {
+            let variance = metrics
+                .iter()
+                .find(|m| m.name == *name)
+                .and_then(|m| m.user_variance);
+            match variance {
+                Some(v) => format!(
+                    "{name} (candidate variance {:.2}× the binomial, {:.1} effective users)",
+                    v.candidate_over_binomial, v.candidate_effective_users
+                ),
+                None => format!("{name} (no per-user sums yet)"),
+            }
+        })
+        .collect();
+    let without: Vec<&str> = compared
+        .iter()
+        .filter(|(_, p)| !*p)
+        .map(|(name, _)| *name)
+        .collect();
+    let mut parts = Vec::new();
+    if !with.is_empty() {
+        parts.push(format!("accounted for in {}", with.join(", ")));
+    }
+    if !without.is_empty() {
+        parts.push(format!(
+            "NOT accounted for in {} (no perUser queries: requests are judged as independent)",
+            without.join(", ")
+        ));
+    }
+    Some(format!("User clustering: {}", parts.join("; ")))
+}
+
 /// `kubectl sluice status NAME`.
 pub fn status(rollout: &FeatureRollout, now: Timestamp) -> String {
     let spec = &rollout.spec;
@@ -469,6 +528,9 @@ pub fn status(rollout: &FeatureRollout, now: Timestamp) -> String {
                 None => {
                     let _ = writeln!(out, "  Sample ratio: not checked (analysis.users unset)");
                 }
+            }
+            if let Some(line) = user_clustering(spec, &a.metrics) {
+                let _ = writeln!(out, "  {line}");
             }
             if let Some(r) = &a.request_share {
                 let _ = writeln!(

@@ -11,9 +11,9 @@ use super::{
     Variables, global_value, split_buckets, split_values,
 };
 use crate::analysis::source::{
-    LookWindow, Measurement, MetricsProvider, Observed, PerCohort, ProviderError,
+    LookWindow, Measurement, MetricsProvider, Observed, PerCohort, ProviderError, UserSums,
 };
-use crate::crd::validate::{MetricKind, ValidMetric, ValidSpec};
+use crate::crd::validate::{MetricKind, PerUser, ValidMetric, ValidSpec};
 use crate::crd::{PrometheusSpec, parse_duration};
 
 /// The client settings a spec's `analysis.prometheus` asks for.
@@ -73,6 +73,50 @@ fn answer_error(e: Error) -> ProviderError {
 type Answer = (String, Result<QueryResult, ProviderError>);
 
 impl PrometheusClient {
+    /// Runs a metric's per-user queries at once (`None` without them): the queries as
+    /// sent, and each cohort's sums. A cohort has sums once its `Σn` series exists; a sum
+    /// without a series for it (no bad event yet) is 0.
+    async fn per_user(
+        &self,
+        per_user: Option<&PerUser>,
+        variables: &Variables,
+        window: &LookWindow<'_>,
+        cohorts: &CohortSpec,
+    ) -> Option<(Vec<String>, Result<PerCohort<UserSums>, ProviderError>)> {
+        let queries = per_user?.queries();
+        let answers =
+            futures::future::join_all(queries.iter().map(|(_, t)| self.run(t, variables, window)))
+                .await;
+        let sent = answers.iter().map(|(q, _)| q.clone()).collect();
+        let mut values = Vec::with_capacity(answers.len());
+        for (_, answer) in answers {
+            let result = match answer {
+                Ok(r) => split_values(&r, cohorts).map_err(answer_error),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => values.push(v),
+                Err(e) => return Some((sent, Err(e))),
+            }
+        }
+        let cohort = |pick: fn(&PerCohort<f64>) -> Option<f64>| -> Option<UserSums> {
+            let n = pick(&values[0])?;
+            let or_zero = |i: usize| pick(&values[i]).unwrap_or(0.0);
+            Some(UserSums {
+                n,
+                x: or_zero(1),
+                nn: or_zero(2),
+                xx: or_zero(3),
+                nx: or_zero(4),
+            })
+        };
+        let sums = PerCohort {
+            baseline: cohort(|v| v.baseline),
+            candidate: cohort(|v| v.candidate),
+        };
+        Some((sent, Ok(sums)))
+    }
+
     /// Renders and runs one query at the window's end.
     async fn run(
         &self,
@@ -117,12 +161,17 @@ impl MetricsProvider for PrometheusClient {
         let split = |r: &QueryResult| split_values(r, &cohorts).map_err(answer_error);
         match &metric.kind {
             MetricKind::Ratio {
-                errors, requests, ..
+                errors,
+                requests,
+                per_user,
+                ..
             } => {
-                let ((errors_sent, bad), (requests_sent, total)) = futures::join!(
+                let ((errors_sent, bad), (requests_sent, total), users) = futures::join!(
                     self.run(errors, &variables, window),
-                    self.run(requests, &variables, window)
+                    self.run(requests, &variables, window),
+                    self.per_user(per_user.as_ref(), &variables, window, &cohorts)
                 );
+                let (users_sent, users) = users.unzip();
                 // The first failure in the order of the spec's fields names the query.
                 let result = bad
                     .and_then(|bad| Ok((bad, total?)))
@@ -130,24 +179,30 @@ impl MetricsProvider for PrometheusClient {
                         Ok(Observed::Ratio {
                             bad: split(&bad)?,
                             total: split(&total)?,
+                            users: users.transpose()?,
                         })
                     });
-                Measurement {
-                    queries: vec![errors_sent, requests_sent],
-                    result,
-                }
+                let mut queries = vec![errors_sent, requests_sent];
+                queries.extend(users_sent.into_iter().flatten());
+                Measurement { queries, result }
             }
-            MetricKind::Histogram { buckets, .. } => {
-                let (sent, answer) = self.run(buckets, &variables, window).await;
+            MetricKind::Histogram {
+                buckets, per_user, ..
+            } => {
+                let ((sent, answer), users) = futures::join!(
+                    self.run(buckets, &variables, window),
+                    self.per_user(per_user.as_ref(), &variables, window, &cohorts)
+                );
+                let (users_sent, users) = users.unzip();
                 let result = answer.and_then(|r| {
-                    split_buckets(&r, &cohorts)
-                        .map(Observed::Histogram)
-                        .map_err(answer_error)
+                    Ok(Observed::Histogram {
+                        buckets: split_buckets(&r, &cohorts).map_err(answer_error)?,
+                        users: users.transpose()?,
+                    })
                 });
-                Measurement {
-                    queries: vec![sent],
-                    result,
-                }
+                let mut queries = vec![sent];
+                queries.extend(users_sent.into_iter().flatten());
+                Measurement { queries, result }
             }
             MetricKind::Guard { query, .. } => {
                 let (sent, answer) = self.run(query, &variables, window).await;

@@ -52,6 +52,9 @@ pub struct Case {
     pub traffic: Traffic,
     /// The candidate's harm and when it starts.
     pub regression: Regression,
+    /// Whether Sluice is given the stage's per-user sums (user-level statistics; only
+    /// traffic from users has them).
+    pub user_level: bool,
 }
 
 impl Case {
@@ -95,13 +98,30 @@ impl Case {
                 multiplier,
                 onset_minute,
             },
+            user_level: false,
         }
+    }
+
+    /// The same case with Sluice given the per-user sums, under the scenario name
+    /// `scenario`.
+    pub fn with_user_level(mut self, scenario: &str) -> Case {
+        self.scenario = scenario.to_owned();
+        self.user_level = true;
+        self
+    }
+
+    /// Sluice on this case's plan, through the engine, with user-level statistics when
+    /// the case asks for them.
+    pub fn sluice(&self) -> sluice_rule::SluiceRollout {
+        sluice_rule::SluiceRollout::benchmark_per_user(&self.schedule, self.user_level)
     }
 }
 
 /// BENCHMARK.md's cases: S1 A/A; S1 with `m` = 1.5, 2, 5 from the start and from minute
-/// 15; S2 A/A; S3a and S3b A/A; S4 A/A and `m = 2`; S5's plan A/A, its error case (+5
-/// points from 20 s) and its latency case (slow share 0.1 % → 12 % from 20 s).
+/// 15; S2 A/A; S3a and S3b A/A, without and with user-level statistics, S3b with them and
+/// its requests spread round-robin over 3 replicas, and S3b `m = 2` with them; S4 A/A
+/// and `m = 2`; S5's plan A/A, its error case (+5 points from 20 s) and its latency case
+/// (slow share 0.1 % → 12 % from 20 s).
 pub fn benchmark_cases() -> Vec<Case> {
     let case = Case::benchmark;
     let mut cases = vec![case("S1", Traffic::s1(), 1.0, 0)];
@@ -113,6 +133,15 @@ pub fn benchmark_cases() -> Vec<Case> {
     cases.push(case("S2", Traffic::s2(), 1.0, 0));
     cases.push(case("S3a", Traffic::s3a(), 1.0, 0));
     cases.push(case("S3b", Traffic::s3b(), 1.0, 0));
+    cases.push(case("S3a", Traffic::s3a(), 1.0, 0).with_user_level("S3a users"));
+    cases.push(case("S3b", Traffic::s3b(), 1.0, 0).with_user_level("S3b users"));
+    cases.push(
+        case("S3b", Traffic::s3b().on_replicas(3), 1.0, 0).with_user_level("S3b users, 3 replicas"),
+    );
+    for m in [1.5, 2.0] {
+        cases.push(case("S3b", Traffic::s3b(), m, 0));
+        cases.push(case("S3b", Traffic::s3b(), m, 0).with_user_level("S3b users"));
+    }
     cases.push(case("S4", Traffic::s4(), 1.0, 0));
     cases.push(case("S4", Traffic::s4(), 2.0, 0));
     cases.extend(s5_cases());
@@ -133,6 +162,7 @@ pub fn s5_cases() -> Vec<Case> {
             multiplier,
             onset_minute: if multiplier == 1.0 { 0 } else { 2 },
         },
+        user_level: false,
     };
     let latency = Traffic {
         error_rate: 0.001,
@@ -509,8 +539,9 @@ pub fn validity_sweep(runs: usize, seed: u64, threads: usize) -> Vec<SweepCell> 
                         multiplier: 1.0,
                         onset_minute: 0,
                     },
+                    user_level: false,
                 };
-                let sluice = sluice_rule::SluiceRollout::benchmark(&case.schedule);
+                let sluice = case.sluice();
                 let outcomes = simulate_case(&case, &[], Some(&sluice), runs, seed, threads);
                 SweepCell {
                     scenario: scenario.to_owned(),
@@ -551,7 +582,7 @@ pub fn run(config: &Config) -> Results {
         .iter()
         .map(|case| {
             let rules = benchmark_rules(case);
-            let sluice = sluice_rule::SluiceRollout::benchmark(&case.schedule);
+            let sluice = case.sluice();
             let outcomes = simulate_case(
                 case,
                 &rules,

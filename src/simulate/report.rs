@@ -380,11 +380,25 @@ fn write_case(out: &mut String, result: &CaseResult) {
     let onset = case.regression.onset_minute;
     let harmful = case.regression.multiplier != 1.0;
     let _ = writeln!(out, "\n## {}", case.label());
-    if case.scenario.starts_with("S3b") {
+    if case.user_level {
+        let replicas = case.traffic.users.map_or(1, |u| u.replicas);
         let _ = writeln!(
             out,
-            "(S3b needs user-level statistics, a separate issue: Sluice judges requests here, \
-             and its figure is reported, not a goal it claims.)"
+            "(Sluice with user-level statistics: the metric's per-user sums of the stage, {})",
+            if replicas > 1 {
+                format!(
+                    "each of {replicas} replicas counting its own users (a user's requests \
+                     are split between them, so its sums add up per replica)"
+                )
+            } else {
+                "one instrumentation counting every user".to_owned()
+            }
+        );
+    } else if case.scenario.starts_with("S3b") {
+        let _ = writeln!(
+            out,
+            "(S3b without user-level statistics: Sluice judges requests here; its figure is \
+             reported, the goal is for user-level statistics.)"
         );
     }
     let seconds = case.schedule.look_seconds;
@@ -679,6 +693,34 @@ fn write_scenario_goals(out: &mut String, results: &Results) {
             "S3b A/A false rollback (reported)",
             s.rollback_share()
         );
+    }
+    for (scenario, label) in [
+        ("S3a users", "S3a A/A with user-level statistics ≤ 5 %"),
+        ("S3b users", "S3b A/A with user-level statistics ≤ 5 %"),
+    ] {
+        if let Some(s) = sluice(scenario, 1.0, 0) {
+            let v = s.rollback_share();
+            let _ = writeln!(out, "{label:<62} {v} {}", yes(v.value <= 0.05));
+        }
+    }
+    if let Some(s) = sluice("S3b users, 3 replicas", 1.0, 0) {
+        let _ = writeln!(
+            out,
+            "{:<62} {} (reported: each replica counts its own users)",
+            "S3b A/A, user-level, 3 replicas round-robin",
+            s.rollback_share()
+        );
+    }
+    for m in [1.5, 2.0] {
+        if let (Some(request), Some(user)) = (sluice("S3b", m, 0), sluice("S3b users", m, 0)) {
+            let _ = writeln!(
+                out,
+                "{:<62} {} user-level against {} request-level (not valid here)",
+                format!("S3b m={m} caught before promotion (reported)"),
+                user.rollback_share(),
+                request.rollback_share()
+            );
+        }
     }
     if let Some(case) = find(results, "S4", 2.0, 0) {
         let oracle = rule_summary(case, "oracle (known κ)");

@@ -17,11 +17,14 @@
 use jiff::{SignedDuration, Timestamp};
 use rand::Rng;
 
+use std::collections::HashMap;
+
 use super::Outcome;
-use super::traffic::{Cohorts, Counts, Regression, Schedule, TrafficSource};
+use super::traffic::{Cohorts, Counts, Regression, Schedule, TrafficSource, UserStep};
 use crate::analysis::histogram::Buckets;
 use crate::analysis::judge::{self, LookAt, Observed};
 use crate::analysis::source::{Measured, Measurement, PerCohort};
+use crate::analysis::users::UserSums;
 use crate::crd::validate::{self, MetricKind, ValidSpec};
 use crate::crd::{FeatureRolloutSpec, FeatureRolloutStatus, MetricSpec};
 use crate::engine::{self, Decision, Observations};
@@ -67,6 +70,94 @@ analysis:
     )
 }
 
+/// [`benchmark_spec_yaml`] with the per-user queries of the Python instrumentation's
+/// counters on its ratio metric (user-level statistics).
+pub fn benchmark_spec_yaml_per_user(
+    schedule: &Schedule,
+    confidence: f64,
+    max_increase: &str,
+) -> String {
+    let per_user: String = [
+        ("requests", "sluice_user_requests_total"),
+        ("bad", "sluice_user_errors_total"),
+        ("requestsSquared", "sluice_user_requests_squared_total"),
+        ("badSquared", "sluice_user_errors_squared_total"),
+        ("requestsTimesBad", "sluice_user_requests_errors_total"),
+    ]
+    .iter()
+    .map(|(field, series)| {
+        format!(
+            "          {field}: 'sum by (feature_flag_result_variant) (increase({series}{{feature_flag_key=\"{{{{ flag }}}}\"}}[{{{{ window }}}}]))'\n"
+        )
+    })
+    .collect();
+    benchmark_spec_yaml(schedule, confidence, max_increase).replace(
+        "      maxIncrease:",
+        &format!("        perUser:\n{per_user}      maxIncrease:"),
+    )
+}
+
+/// What one interval of a simulated rollout drew: one [`Cohorts`] per metric of the spec,
+/// and the users' requests and errors (scenario S3; empty otherwise).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Drawn {
+    /// The counts, one per metric.
+    pub counts: Vec<Cohorts>,
+    /// Each user's requests and errors on each replica in the interval.
+    pub users: Vec<UserStep>,
+}
+
+impl From<Vec<Cohorts>> for Drawn {
+    fn from(counts: Vec<Cohorts>) -> Self {
+        Drawn {
+            counts,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// The per-user sums of the current stage, as an instrumentation keeps them: each user's
+/// (and replica's) counts since the stage began, and the running sums over users of
+/// `n`, `x`, `n²`, `x²` and `n·x`, updated one interval at a time.
+#[derive(Clone, Debug, Default)]
+pub struct StageUsers {
+    counts: HashMap<u32, (u64, u64)>,
+    sums: [UserSums; 2],
+}
+
+impl StageUsers {
+    /// Adds one user's interval.
+    pub fn add(&mut self, step: &UserStep) {
+        let (n, x) = self.counts.entry(step.key).or_default();
+        let (old_n, old_x) = (*n as f64, *x as f64);
+        *n += u64::from(step.requests);
+        *x += u64::from(step.errors);
+        let (new_n, new_x) = (*n as f64, *x as f64);
+        let s = &mut self.sums[usize::from(step.candidate)];
+        s.n += new_n - old_n;
+        s.x += new_x - old_x;
+        s.nn += new_n * new_n - old_n * old_n;
+        s.xx += new_x * new_x - old_x * old_x;
+        s.nx += new_n * new_x - old_n * old_x;
+    }
+
+    /// Forgets the stage (the flag's configuration changed).
+    pub fn clear(&mut self) {
+        self.counts.clear();
+        self.sums = Default::default();
+    }
+
+    /// Both cohorts' sums, as the per-user queries return them: no series for a cohort
+    /// until its first request.
+    pub fn sums(&self) -> PerCohort<UserSums> {
+        let some = |s: UserSums| (s.n > 0.0).then_some(s);
+        PerCohort {
+            baseline: some(self.sums[0]),
+            candidate: some(self.sums[1]),
+        }
+    }
+}
+
 /// One tick of a simulated rollout, for tests that replay it on another path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tick {
@@ -90,13 +181,21 @@ pub struct SluiceRollout {
     metric: MetricSpec,
     alpha: f64,
     schedule: Schedule,
+    user_level: bool,
 }
 
 impl SluiceRollout {
     /// Sluice on the schedule's plan with the given confidence and tolerated relative
     /// increase (e.g. `"0%"`: any increase is harm, the hypothesis the anchors test).
     pub fn new(schedule: &Schedule, confidence: f64, max_increase: &str) -> Result<Self, String> {
-        let yaml = benchmark_spec_yaml(schedule, confidence, max_increase);
+        Self::from_yaml(
+            &benchmark_spec_yaml(schedule, confidence, max_increase),
+            schedule,
+        )
+    }
+
+    fn from_yaml(yaml: &str, schedule: &Schedule) -> Result<Self, String> {
+        let yaml = yaml.to_owned();
         let spec: FeatureRolloutSpec =
             serde_yaml_ng::from_str(&yaml).map_err(|e| format!("{e}\n{yaml}"))?;
         let valid = validate::validate(&spec).map_err(|problems| {
@@ -114,19 +213,23 @@ impl SluiceRollout {
             .cloned()
             .ok_or("the benchmark spec has no error-rate metric")?;
         let alpha = judge::budget_per_test(&valid);
+        let user_level = valid.metrics.iter().any(|m| m.kind.per_user().is_some());
         Ok(SluiceRollout {
             spec,
             valid,
             metric,
             alpha,
             schedule: schedule.clone(),
+            user_level,
         })
     }
 
     /// Sluice on any spec (the user's, for `sluice plan`): its own stages, interval,
     /// confidence and metrics, one look every interval. Every metric must be a ratio or a
     /// histogram (both are judged on the share of bad events; a guard has no sampling to
-    /// simulate), and no users query is run (simulated assignment is exact). The stages
+    /// simulate), and no users query is run (simulated assignment is exact). Per-user
+    /// queries are not simulated (the plan's traffic has no users): the metric is judged
+    /// on its requests. The stages
     /// become the schedule: each runs `ceil(duration / interval)` looks.
     pub fn from_spec(spec: FeatureRolloutSpec) -> Result<Self, String> {
         let valid = validate::validate(&spec).map_err(|problems| {
@@ -166,6 +269,7 @@ impl SluiceRollout {
             metric,
             alpha,
             schedule,
+            user_level: false,
         })
     }
 
@@ -188,6 +292,25 @@ impl SluiceRollout {
     /// computes it.
     pub fn alpha(&self) -> f64 {
         self.alpha
+    }
+
+    /// The benchmark's rollout with or without the per-user queries on its metric: with
+    /// them, its measurement carries the stage's per-user sums (user-level statistics on
+    /// scenario S3's users).
+    pub fn benchmark_per_user(schedule: &Schedule, per_user: bool) -> Self {
+        if !per_user {
+            return Self::benchmark(schedule);
+        }
+        Self::from_yaml(
+            &benchmark_spec_yaml_per_user(schedule, 0.95, "0%"),
+            schedule,
+        )
+        .expect("the benchmark spec with per-user queries is valid")
+    }
+
+    /// Whether the rollout is judged with user-level statistics.
+    pub fn user_level(&self) -> bool {
+        self.user_level
     }
 
     /// The spec the rollout runs.
@@ -242,11 +365,20 @@ impl SluiceRollout {
             |index, stage, exposure| {
                 on_schedule &= self.schedule.locate(index).map(|(s, _)| s) == Some(stage)
                     && (index as usize) < scheduled.len();
-                vec![if on_schedule {
-                    scheduled[index as usize]
+                let (counts, drawn) = if on_schedule {
+                    (scheduled[index as usize], index as usize)
                 } else {
-                    source.draw(rng, exposure, regression.harm_at(index))
-                }]
+                    let counts = source.draw(rng, exposure, regression.harm_at(index));
+                    (counts, source.drawn().saturating_sub(1))
+                };
+                Drawn {
+                    counts: vec![counts],
+                    users: if self.user_level {
+                        source.user_steps(drawn).to_vec()
+                    } else {
+                        Vec::new()
+                    },
+                }
             },
             regression.onset_minute,
             HOLD_CAP * self.schedule.total_minutes().max(1),
@@ -266,9 +398,9 @@ impl SluiceRollout {
     /// neither rolled back nor promoted); after `cap` intervals the rollout is stopped as
     /// held ([`Outcome::stuck`]). Candidate requests are counted from `onset_minute` on, on
     /// the first metric's counts.
-    pub fn drive(
+    pub fn drive<D: Into<Drawn>>(
         &self,
-        mut interval: impl FnMut(u32, usize, f64) -> Vec<Cohorts>,
+        mut interval: impl FnMut(u32, usize, f64) -> D,
         onset_minute: u32,
         cap: u32,
         mut trace: impl FnMut(&Tick) -> bool,
@@ -284,6 +416,7 @@ impl SluiceRollout {
         let mut status = engine::plan_validated(&self.spec, valid, None, &nothing, t0).status;
         let mut outcome = Outcome::default();
         let mut stage_totals = vec![Cohorts::default(); self.metric_count().max(1)];
+        let mut stage_users = StageUsers::default();
         let mut stage = 0_usize;
         let mut in_stage = 0_u32;
         // Tick 0 is the reconcile right after the start (its look sees no data yet); tick
@@ -293,9 +426,12 @@ impl SluiceRollout {
             if k > 0 {
                 let index = k - 1;
                 let exposure = self.schedule.stages[stage].exposure;
-                let counts = interval(index, stage, exposure);
+                let Drawn { counts, users } = interval(index, stage, exposure).into();
                 for (total, counts) in stage_totals.iter_mut().zip(&counts) {
                     *total += *counts;
+                }
+                for step in &users {
+                    stage_users.add(step);
                 }
                 in_stage += 1;
                 if index >= onset_minute {
@@ -305,7 +441,8 @@ impl SluiceRollout {
             }
             let looked =
                 engine::analysis_due_validated(&self.spec, Some(&self.valid), Some(&status), now);
-            let analysis = looked.then(|| self.look(&status, &stage_totals, now));
+            let users = self.user_level.then(|| stage_users.sums());
+            let analysis = looked.then(|| self.look(&status, &stage_totals, users, now));
             let observations = Observations {
                 analysis,
                 generation: Some(1),
@@ -336,6 +473,7 @@ impl SluiceRollout {
                     outcome.held_looks += in_stage.saturating_sub(planned);
                     stage = to as usize;
                     stage_totals.fill(Cohorts::default());
+                    stage_users.clear();
                     in_stage = 0;
                 }
                 _ => {}
@@ -358,6 +496,7 @@ impl SluiceRollout {
         &self,
         status: &FeatureRolloutStatus,
         stage_totals: &[Cohorts],
+        users: Option<PerCohort<UserSums>>,
         now: Timestamp,
     ) -> crate::crd::AnalysisStatus {
         let at = LookAt {
@@ -365,10 +504,24 @@ impl SluiceRollout {
             stage_started_at: status.stage_started_at.unwrap_or(now),
             now,
         };
+        let mut measured = measured_metrics(&self.valid, stage_totals);
+        if let Some(users) = users
+            && let Some(first) = self.valid.metrics.first()
+            && let Some(Measurement {
+                result:
+                    Ok(
+                        Observed::Ratio { users: slot, .. }
+                        | Observed::Histogram { users: slot, .. },
+                    ),
+                ..
+            }) = measured.get_mut(&first.name)
+        {
+            *slot = Some(users);
+        }
         judge::judge_look(
             &self.valid,
             at,
-            measured_metrics(&self.valid, stage_totals),
+            measured,
             None,
             status.last_analysis.as_ref(),
         )
@@ -415,10 +568,13 @@ pub fn observed_buckets(stage_total: Cohorts, threshold: f64) -> Observed {
                 .expect("two ascending buckets with non-decreasing counts")
         })
     };
-    Observed::Histogram(PerCohort {
-        baseline: buckets(stage_total.baseline),
-        candidate: buckets(stage_total.candidate),
-    })
+    Observed::Histogram {
+        buckets: PerCohort {
+            baseline: buckets(stage_total.baseline),
+            candidate: buckets(stage_total.candidate),
+        },
+        users: None,
+    }
 }
 
 /// The ratio metric's answers for cumulative counts, as Prometheus gives them: no series
@@ -437,6 +593,7 @@ pub fn observed(stage_total: Cohorts) -> Observed {
             baseline: total_b,
             candidate: total_c,
         },
+        users: None,
     }
 }
 

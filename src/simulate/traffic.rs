@@ -128,6 +128,23 @@ pub struct Users {
     /// `true`: one multiplier per user for the whole rollout (S3b); `false`: a new one per
     /// user and interval (S3a).
     pub persistent: bool,
+    /// Replicas of the service the requests are spread over, round-robin (1: one). Each
+    /// replica counts its own users: a user's requests are split between them.
+    pub replicas: u32,
+}
+
+/// One user's requests and errors on one replica in one interval (scenario S3), for the
+/// per-user sums an instrumentation exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStep {
+    /// The user and the replica that counted it: `user × replicas + replica`.
+    pub key: u32,
+    /// Whether the user is in the candidate cohort.
+    pub candidate: bool,
+    /// Requests in the interval.
+    pub requests: u32,
+    /// Errors in the interval.
+    pub errors: u32,
 }
 
 /// How requests arrive and fail when the candidate is as good as the baseline.
@@ -173,6 +190,7 @@ impl Traffic {
                 zipf: 1.1,
                 cv: 1.0,
                 persistent: false,
+                replicas: 1,
             }),
             ..Traffic::s1()
         }
@@ -185,6 +203,15 @@ impl Traffic {
             u.persistent = true;
         }
         t
+    }
+
+    /// The same traffic with its users' requests spread round-robin over `replicas`
+    /// replicas, each counting its own users.
+    pub fn on_replicas(mut self, replicas: u32) -> Self {
+        if let Some(u) = &mut self.users {
+            u.replicas = replicas.max(1);
+        }
+        self
     }
 
     /// Scenario S4: S2 with a coefficient of variation of 1.
@@ -248,9 +275,14 @@ struct Population {
     assignment: Vec<f64>,
     /// Each user's multiplier for the whole rollout (S3b), else empty.
     multipliers: Vec<f64>,
-    /// Requests per user in the current interval (scratch).
+    /// Requests per user and replica (`user × replicas + replica`) in the current
+    /// interval (scratch).
     requests: Vec<u32>,
     touched: Vec<u32>,
+    /// Each user's multiplier in the current interval (S3a; scratch, NaN: not drawn yet).
+    interval_multipliers: Vec<f64>,
+    /// The requests of the current interval so far, for the round-robin over replicas.
+    sent: u64,
 }
 
 /// The source of one rollout's traffic: draws the counts of one interval at a given
@@ -261,6 +293,8 @@ pub struct TrafficSource {
     arrivals: Poisson<f64>,
     burst: Option<Gamma<f64>>,
     population: Option<Population>,
+    /// Per drawn interval, in draw order, each user's requests and errors (S3 only).
+    steps: Vec<Vec<UserStep>>,
 }
 
 impl TrafficSource {
@@ -285,8 +319,10 @@ impl TrafficSource {
                 cdf: zipf_cdf(users.count, users.zipf),
                 assignment,
                 multipliers,
-                requests: vec![0; users.count as usize],
+                requests: vec![0; (users.count * users.replicas.max(1)) as usize],
                 touched: Vec::new(),
+                interval_multipliers: vec![f64::NAN; users.count as usize],
+                sent: 0,
             }
         });
         TrafficSource {
@@ -294,7 +330,19 @@ impl TrafficSource {
             arrivals: Poisson::new(per_look).expect("a positive, finite request rate"),
             burst: traffic.burstiness.map(gamma),
             population,
+            steps: Vec::new(),
         }
+    }
+
+    /// The users' requests and errors of the `index`-th interval drawn (in draw order;
+    /// empty without users).
+    pub fn user_steps(&self, index: usize) -> &[UserStep] {
+        self.steps.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// The number of intervals drawn so far.
+    pub fn drawn(&self) -> usize {
+        self.steps.len()
     }
 
     /// The counts of one interval at `exposure`; the candidate's error probability is
@@ -302,7 +350,10 @@ impl TrafficSource {
     pub fn draw<R: Rng + ?Sized>(&mut self, rng: &mut R, exposure: f64, harm: f64) -> Cohorts {
         let p0 = self.traffic.error_rate;
         if let Some(population) = &mut self.population {
-            return population.draw(rng, &self.arrivals, p0, exposure, harm);
+            let mut steps = Vec::new();
+            let counts = population.draw(rng, &self.arrivals, p0, exposure, harm, &mut steps);
+            self.steps.push(steps);
+            return counts;
         }
         let multiplier =
             |rng: &mut R, burst: &Option<Gamma<f64>>| burst.as_ref().map_or(1.0, |g| g.sample(rng));
@@ -332,13 +383,18 @@ impl Population {
         p0: f64,
         exposure: f64,
         harm: f64,
+        steps: &mut Vec<UserStep>,
     ) -> Cohorts {
         // Each request comes from a user drawn by its share (Poisson splitting: every
-        // user's count is Poisson, independently).
+        // user's count is Poisson, independently); with replicas, the requests go to
+        // them in turn, in the order they arrive.
+        let replicas = self.users.replicas.max(1);
         let total = arrivals.sample(rng) as u64;
         for _ in 0..total {
             let u = rng.random::<f64>();
-            let i = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
+            let user = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
+            let i = user * replicas as usize + (self.sent % u64::from(replicas)) as usize;
+            self.sent += 1;
             if self.requests[i] == 0 {
                 self.touched.push(i as u32);
             }
@@ -349,16 +405,23 @@ impl Population {
             Gamma::new(shape, 1.0 / shape).expect("a positive coefficient of variation")
         });
         let mut out = Cohorts::default();
-        for &i in &self.touched {
-            let i = i as usize;
-            let n = u64::from(std::mem::take(&mut self.requests[i]));
-            let candidate = self.assignment[i] < exposure;
+        for &key in &self.touched {
+            let user = key as usize / replicas as usize;
+            let requests_of = |r: u32| self.requests[user * replicas as usize + r as usize];
+            let n_user: u32 = (0..replicas).map(requests_of).sum();
+            let n = u64::from(self.requests[key as usize]);
+            let candidate = self.assignment[user] < exposure;
             let g = match &gamma {
                 // One request: its error probability is `p0·E[G] = p0` (the multiplier
                 // matters only through requests that share it).
-                Some(_) if n == 1 => 1.0,
-                Some(g) => g.sample(rng),
-                None => self.multipliers[i],
+                Some(_) if n_user == 1 => 1.0,
+                Some(g) => {
+                    if self.interval_multipliers[user].is_nan() {
+                        self.interval_multipliers[user] = g.sample(rng);
+                    }
+                    self.interval_multipliers[user]
+                }
+                None => self.multipliers[user],
             };
             let p = p0 * g * if candidate { harm } else { 1.0 };
             let errors = binomial(rng, n, p);
@@ -369,6 +432,16 @@ impl Population {
             };
             cohort.requests += n;
             cohort.errors += errors;
+            steps.push(UserStep {
+                key,
+                candidate,
+                requests: n as u32,
+                errors: errors as u32,
+            });
+        }
+        for &key in &self.touched {
+            self.requests[key as usize] = 0;
+            self.interval_multipliers[key as usize / replicas as usize] = f64::NAN;
         }
         self.touched.clear();
         out
