@@ -36,4 +36,7 @@ pub struct Args {
     /// Notification webhooks for every rollout.
     #[command(flatten)]
     pub notify: crate::notify::NotifyArgs,
+    /// flagd's sync protocol for the rollouts' targets, served by every replica.
+    #[command(flatten)]
+    pub sync: crate::sync::SyncArgs,
 }

@@ -22,6 +22,7 @@
 //!
 //! TLS is optional (`--sync-tls-cert`, `--sync-tls-key`: PEM files, rustls).
 
+pub mod cluster;
 pub mod files;
 
 use std::future::Future;
