@@ -5,10 +5,10 @@ VENV      := .venv
 PYTHON    := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: test demo venv helm prometheus kube image image-tools build lint helm-lint crd clean-venv
+.PHONY: test demo venv helm prometheus kube image image-tools flagd-core-js build lint helm-lint crd clean-venv
 
 # The image test (tests/cluster_image.rs) runs the archive `make image` writes.
-test: venv helm prometheus kube image-tools image
+test: venv helm prometheus kube image-tools image flagd-core-js
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	$(PYTHON) scripts/helm.py lint charts/sluice
@@ -43,6 +43,11 @@ helm-lint: helm
 # A real Prometheus server (Debian's package) for the analysis tests.
 prometheus:
 	scripts/install-prometheus.sh
+
+# The JavaScript flagd evaluator (@openfeature/flagd-core, pinned) for the mixed-fleet
+# test (tests/mixed_fleet.rs), from npm into $${SLUICE_NPM_CACHE:-~/.cache/sluice-npm}, once.
+flagd-core-js:
+	scripts/install-flagd-core-js.sh
 
 # A real kube-apiserver and etcd for the cluster tests (tests/cluster*.rs), built from
 # source with Go at the releases pinned in scripts/kube/go.mod, once, into

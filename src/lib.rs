@@ -26,4 +26,5 @@ pub mod reconcile;
 pub mod runtime;
 pub mod simulate;
 pub mod standalone;
+pub mod sync;
 pub mod telemetry;

@@ -67,3 +67,22 @@ pub const PERMISSIONS: &[Permission] = &[
         own_namespace_only: true,
     },
 ];
+
+/// The permissions the sync server adds (`--sync-address`; chart: `sync.enabled`): every
+/// replica watches the one object of each target an app follows (by field selector).
+pub const SYNC_PERMISSIONS: &[Permission] = &[
+    Permission {
+        group: "",
+        resource: "configmaps",
+        verbs: &["list", "watch"],
+        why: "sync server: watch the ConfigMap a connected app follows",
+        own_namespace_only: false,
+    },
+    Permission {
+        group: "core.openfeature.dev",
+        resource: "featureflags",
+        verbs: &["list", "watch"],
+        why: "sync server: watch the FeatureFlag a connected app follows",
+        own_namespace_only: false,
+    },
+];

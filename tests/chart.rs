@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sluice::crd::crd_yaml;
 use sluice::manifest;
-use sluice::rbac::{PERMISSIONS, Permission};
+use sluice::rbac::{PERMISSIONS, Permission, SYNC_PERMISSIONS};
 
 mod support;
 
@@ -138,6 +138,12 @@ fn rules_template() -> String {
         &mut out,
         PERMISSIONS.iter().filter(|p| p.own_namespace_only),
     );
+    out.push_str(
+        "{{- end }}\n\n\
+         {{- /* The rules the sync server adds where rollouts are watched (sync.enabled). */ -}}\n\
+         {{- define \"sluice.rules.sync\" -}}\n",
+    );
+    rules(&mut out, SYNC_PERMISSIONS.iter());
     out.push_str("{{- end }}\n");
     out
 }
@@ -644,4 +650,68 @@ fn values_schema_refuses_misspelt_and_invalid_values() {
         let error = try_render(values.clone()).expect_err(&format!("{values} is refused"));
         assert!(error.contains(expected), "{values}: {error}");
     }
+}
+
+#[test]
+fn sync_adds_its_port_service_network_policy_rule_and_watch_rights_only_when_enabled() {
+    let plain = render(json!({ "networkPolicy": { "enabled": true } }));
+    let args = controller(&plain).args.unwrap_or_default();
+    assert!(
+        !args.iter().any(|a| a.starts_with("--sync")),
+        "off by default"
+    );
+    assert_eq!(
+        of_kind(&plain, "Service").len(),
+        1,
+        "only the metrics Service"
+    );
+
+    let docs = render(json!({
+        "sync": { "enabled": true, "tlsSecret": "sync-tls", "from": [{ "podSelector": {} }] },
+        "networkPolicy": { "enabled": true },
+    }));
+    let container = controller(&docs);
+    let args = container.args.unwrap_or_default();
+    for arg in [
+        "--sync-address=0.0.0.0:8015",
+        "--sync-tls-cert=/etc/sluice/sync-tls/tls.crt",
+        "--sync-tls-key=/etc/sluice/sync-tls/tls.key",
+    ] {
+        assert!(args.iter().any(|a| a == arg), "{arg} in {args:?}");
+    }
+    let ports = container.ports.unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some("sync") && p.container_port == 8015),
+        "{ports:?}"
+    );
+    let services: Vec<Service> = of_kind(&docs, "Service").into_iter().map(typed).collect();
+    let sync = services
+        .iter()
+        .find(|s| {
+            s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.ends_with("-sync"))
+        })
+        .expect("a sync Service");
+    let port = &sync.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+    assert_eq!(port.port, 8015);
+    let policies = of_kind(&docs, "NetworkPolicy");
+    let rules = policies[0]["spec"]["ingress"].as_array().unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["ports"][0]["port"] == "sync" && r["from"].is_array()),
+        "{rules:?}"
+    );
+    let cluster_role: ClusterRole = typed(of_kind(&docs, "ClusterRole")[0]);
+    let granted = grants_of_rules(cluster_role.rules.as_deref().unwrap());
+    let mut wanted = grants_of(PERMISSIONS.iter().filter(|p| !p.own_namespace_only));
+    wanted.extend(grants_of(SYNC_PERMISSIONS));
+    assert_eq!(
+        granted, wanted,
+        "the sync server's watch rights, nothing more"
+    );
 }

@@ -68,6 +68,15 @@ impl Release {
     /// Renders the chart (cluster-wide, or watching the workload namespace), lets `edit`
     /// change the RBAC documents, and applies them.
     async fn install(namespaced: bool, edit: impl FnOnce(&mut Vec<Value>)) -> Release {
+        Self::install_with(namespaced, json!({}), edit).await
+    }
+
+    /// [`Release::install`] with more chart values (merged at the top level).
+    async fn install_with(
+        namespaced: bool,
+        extra: Value,
+        edit: impl FnOnce(&mut Vec<Value>),
+    ) -> Release {
         let server = ApiServer::shared();
         let admin = server.admin().await;
         install_feature_rollout_crd(&admin).await;
@@ -78,6 +87,9 @@ impl Release {
         let mut values = json!({ "fullnameOverride": fullname });
         if namespaced {
             values["watchNamespaces"] = json!([workload]);
+        }
+        for (key, value) in extra.as_object().into_iter().flatten() {
+            values[key] = value.clone();
         }
         let mut rbac: Vec<Value> = helm::render(&values, &namespace)
             .into_iter()
@@ -104,6 +116,11 @@ impl Release {
     /// Starts a controller replica `pod` with a token of the chart's ServiceAccount and the
     /// arguments the chart's Deployment gives it.
     async fn controller(&self, pod: &str) -> ControllerProcess {
+        self.controller_with(pod, &[]).await
+    }
+
+    /// [`Release::controller`] with more arguments.
+    async fn controller_with(&self, pod: &str, extra: &[&str]) -> ControllerProcess {
         let kubeconfig = self
             .server
             .service_account_kubeconfig(&self.namespace, &self.fullname)
@@ -120,6 +137,7 @@ impl Release {
         } else {
             args.extend(["--selector", &selector]);
         }
+        args.extend(extra);
         let log = self
             .server
             .dir()
@@ -231,6 +249,81 @@ async fn the_watch_namespaces_chart_rbac_is_enough_for_a_whole_rollout() {
         .apply_rollout("checkout", &[10, 50, 100], "2s")
         .await;
     release.promoted("checkout", &controller).await;
+    release.assert_nothing_forbidden(&controller);
+}
+
+/// With `sync.enabled` the chart's RBAC is enough for the sync server too: the replica
+/// lists the rollouts and watches the ConfigMap an app follows, and nothing is refused.
+#[tokio::test]
+async fn with_sync_enabled_the_chart_rbac_is_enough_to_serve_a_document() {
+    use sluice::sync::proto::FetchAllFlagsRequest;
+    use sluice::sync::proto::flag_sync_service_client::FlagSyncServiceClient;
+    let release = Release::install_with(false, json!({ "sync": { "enabled": true } }), |docs| {
+        let watches_config_maps = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .any(|r| {
+                r["resources"] == json!(["configmaps"])
+                    && r["verbs"]
+                        .as_array()
+                        .is_some_and(|v| v.contains(&json!("watch")))
+            });
+        assert!(watches_config_maps, "the sync rules are rendered");
+    })
+    .await;
+    let controller = release
+        .controller_with("sluice-0", &["--sync-address", "127.0.0.1:0"])
+        .await;
+    release
+        .apply_rollout("checkout", &[10, 50, 100], "1h")
+        .await;
+    wait_until("the first stage", || async {
+        release.phase("checkout").await == Some(Phase::Progressing)
+    })
+    .await;
+    let port = controller
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sync server listening"))
+        })
+        .and_then(|l| {
+            l["address"]
+                .as_str()?
+                .rsplit(':')
+                .next()?
+                .parse::<u16>()
+                .ok()
+        })
+        .expect("the sync server's address in the log");
+    let client = FlagSyncServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("the sync server accepts connections");
+    wait_until("the document through the sync server", || {
+        let mut client = client.clone();
+        let selector = format!("{}/shop-flags/flags.json", release.workload);
+        async move {
+            #[allow(deprecated)]
+            let request = FetchAllFlagsRequest {
+                provider_id: String::new(),
+                selector,
+            };
+            match client.fetch_all_flags(request).await {
+                Ok(answer) => {
+                    let document: Value =
+                        serde_json::from_str(&answer.into_inner().flag_configuration).unwrap();
+                    document["flags"]["checkout"]["targeting"].is_object()
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    drop(client);
     release.assert_nothing_forbidden(&controller);
 }
 

@@ -41,4 +41,7 @@ pub struct Args {
     /// the plans off.
     #[arg(long, default_value_t = crate::reconcile::PlanSettings::default().runs)]
     pub plan_runs: usize,
+    /// flagd's sync protocol for the rollouts' targets, served by every replica.
+    #[command(flatten)]
+    pub sync: crate::sync::SyncArgs,
 }

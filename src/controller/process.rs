@@ -54,6 +54,23 @@ pub async fn run_with(args: Args, shutdown: Shutdown) -> Result<(), Error> {
 
     crate::prometheus::ensure_crypto_provider();
     let client = Client::try_default().await.map_err(Error::Client)?;
+    // Every replica serves the sync protocol from its own watches, leader or not.
+    let sync_task = match &args.sync.address {
+        Some(address) => {
+            let catalog = crate::sync::cluster::ClusterCatalog::new(client.clone());
+            tokio::spawn(catalog.clone().watch_rollouts(
+                args.namespaces.clone(),
+                args.selector.clone(),
+                stopped(),
+            ));
+            let (bound, serving) = crate::sync::bind(&args.sync, address, catalog, stopped())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+            tracing::info!(address = %bound, "sync server listening: flagd.sync.v1.FlagSyncService (selector: <namespace>/<configmap>/<key> or core.openfeature.dev/<namespace>/<featureflag>)");
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     let mut state = State::new(client.clone(), clock.clone(), Some(identity.clone()));
     state.metrics = metrics.clone();
     let (notifier, failures) = crate::notify::Notifier::new(args.notify.config())
@@ -189,6 +206,11 @@ pub async fn run_with(args: Args, shutdown: Shutdown) -> Result<(), Error> {
         let _ = task.await;
     }
     let _ = admin_task.await;
+    if let Some(task) = sync_task {
+        // Its streams end on the stop; connections still open after a moment go with the
+        // process.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

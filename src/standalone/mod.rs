@@ -109,6 +109,9 @@ pub struct Options {
     /// the plans off. Not computed with --once.
     #[arg(long, default_value_t = PlanSettings::default().runs)]
     pub plan_runs: usize,
+    /// flagd's sync protocol for the rollouts' flag files (selector: the file's path).
+    #[command(flatten)]
+    pub sync: crate::sync::SyncArgs,
 }
 
 fn parse_poll(text: &str) -> Result<Duration, String> {
@@ -159,6 +162,11 @@ pub fn run(options: Options) -> Result<bool, Error> {
             "--rollouts {}: is not a directory",
             options.rollouts.display()
         )));
+    }
+    if options.once && options.sync.address.is_some() {
+        return Err(Error::Usage(
+            "--sync-address serves connected apps for as long as Sluice runs: it does not go with --once".into(),
+        ));
     }
     let state = StateDir::open(&options.state)?;
     let _lock = state.lock()?;
@@ -219,12 +227,34 @@ pub fn run(options: Options) -> Result<bool, Error> {
                 }
             }
         } else {
+            let sync = match &options.sync.address {
+                Some(address) => {
+                    let catalog = crate::sync::files::FileCatalog::new(options.poll);
+                    let (bound, serving) = crate::sync::bind(
+                        &options.sync,
+                        address,
+                        catalog.clone(),
+                        shutdown.requested(),
+                    )
+                    .await
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                    tracing::info!(address = %bound, "sync server listening: flagd.sync.v1.FlagSyncService (selector: a flag file's path)");
+                    Some((catalog, tokio::spawn(serving)))
+                }
+                None => None,
+            };
             // The view ends on the stop, not when every sender is gone: the notification
             // bridge keeps one for as long as the notifier lives.
             let view = tokio::spawn(view::run(view_rx, mode, shutdown.requested()));
-            supervise(&options, &state, &context, &view_tx, &shutdown).await;
+            let catalog = sync.as_ref().map(|(catalog, _)| catalog.as_ref());
+            supervise(&options, &state, &context, &view_tx, &shutdown, catalog).await;
             drop(view_tx);
             let _ = view.await;
+            if let Some((_, serving)) = sync {
+                // Its streams end on the stop; connections still open after a moment are
+                // dropped with the process.
+                let _ = tokio::time::timeout(Duration::from_secs(2), serving).await;
+            }
             true
         };
         // Let the notifications in flight go out (each has its own timeout); after a stop
@@ -308,6 +338,7 @@ async fn supervise(
     context: &Arc<Context>,
     view_tx: &mpsc::UnboundedSender<ViewMsg>,
     shutdown: &Shutdown,
+    sync: Option<&crate::sync::files::FileCatalog>,
 ) {
     let mut source = Source::new(&options.rollouts);
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
@@ -328,6 +359,9 @@ async fn supervise(
             _ = poll.tick() => {}
         }
         let scan = source.scan();
+        if let Some(catalog) = sync {
+            catalog.set_targets(scan.rollouts.values().map(|f| f.flag_path.clone()));
+        }
         if scan.problems != last_problems {
             for problem in scan.problems.iter().filter(|p| !last_problems.contains(p)) {
                 report_problem(state, problem);

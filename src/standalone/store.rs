@@ -63,7 +63,7 @@ static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 static DOCUMENT_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> =
     LazyLock::new(Mutex::default);
 
-fn document_lock(path: &Path) -> Arc<tokio::sync::Mutex<()>> {
+pub(crate) fn document_lock(path: &Path) -> Arc<tokio::sync::Mutex<()>> {
     let mut locks = DOCUMENT_LOCKS.lock().unwrap_or_else(|e| e.into_inner());
     locks.entry(path.to_path_buf()).or_default().clone()
 }
@@ -627,6 +627,14 @@ impl FlagStore for FileStore {
         tokio::task::spawn_blocking(move || store.swap_blocking(&version, &document))
             .await
             .map_err(|e| self.unavailable(format!("the write was cancelled: {e}")))?
+    }
+
+    /// Announces the new document to the sync server's followers of this file.
+    fn written(&self, document: &str) {
+        flag_store::file_feed().publish(
+            &flag_store::file_feed_key(&self.path),
+            flag_store::Document::of(Some(document)),
+        );
     }
 }
 

@@ -16,4 +16,5 @@ pub mod memory_shell;
 pub mod openmetrics;
 pub mod server;
 pub mod standalone;
+pub mod sync_app;
 pub mod tls;

@@ -34,3 +34,15 @@ to the table run `SLUICE_BLESS=1 cargo test --test chart`.
   resources: ["leases"]
   verbs: ["get", "create", "update"]
 {{- end }}
+
+{{- /* The rules the sync server adds where rollouts are watched (sync.enabled). */ -}}
+{{- define "sluice.rules.sync" -}}
+# sync server: watch the ConfigMap a connected app follows
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "watch"]
+# sync server: watch the FeatureFlag a connected app follows
+- apiGroups: ["core.openfeature.dev"]
+  resources: ["featureflags"]
+  verbs: ["list", "watch"]
+{{- end }}
