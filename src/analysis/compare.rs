@@ -1496,6 +1496,7 @@ mod tests {
             seconds: 600.0,
             baseline: IncrementSums::default(),
             candidate: IncrementSums::default(),
+            users: None,
         };
         s.baseline.add(nb, 0.01 * nb);
         s.candidate.add(nc, 0.01 * nc);

@@ -287,6 +287,7 @@ mod tests {
             looks: looks.iter().map(|t| t / total).collect(),
             last_step: 0.25 * 60.0 / total,
             gamma: 0.9 * total / (0.05 * 0.95 * 600.0),
+            request_shares: vec![Some(0.05), Some(0.5)],
         };
         let test = ComparisonTest {
             tolerance: Tolerance::Relative(0.0),
