@@ -479,6 +479,19 @@ fn calibrated_oracle_spends_its_budget_on_s4_aa() {
     assert!(calibration.scale > 1.0, "{calibration:?}");
 }
 
+/// With fewer calibration runs than one budget's worth (⌊5 % × runs⌋ = 0) no factor can be
+/// fitted: the oracle then never rolls back (it spends nothing), and none run panics.
+#[test]
+fn oracle_calibrated_on_too_few_runs_never_rolls_back() {
+    let c = case("S4", Traffic::s4(), 1.0, 0);
+    for runs in [0, 10] {
+        let oracle = KnownDispersionOracle::calibrated(&c.schedule, &c.traffic, 1.0, runs, 11, 4);
+        let calibration = oracle.calibration().expect("calibrated");
+        assert_eq!(calibration.scale, f64::INFINITY, "{calibration:?}");
+        assert_eq!(calibration.false_rollback, 0.0);
+    }
+}
+
 #[test]
 fn agreement_with_anchors_accounts_for_both_errors() {
     use report::{Agreement, Share, compare_median, compare_share};

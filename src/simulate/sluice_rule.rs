@@ -512,7 +512,8 @@ impl KnownDispersionOracle {
     /// run's largest ratio of statistic to boundary over its looks; the scale is the
     /// point between the `⌊α·runs⌋`-th and the next largest ratio, so that `⌊α·runs⌋`
     /// runs reach it. Each rollback is monotone in the scale, so this is the one factor
-    /// with that share (up to ties).
+    /// with that share (up to ties). With fewer runs than `1/α` no run may roll back: the
+    /// scale is infinite.
     pub fn calibrated(
         schedule: &Schedule,
         traffic: &super::Traffic,
