@@ -10,7 +10,7 @@ use sluice::simulate::report::{self, Summary};
 use sluice::simulate::rules::{
     self, ArgoStyle, FlaggerStyle, KayentaStyle, RankTestMethod, ZTestEveryLook,
 };
-use sluice::simulate::sluice_rule::SluiceRollout;
+use sluice::simulate::sluice_rule::{KnownDispersionOracle, SluiceRollout};
 use sluice::simulate::*;
 
 const SEED: u64 = 7;
@@ -389,7 +389,7 @@ fn regression_starts_after_the_onset_minute() {
 #[test]
 fn results_do_not_depend_on_threads_and_follow_the_seed() {
     let c = case("S1", Traffic::s1(), 2.0, 0);
-    let rules = benchmark_rules(&c);
+    let rules = benchmark_rules(&c, 2);
     let sluice = SluiceRollout::benchmark(&c.schedule);
     let one = simulate_case(&c, &rules, Some(&sluice), 300, SEED, 1);
     let three = simulate_case(&c, &rules, Some(&sluice), 300, SEED, 3);
@@ -438,6 +438,57 @@ fn seeded_benchmark_separates_naive_from_anytime_valid_rules() {
     assert!(text.contains("Figures to beat"));
     for anchor in report::ANCHORS {
         assert!(text.contains(anchor.rule));
+    }
+}
+
+/// S4's oracle is the benchmark's reference only if it spends its budget: told κ, the
+/// comparison's normal boundaries roll back far more than 5 % of healthy S4 rollouts
+/// (the ratio of two cohorts' Gamma bursts has a heavy tail); calibrated on A/A runs of
+/// one seed, its false rollback share on fresh runs of another is 5 % within sampling
+/// error (3 standard errors of both sets of runs), and the unscaled oracle's is not.
+#[test]
+fn calibrated_oracle_spends_its_budget_on_s4_aa() {
+    let c = case("S4", Traffic::s4(), 1.0, 0);
+    let kappa = c.traffic.burstiness.expect("S4 is bursty").powi(2);
+    let runs = 2_000;
+    let calibrated = KnownDispersionOracle::calibrated(&c.schedule, &c.traffic, kappa, runs, 11, 2);
+    let calibration = calibrated.calibration().expect("calibrated");
+    assert_eq!((calibration.runs, calibration.seed), (runs, 11));
+    assert!(
+        (calibration.false_rollback - 0.05).abs() < 1e-3,
+        "{calibration:?}"
+    );
+    let rules: Vec<Box<dyn Rule>> = vec![
+        Box::new(calibrated),
+        Box::new(KnownDispersionOracle::new(&c.schedule, kappa)),
+    ];
+    let outcomes = simulate_case(&c, &rules, None, runs, SEED, 2);
+    let share = |o: &[Outcome]| {
+        o.iter().filter(|o| o.rollback_minute.is_some()).count() as f64 / runs as f64
+    };
+    let tolerance = 3.0 * (0.05 * 0.95 * 2.0 / runs as f64).sqrt();
+    let (ours, unscaled) = (share(&outcomes[0]), share(&outcomes[1]));
+    assert!(
+        (ours - 0.05).abs() <= tolerance,
+        "calibrated oracle: {ours} false rollbacks against 5 % ± {tolerance} ({calibration:?})"
+    );
+    assert!(
+        unscaled > 0.05 + tolerance,
+        "unscaled oracle: {unscaled} (the calibration would not be needed)"
+    );
+    assert!(calibration.scale > 1.0, "{calibration:?}");
+}
+
+/// With fewer calibration runs than one budget's worth (⌊5 % × runs⌋ = 0) no factor can be
+/// fitted: the oracle then never rolls back (it spends nothing), and none run panics.
+#[test]
+fn oracle_calibrated_on_too_few_runs_never_rolls_back() {
+    let c = case("S4", Traffic::s4(), 1.0, 0);
+    for runs in [0, 10] {
+        let oracle = KnownDispersionOracle::calibrated(&c.schedule, &c.traffic, 1.0, runs, 11, 4);
+        let calibration = oracle.calibration().expect("calibrated");
+        assert_eq!(calibration.scale, f64::INFINITY, "{calibration:?}");
+        assert_eq!(calibration.false_rollback, 0.0);
     }
 }
 

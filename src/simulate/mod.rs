@@ -177,9 +177,11 @@ pub fn s5_cases() -> Vec<Case> {
 
 /// The anchor rules the benchmark compares on a case, configured for the case's plan and
 /// traffic as BENCHMARK.md describes them (S1–S4: they are defined on a look per minute;
-/// none on S5's 10-second looks). Sluice runs through the engine beside them
-/// ([`sluice_rule::SluiceRollout`]).
-pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
+/// none on S5's 10-second looks), and on S4 the oracle told the true dispersion, its
+/// boundaries calibrated on [`sluice_rule::ORACLE_CALIBRATION_RUNS`] A/A rollouts of the
+/// case's traffic and plan (on `threads` threads; the result does not depend on them).
+/// Sluice runs through the engine beside them ([`sluice_rule::SluiceRollout`]).
+pub fn benchmark_rules(case: &Case, threads: usize) -> Vec<Box<dyn Rule>> {
     if case.schedule.look_seconds != 60 {
         return Vec::new();
     }
@@ -203,9 +205,13 @@ pub fn benchmark_rules(case: &Case) -> Vec<Box<dyn Rule>> {
                 .burstiness
                 .filter(|_| case.scenario == "S4")
                 .map(|cv| {
-                    Box::new(sluice_rule::KnownDispersionOracle::new(
+                    Box::new(sluice_rule::KnownDispersionOracle::calibrated(
                         &case.schedule,
+                        &case.traffic,
                         cv * cv,
+                        sluice_rule::ORACLE_CALIBRATION_RUNS,
+                        sluice_rule::ORACLE_CALIBRATION_SEED,
+                        threads,
                     )) as Box<dyn Rule>
                 }),
         )
@@ -244,9 +250,36 @@ pub fn judge_rollout(
     }
     let mut outcomes = vec![Outcome::default(); rules.len()];
     let mut active = vec![true; rules.len()];
+    let mut since_onset = 0;
+    for_each_look(schedule, minutes, |look| {
+        if look.minute > onset_minute {
+            since_onset += look.last_minute.candidate.requests;
+        }
+        for ((rule, outcome), on) in rules.iter_mut().zip(&mut outcomes).zip(&mut active) {
+            if !*on {
+                continue;
+            }
+            outcome.candidate_requests_since_onset = since_onset;
+            if rule.judge(look) == Judgement::RollBack {
+                outcome.rollback_minute = Some(look.minute);
+                outcome.rollback_stage = Some(look.stage);
+                *on = false;
+            }
+        }
+        active.iter().any(|on| *on)
+    });
+    outcomes
+}
+
+/// Hands `visit` each look of one rollout's per-minute counts on `schedule`, in order,
+/// until the schedule ends or `visit` returns `false`.
+pub fn for_each_look(
+    schedule: &Schedule,
+    minutes: &[Cohorts],
+    mut visit: impl FnMut(&Look<'_>) -> bool,
+) {
     let mut stage_total = Cohorts::default();
     let mut rollout_total = Cohorts::default();
-    let mut since_onset = 0;
     let mut current_stage = None;
     for (index, counts) in minutes.iter().enumerate() {
         let Some((stage, in_stage)) = schedule.locate(index as u32) else {
@@ -258,9 +291,6 @@ pub fn judge_rollout(
         }
         stage_total += *counts;
         rollout_total += *counts;
-        if index as u32 >= onset_minute {
-            since_onset += counts.candidate.requests;
-        }
         let look = Look {
             minute: index as u32 + 1,
             stage,
@@ -272,22 +302,10 @@ pub fn judge_rollout(
             history: &minutes[..=index],
             schedule,
         };
-        for ((rule, outcome), on) in rules.iter_mut().zip(&mut outcomes).zip(&mut active) {
-            if !*on {
-                continue;
-            }
-            outcome.candidate_requests_since_onset = since_onset;
-            if rule.judge(&look) == Judgement::RollBack {
-                outcome.rollback_minute = Some(look.minute);
-                outcome.rollback_stage = Some(stage);
-                *on = false;
-            }
-        }
-        if !active.iter().any(|on| *on) {
+        if !visit(&look) {
             break;
         }
     }
-    outcomes
 }
 
 /// The random number generator of one simulated rollout: ChaCha8 keyed by the base seed,
@@ -581,7 +599,7 @@ pub fn run(config: &Config) -> Results {
         .cases
         .iter()
         .map(|case| {
-            let rules = benchmark_rules(case);
+            let rules = benchmark_rules(case, config.threads);
             let sluice = case.sluice();
             let outcomes = simulate_case(
                 case,
