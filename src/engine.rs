@@ -226,7 +226,8 @@ fn canonical(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-fn digest(value: &serde_json::Value) -> String {
+/// A stable digest of a JSON value: FNV-1a over its canonical form.
+pub(crate) fn digest(value: &serde_json::Value) -> String {
     let identity = canonical(value);
     // FNV-1a over the canonical JSON (maps are ordered): stable across versions and hosts.
     let hash = identity

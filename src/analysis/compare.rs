@@ -241,8 +241,9 @@ pub struct Comparison {
     /// Whether the rollout's statistic had a boundary at this look, and if not, why.
     pub boundary_state: BoundaryState,
     /// Whether the requests split between the cohorts as independently assigned requests
-    /// would ([`requests_split_independently`]; `None`: not testable): when they do not,
-    /// users cluster them and each cohort's dispersion is its own.
+    /// would ([`requests_split_independently`]; `None`: not testable, or not tested because
+    /// per-user sums carry the users' clustering): when they do not, users cluster them and
+    /// each cohort's dispersion is its own.
     pub requests_independent: Option<bool>,
     /// The evidence to keep for the next look.
     pub evidence: Evidence,
@@ -822,8 +823,16 @@ fn compare_with(
         evidence.recent.drain(..excess);
     }
 
-    // An untestable split (an audience, too few requests) keeps the pooling rule.
-    let requests_independent = requests_split_independently(&evidence.strata, plan);
+    // An untestable split (an audience, too few requests) keeps the pooling rule. With
+    // per-user sums in every stage the users' clustering is in each cohort's variance
+    // already ([`users::score_excess`]): the split is not tested, or the heavy users would
+    // be counted twice, once in the look-to-look spread and once in the user-level term.
+    let by_users = evidence.strata.iter().all(|s| s.users.is_some());
+    let requests_independent = if by_users {
+        None
+    } else {
+        requests_split_independently(&evidence.strata, plan)
+    };
     let (kappa, variances) = match known {
         Some(k) => (
             Kappas {
@@ -1570,5 +1579,58 @@ mod tests {
         let pooled = run(None, 1, 0.05, &even);
         assert_eq!(pooled.requests_independent, Some(true));
         assert_eq!(pooled.dispersion, pooled.baseline_dispersion);
+    }
+
+    #[test]
+    fn with_per_user_sums_the_request_split_is_not_counted_again() {
+        // The clustered counts of the test above, now with per-user sums: the heavy users
+        // are in the user-level variance, so the split is not tested and the look-to-look
+        // dispersion pools as for independent requests (else the heavy users would widen
+        // the candidate's variance twice).
+        use crate::crd::{StratumUsers, UserSums};
+        let candidate = [3.0, 0.0, 5.0, 1.0, 4.0, 0.0, 6.0, 1.0, 3.0, 0.0];
+        let baseline = [29.0, 27.0, 30.0, 26.0, 31.0, 28.0, 27.0, 30.0, 29.0, 28.0];
+        let sums = |n: f64, x: f64| UserSums {
+            n,
+            x,
+            nn: n,
+            xx: x,
+            nx: x,
+        };
+        let (mut evidence, mut b, mut c) = (None, counts(0.0, 0.0), counts(0.0, 0.0));
+        let mut last = None;
+        for (i, (xb, xc)) in baseline.iter().zip(candidate).enumerate() {
+            b = counts(b.bad + xb, b.total + 2_760.0);
+            c = counts(c.bad + xc, c.total + 240.0);
+            let w = window(1, 0.05, 600, 60.0 * (i + 1) as f64);
+            let users = StratumUsers {
+                baseline: sums(b.total, b.bad),
+                candidate: sums(c.total, c.bad),
+            };
+            let out = compare_with_users(
+                evidence.as_ref(),
+                w,
+                b,
+                c,
+                users,
+                ComparisonTest {
+                    tolerance: Tolerance::Relative(0.0),
+                    plan: &plan(),
+                    budget: 0.05,
+                },
+            );
+            evidence = Some(out.evidence.clone());
+            last = Some(out);
+        }
+        let c = last.unwrap();
+        assert_eq!(c.requests_independent, None, "{c:?}");
+        assert_eq!(c.dispersion, c.baseline_dispersion, "pooled: {c:?}");
+        // Without the sums the same counts keep separate dispersions.
+        let steps: Vec<Step> = baseline
+            .iter()
+            .zip(candidate)
+            .map(|(&xb, xc)| ((2_760.0, xb), (240.0, xc)))
+            .collect();
+        assert_eq!(run(None, 1, 0.05, &steps).requests_independent, Some(false));
     }
 }

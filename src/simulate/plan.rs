@@ -1196,6 +1196,19 @@ pub fn run_until(input: &Input, deadline: Option<Instant>) -> Result<Report, Pla
                 .into(),
         );
     }
+    if input.spec.analysis.as_ref().is_some_and(|a| {
+        a.metrics.iter().any(|m| {
+            m.ratio.as_ref().is_some_and(|r| r.per_user.is_some())
+                || m.histogram.as_ref().is_some_and(|h| h.per_user.is_some())
+        })
+    }) {
+        notes.push(
+            "per-user sums are not simulated: each request is its own user here, so the \
+             figures are what request-level analysis would catch; with a few heavy users in \
+             the candidate, the user-level variance catches less (BENCHMARKS.md, S3b)"
+                .into(),
+        );
+    }
     if input.traffic.len() > 1 {
         notes.push(
             "each metric's events are drawn independently at its own rate; the harm is put \

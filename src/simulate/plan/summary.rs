@@ -9,7 +9,6 @@
 //! (see [`crate::reconcile::PlanSettings`]), store the summary and publish the event.
 
 use std::fmt::Write as _;
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 
 use jiff::Timestamp;
 
@@ -135,18 +134,15 @@ pub fn observed_traffic(
 
 /// A digest of what a plan of `spec` depends on: the stages and the analysis without
 /// what the simulation leaves out (guards, the users query, Prometheus settings). The
-/// same spec gives the same digest in every process of one Sluice version; a digest
-/// written by another version at worst makes the plan be computed once more.
+/// same spec gives the same digest in every process and version (the engine's stable
+/// digest of canonical JSON).
 pub fn digest(spec: &FeatureRolloutSpec) -> String {
     let (simulated, _) = simulated_spec(spec);
     let mut analysis = simulated.analysis;
     if let Some(analysis) = &mut analysis {
         analysis.prometheus = None;
     }
-    let identity = serde_json::json!({ "stages": spec.stages, "analysis": analysis });
-    let mut hasher = DefaultHasher::new();
-    identity.to_string().hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    crate::engine::digest(&serde_json::json!({ "stages": spec.stages, "analysis": analysis }))
 }
 
 /// The input of the plan of a running rollout, on the traffic its looks observed: `runs`
