@@ -10,7 +10,8 @@
 //!
 //! The selector is the `Flagd-Selector` header, or else the request's `selector` field,
 //! as flagd reads it: `source=<name>` or a bare `<name>` names a source, `flagSetId=...`
-//! is refused (Sluice serves whole documents). What names a target is the [`Catalog`]'s
+//! is refused (Sluice serves whole documents), and so is any other `key=` (a bare word
+//! before the `=`; a path with a `=` in it is a name). What names a target is the [`Catalog`]'s
 //! business: the flag file's path in standalone mode ([`files`]), the ConfigMap or
 //! `FeatureFlag` in the cluster ([`cluster`]). A selector naming no target gets
 //! `NOT_FOUND` naming it; a missing or malformed one `INVALID_ARGUMENT`.
@@ -146,9 +147,23 @@ pub fn parse_selector(text: &str) -> Result<Selector, Status> {
         Some(("flagSetId", _)) => Err(Status::invalid_argument(format!(
             "selector {text:?}: Sluice serves whole documents and does not select flag sets; select the document by its source (source=<target>)"
         ))),
+        // Another `key=` (a bare word before the `=`) is a selector key Sluice does not
+        // know: refused, not taken for a name that would then match nothing.
+        Some((key, _)) if is_selector_key(key) => Err(Status::invalid_argument(format!(
+            "selector {text:?}: unknown key {key:?}; Sluice reads source=<target> or a bare <target>"
+        ))),
         // flagd treats a value without `=` as a source; a path may hold one too.
         _ => Ok(Selector(text.into())),
     }
+}
+
+/// Whether the text before a selector's `=` is a key (a bare word, like `source` or
+/// `flagSetId`), not part of a name such as a path.
+fn is_selector_key(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// The selector of a request: the `Flagd-Selector` header wins over the (deprecated)
@@ -417,7 +432,19 @@ mod tests {
             parse_selector("shop/flags").unwrap(),
             Selector("shop/flags".into())
         );
-        for bad in ["", "  ", "source=", "flagSetId=payments"] {
+        // A name may hold a `=`; a bare word before it is a key.
+        assert_eq!(
+            parse_selector("/srv/a=b.json").unwrap(),
+            Selector("/srv/a=b.json".into())
+        );
+        for bad in [
+            "",
+            "  ",
+            "source=",
+            "flagSetId=payments",
+            "foo=bar",
+            "Source=x",
+        ] {
             let status = parse_selector(bad).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
         }
