@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod chart_release;
 pub mod crd_cases;
 pub mod fake;
 pub mod helm;
