@@ -208,7 +208,7 @@ impl Release {
     /// Renders the chart (cluster-wide; this run's rollouts only, through `selector`; the
     /// admin server on a free port) and applies its RBAC.
     async fn install() -> Release {
-        let chart = ChartRelease::new().await;
+        let mut chart = ChartRelease::new().await;
         let values = json!({ "selector": chart.selector(), "adminPort": free_port() });
         let documents = chart.apply_rbac(values, |_| {}).await;
         let deployment = documents
@@ -723,22 +723,30 @@ async fn tls_prometheus() -> (PrometheusServer, TestPki, Value) {
     (server, pki, analysis)
 }
 
+/// The image's controller running rollout `checkout`, whose looks ask [`tls_prometheus`],
+/// with the private CA appended to the image's bundle when `trusted`; the image, the
+/// Prometheus, the release and the pod (each must live as long as the test).
+async fn looking_at_tls_prometheus(trusted: bool) -> (Image, PrometheusServer, Release, Pod) {
+    let image = Image::unpack();
+    let (prometheus, pki, analysis) = tls_prometheus().await;
+    let release = Release::install().await;
+    let container = release.container();
+    let mounts = Mounts {
+        extra_ca: trusted.then(|| pki.ca_pem.clone()),
+        ..Mounts::default()
+    };
+    let pod = Pod::start(&image, &release, &container, mounts).await;
+    release.apply_rollout("checkout", Some(analysis)).await;
+    (image, prometheus, release, pod)
+}
+
 /// The controller in the image resolves Prometheus's name (glibc's resolver through the
 /// image's `nsswitch.conf`, over the `/etc/hosts` kubelet mounts) and verifies its
 /// certificate against the image's CA bundle (here with the private CA appended, as an
 /// operator adds theirs): every stage's look passes and the rollout is promoted.
 #[tokio::test]
 async fn the_image_resolves_and_trusts_prometheus_through_its_own_files() {
-    let image = Image::unpack();
-    let (_prometheus, pki, analysis) = tls_prometheus().await;
-    let release = Release::install().await;
-    let container = release.container();
-    let mounts = Mounts {
-        extra_ca: Some(pki.ca_pem.clone()),
-        ..Mounts::default()
-    };
-    let mut pod = Pod::start(&image, &release, &container, mounts).await;
-    release.apply_rollout("checkout", Some(analysis)).await;
+    let (_image, _prometheus, release, mut pod) = looking_at_tls_prometheus(true).await;
     release.promoted(&mut pod, "checkout").await;
     let status = status_of(&release.rollouts(), "checkout").await.unwrap();
     let look = status.last_analysis.expect("a look was made");
@@ -757,12 +765,7 @@ async fn the_image_resolves_and_trusts_prometheus_through_its_own_files() {
 /// controller refuses Prometheus's certificate and the rollout waits, saying why.
 #[tokio::test]
 async fn without_the_ca_in_the_image_bundle_the_looks_fail_on_the_certificate() {
-    let image = Image::unpack();
-    let (_prometheus, _pki, analysis) = tls_prometheus().await;
-    let release = Release::install().await;
-    let container = release.container();
-    let mut pod = Pod::start(&image, &release, &container, Mounts::default()).await;
-    release.apply_rollout("checkout", Some(analysis)).await;
+    let (_image, _prometheus, release, mut pod) = looking_at_tls_prometheus(false).await;
     pod.wait_while_running("a look refused on the certificate", async |_| {
         status_of(&release.rollouts(), "checkout")
             .await

@@ -21,7 +21,6 @@
 
 mod support;
 
-use std::ops::Deref;
 use std::time::Instant;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -34,20 +33,8 @@ use support::apiserver::{
 };
 use support::chart_release::ChartRelease;
 
-/// One release of the chart's RBAC on the shared server.
-struct Release {
-    chart: ChartRelease,
-    /// Watch only `workload` (`watchNamespaces`), or every namespace.
-    namespaced: bool,
-}
-
-impl Deref for Release {
-    type Target = ChartRelease;
-
-    fn deref(&self) -> &ChartRelease {
-        &self.chart
-    }
-}
+/// One release of the chart's RBAC on the shared server (this file's own methods of it).
+type Release = ChartRelease;
 
 impl Release {
     /// Renders the chart (cluster-wide, or watching the workload namespace), lets `edit`
@@ -62,16 +49,22 @@ impl Release {
         extra: Value,
         edit: impl FnOnce(&mut Vec<Value>),
     ) -> Release {
-        let chart = ChartRelease::new().await;
+        let mut release = ChartRelease::new().await;
         let mut values = json!({});
         if namespaced {
-            values["watchNamespaces"] = json!([chart.workload]);
+            values["watchNamespaces"] = json!([release.workload]);
         }
         for (key, value) in extra.as_object().into_iter().flatten() {
             values[key] = value.clone();
         }
-        chart.apply_rbac(values, edit).await;
-        Release { chart, namespaced }
+        release.apply_rbac(values, edit).await;
+        release
+    }
+
+    /// Whether the chart was rendered to watch only the workload namespace
+    /// (`watchNamespaces`), not every namespace.
+    fn namespaced(&self) -> bool {
+        self.values.get("watchNamespaces").is_some()
     }
 
     /// Starts a controller replica `pod` with a token of the chart's ServiceAccount and the
@@ -93,7 +86,7 @@ impl Release {
             "--lease-name",
             &self.fullname,
         ];
-        if self.namespaced {
+        if self.namespaced() {
             args.extend(["--namespace", &self.workload]);
         } else {
             args.extend(["--selector", &selector]);
@@ -125,6 +118,25 @@ impl Release {
             .flatten()
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
+    }
+
+    /// Applies rollout `checkout` (stages of 10 and 50 % lasting `duration`, then 100 %) and
+    /// waits for its first stage.
+    async fn start_rollout(&self, duration: &str) {
+        self.apply_rollout("checkout", &[10, 50, 100], duration)
+            .await;
+        wait_until("the first stage", || async {
+            self.phase("checkout").await == Some(Phase::Progressing)
+        })
+        .await;
+    }
+
+    /// Waits until `pod` holds the chart's Lease, naming `what`.
+    async fn wait_for_holder(&self, what: &str, pod: &str) {
+        wait_until(what, || async {
+            self.lease_holder().await.as_deref() == Some(pod)
+        })
+        .await;
     }
 
     /// Waits for promotion and checks the stages were each entered once, in order, and
@@ -196,13 +208,7 @@ async fn with_sync_enabled_the_chart_rbac_is_enough_to_serve_a_document() {
     let controller = release
         .controller_with("sluice-0", &["--sync-address", "127.0.0.1:0"])
         .await;
-    release
-        .apply_rollout("checkout", &[10, 50, 100], "1h")
-        .await;
-    wait_until("the first stage", || async {
-        release.phase("checkout").await == Some(Phase::Progressing)
-    })
-    .await;
+    release.start_rollout("1h").await;
     let port = controller
         .sync_port()
         .expect("the sync server's address in the log");
@@ -299,23 +305,16 @@ async fn without_the_config_map_rule_the_controller_is_refused_visibly() {
 async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
     let release = Release::install(false, |_| {}).await;
     let mut leader = release.controller("sluice-a").await;
-    wait_until("sluice-a to hold the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-a")
-    })
-    .await;
+    release
+        .wait_for_holder("sluice-a to hold the Lease", "sluice-a")
+        .await;
     let standby = release.controller("sluice-b").await;
     wait_until("sluice-b to stand by", || async {
         standby.log().contains("waiting to lead")
     })
     .await;
 
-    release
-        .apply_rollout("checkout", &[10, 50, 100], "4s")
-        .await;
-    wait_until("the first stage", || async {
-        release.phase("checkout").await == Some(Phase::Progressing)
-    })
-    .await;
+    release.start_rollout("4s").await;
     assert!(
         !standby.log().contains("reconciling FeatureRollouts"),
         "the standby acts while the leader leads:\n{}",
@@ -325,10 +324,9 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
 
     leader.kill();
     let killed = Instant::now();
-    wait_until("sluice-b to take the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-b")
-    })
-    .await;
+    release
+        .wait_for_holder("sluice-b to take the Lease", "sluice-b")
+        .await;
     println!(
         "take-over: sluice-b holds the Lease {:.1} s after sluice-a was killed",
         killed.elapsed().as_secs_f64()
@@ -346,16 +344,14 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
 async fn a_leader_frozen_past_its_lease_then_resumed_stops_on_sigterm() {
     let release = Release::install(false, |_| {}).await;
     let mut frozen = release.controller("sluice-a").await;
-    wait_until("sluice-a to hold the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-a")
-    })
-    .await;
+    release
+        .wait_for_holder("sluice-a to hold the Lease", "sluice-a")
+        .await;
     let standby = release.controller("sluice-b").await;
     frozen.send("STOP");
-    wait_until("sluice-b to take the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-b")
-    })
-    .await;
+    release
+        .wait_for_holder("sluice-b to take the Lease", "sluice-b")
+        .await;
     frozen.send("CONT");
     wait_until("sluice-a to see it lost leadership", || async {
         frozen.log().contains("leadership lost")

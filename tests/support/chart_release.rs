@@ -37,6 +37,8 @@ pub struct ChartRelease {
     pub workload: String,
     /// The chart's full name: ServiceAccount, roles, Lease.
     pub fullname: String,
+    /// The values the chart was rendered with (`{}` until [`ChartRelease::apply_rbac`]).
+    pub values: Value,
 }
 
 impl ChartRelease {
@@ -56,6 +58,7 @@ impl ChartRelease {
             namespace,
             workload,
             fullname,
+            values: json!({}),
         }
     }
 
@@ -63,15 +66,15 @@ impl ChartRelease {
     /// top level), lets `edit` change the RBAC documents and applies them; every document
     /// the chart rendered, as rendered.
     pub async fn apply_rbac(
-        &self,
+        &mut self,
         values: Value,
         edit: impl FnOnce(&mut Vec<Value>),
     ) -> Vec<Value> {
-        let mut all = json!({ "fullnameOverride": self.fullname });
+        self.values = json!({ "fullnameOverride": self.fullname });
         for (key, value) in values.as_object().into_iter().flatten() {
-            all[key] = value.clone();
+            self.values[key] = value.clone();
         }
-        let documents = helm::render(&all, &self.namespace);
+        let documents = helm::render(&self.values, &self.namespace);
         let mut rbac: Vec<Value> = documents
             .iter()
             .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
