@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::ops::Deref;
 use std::os::unix::fs::{PermissionsExt as _, chown};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -190,37 +189,30 @@ impl Image {
     }
 }
 
-/// The chart rendered for one test: its RBAC applied, its Deployment kept.
-struct Release {
-    chart: ChartRelease,
-    deployment: Deployment,
-}
-
-impl Deref for Release {
-    type Target = ChartRelease;
-
-    fn deref(&self) -> &ChartRelease {
-        &self.chart
-    }
-}
+/// The chart rendered for one test, its RBAC applied (this file's own methods of it).
+type Release = ChartRelease;
 
 impl Release {
     /// Renders the chart (cluster-wide; this run's rollouts only, through `selector`; the
     /// admin server on a free port) and applies its RBAC.
     async fn install() -> Release {
-        let mut chart = ChartRelease::new().await;
-        let values = json!({ "selector": chart.selector(), "adminPort": free_port() });
-        let documents = chart.apply_rbac(values, |_| {}).await;
-        let deployment = documents
+        let mut release = ChartRelease::new().await;
+        let values = json!({ "selector": release.selector(), "adminPort": free_port() });
+        release.apply_rbac(values, |_| {}).await;
+        release
+    }
+
+    /// The Deployment the chart rendered.
+    fn deployment(&self) -> Deployment {
+        self.documents
             .iter()
             .find(|d| d["kind"] == "Deployment")
             .map(|d| serde_json::from_value(d.clone()).expect("the Deployment parses"))
-            .expect("the chart renders a Deployment");
-        Release { chart, deployment }
+            .expect("the chart renders a Deployment")
     }
 
     fn pod_spec(&self) -> PodSpec {
-        self.deployment
+        self.deployment()
             .spec
             .template
             .spec

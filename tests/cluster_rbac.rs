@@ -131,6 +131,16 @@ impl Release {
         .await;
     }
 
+    /// Starts replica `sluice-a`, waits until it holds the Lease, then starts `sluice-b`:
+    /// the leader and the standby.
+    async fn leader_and_standby(&self) -> (ControllerProcess, ControllerProcess) {
+        let leader = self.controller("sluice-a").await;
+        self.wait_for_holder("sluice-a to hold the Lease", "sluice-a")
+            .await;
+        let standby = self.controller("sluice-b").await;
+        (leader, standby)
+    }
+
     /// Waits until `pod` holds the chart's Lease, naming `what`.
     async fn wait_for_holder(&self, what: &str, pod: &str) {
         wait_until(what, || async {
@@ -304,11 +314,7 @@ async fn without_the_config_map_rule_the_controller_is_refused_visibly() {
 #[tokio::test]
 async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
     let release = Release::install(false, |_| {}).await;
-    let mut leader = release.controller("sluice-a").await;
-    release
-        .wait_for_holder("sluice-a to hold the Lease", "sluice-a")
-        .await;
-    let standby = release.controller("sluice-b").await;
+    let (mut leader, standby) = release.leader_and_standby().await;
     wait_until("sluice-b to stand by", || async {
         standby.log().contains("waiting to lead")
     })
@@ -343,11 +349,7 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
 #[tokio::test]
 async fn a_leader_frozen_past_its_lease_then_resumed_stops_on_sigterm() {
     let release = Release::install(false, |_| {}).await;
-    let mut frozen = release.controller("sluice-a").await;
-    release
-        .wait_for_holder("sluice-a to hold the Lease", "sluice-a")
-        .await;
-    let standby = release.controller("sluice-b").await;
+    let (mut frozen, standby) = release.leader_and_standby().await;
     frozen.send("STOP");
     release
         .wait_for_holder("sluice-b to take the Lease", "sluice-b")

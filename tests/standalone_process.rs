@@ -12,7 +12,7 @@ mod support;
 
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,14 +33,16 @@ fn analysed(name: &str, port: u16, timeout: &str, extra_prometheus: &str) -> Str
     ) + &error_rate_analysis(port, timeout, extra_prometheus)
 }
 
-/// Writes rollout `stuck` into `rollouts`: its looks hang on the silent Prometheus at
-/// `port` (each query is allowed ten minutes).
-fn write_stuck(rollouts: &Path, port: u16) {
+/// [`directories`] with rollout `stuck` in them: its looks hang on the silent Prometheus
+/// at `port` (each query is allowed ten minutes).
+fn stuck_directories(port: u16) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (dir, rollouts, state) = directories();
     std::fs::write(
         rollouts.join("stuck.yaml"),
         analysed("stuck", port, "10m", ""),
     )
     .unwrap();
+    (dir, rollouts, state)
 }
 
 /// A Prometheus that accepts connections and never answers (the listener is kept open
@@ -66,10 +68,11 @@ fn a_signal_ends_standalone_mode_promptly_in_every_case() {
         (&["TERM", "TERM"], Stdio::piped, true),
     ];
     for (i, (signals, stdin, hanging)) in cases.into_iter().enumerate() {
-        let (dir, rollouts, state) = directories();
-        if hanging {
-            write_stuck(&rollouts, port);
-        }
+        let (dir, rollouts, state) = if hanging {
+            stuck_directories(port)
+        } else {
+            directories()
+        };
         let log = dir.path().join("sluice.log");
         let mut process = Standalone::start_with(&rollouts, &state, &[], &log, stdin());
         wait_for("standalone to start", || {
@@ -160,10 +163,9 @@ fn concurrent_ctl_commands_lose_no_change() {
 #[test]
 fn an_abort_does_not_wait_for_a_look_in_progress() {
     let (_silent, port) = silent_prometheus();
-    let (dir, rollouts, state) = directories();
     // Each look waits up to ten minutes for the silent Prometheus, far past the deadline:
     // only an abort that abandons the look rolls back in time.
-    write_stuck(&rollouts, port);
+    let (dir, rollouts, state) = stuck_directories(port);
     let log = dir.path().join("sluice.log");
     let mut process = Standalone::start(&rollouts, &state, &[], &log);
     wait_for("the stage to start", || {
@@ -393,8 +395,7 @@ fn analyze_stops_at_the_first_look_that_cannot_be_made() {
 #[test]
 fn a_signal_ends_a_once_run_whose_look_hangs() {
     let (silent, port) = silent_prometheus();
-    let (dir, rollouts, state) = directories();
-    write_stuck(&rollouts, port);
+    let (dir, rollouts, state) = stuck_directories(port);
     let log = dir.path().join("sluice.log");
     // The first run starts the stage; the second one looks, and its look hangs.
     let mut first = Standalone::start(&rollouts, &state, &["--once"], &log);

@@ -39,6 +39,8 @@ pub struct ChartRelease {
     pub fullname: String,
     /// The values the chart was rendered with (`{}` until [`ChartRelease::apply_rbac`]).
     pub values: Value,
+    /// Every document the chart rendered (none until [`ChartRelease::apply_rbac`]).
+    pub documents: Vec<Value>,
 }
 
 impl ChartRelease {
@@ -59,30 +61,27 @@ impl ChartRelease {
             workload,
             fullname,
             values: json!({}),
+            documents: Vec::new(),
         }
     }
 
     /// Renders the chart with the release's `fullnameOverride` and `values` (merged at the
-    /// top level), lets `edit` change the RBAC documents and applies them; every document
-    /// the chart rendered, as rendered.
-    pub async fn apply_rbac(
-        &mut self,
-        values: Value,
-        edit: impl FnOnce(&mut Vec<Value>),
-    ) -> Vec<Value> {
+    /// top level), lets `edit` change the RBAC documents and applies them. The release
+    /// keeps the values and the documents as rendered.
+    pub async fn apply_rbac(&mut self, values: Value, edit: impl FnOnce(&mut Vec<Value>)) {
         self.values = json!({ "fullnameOverride": self.fullname });
         for (key, value) in values.as_object().into_iter().flatten() {
             self.values[key] = value.clone();
         }
-        let documents = helm::render(&self.values, &self.namespace);
-        let mut rbac: Vec<Value> = documents
+        self.documents = helm::render(&self.values, &self.namespace);
+        let mut rbac: Vec<Value> = self
+            .documents
             .iter()
             .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
             .cloned()
             .collect();
         edit(&mut rbac);
         apply_all(&self.admin, &rbac).await;
-        documents
     }
 
     /// The selector of this run's rollouts.
