@@ -327,13 +327,18 @@ async fn a_stream_gets_every_change_sluice_writes_and_edits_by_others() {
         latest = next().await;
     }
 
-    // Sluice's rollback is pushed.
+    // Sluice's rollback is pushed. (The status that claims the stage is written after the
+    // flag: without it `ctl abort` finds no rollout to abort.)
     let state_dir = state.clone();
-    assert!(
-        tokio::task::spawn_blocking(move || ctl(&state_dir, &["abort", "checkout"]).0)
-            .await
-            .unwrap()
-    );
+    let (aborted, said) = tokio::task::spawn_blocking(move || {
+        wait_for("the first stage's status", || {
+            status(&state_dir, "checkout")
+        });
+        ctl(&state_dir, &["abort", "checkout"])
+    })
+    .await
+    .unwrap();
+    assert!(aborted, "{said}");
     while latest["checkout"]["targeting"].is_object() {
         latest = next().await;
     }
