@@ -23,6 +23,7 @@
 //! users got the baseline (each app evaluates them over and over, ~1 ms apart). Both are
 //! wall-clock times of this machine. Prints figures; asserts nothing about speed.
 
+mod common;
 #[path = "../tests/support/sync_app.rs"]
 mod sync_app;
 
@@ -40,22 +41,16 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        rollbacks: 25,
-        file_poll_ms: 500,
-        users: 200,
+    let args = common::Args::parse(&[
+        ("--rollbacks", "N"),
+        ("--file-poll-ms", "MS"),
+        ("--users", "N"),
+    ]);
+    let options = Options {
+        rollbacks: args.get("--rollbacks", 25),
+        file_poll_ms: args.get("--file-poll-ms", 500),
+        users: args.get("--users", 200),
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().and_then(|v| v.parse().ok());
-        match arg.as_str() {
-            "--rollbacks" => options.rollbacks = value().expect("--rollbacks N"),
-            "--file-poll-ms" => options.file_poll_ms = value().expect("--file-poll-ms MS") as u64,
-            "--users" => options.users = value().expect("--users N"),
-            // cargo bench passes --bench
-            _ => {}
-        }
-    }
     assert!(options.rollbacks >= 1, "--rollbacks must be at least 1");
     options
 }

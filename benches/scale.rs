@@ -20,6 +20,7 @@
 //! steady-state window once the `down` rollouts hold on their errors: CPU, reconciles
 //! and API writes per second, by kind.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -56,28 +57,18 @@ struct Options {
 }
 
 fn options() -> Options {
-    let mut options = Options {
-        rollouts: 1000,
-        down: 0.15,
-        data: 0.05,
-        window: 60,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rollouts" => options.rollouts = value().parse().expect("--rollouts N"),
-            "--down" => options.down = value().parse().expect("--down SHARE"),
-            "--data" => options.data = value().parse().expect("--data SHARE"),
-            "--window" => options.window = value().parse().expect("--window SECONDS"),
-            // cargo bench passes --bench.
-            "--bench" => {}
-            other => panic!(
-                "unknown argument {other:?} (--rollouts N, --down SHARE, --data SHARE, --window SECONDS)"
-            ),
-        }
+    let args = common::Args::parse(&[
+        ("--rollouts", "N"),
+        ("--down", "SHARE"),
+        ("--data", "SHARE"),
+        ("--window", "SECONDS"),
+    ]);
+    Options {
+        rollouts: args.get("--rollouts", 1000),
+        down: args.get("--down", 0.15),
+        data: args.get("--data", 0.05),
+        window: args.get("--window", 60),
     }
-    options
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

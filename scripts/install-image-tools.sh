@@ -6,24 +6,10 @@
 # archive with Python's standard library). Idempotent and non-interactive: does nothing
 # when both are already on PATH. Debian/Ubuntu only (umoci 0.4.7 and skopeo 1.9 on Debian 12).
 set -eu
+. "$(dirname "$0")/apt-install.sh"
 
-if command -v umoci >/dev/null 2>&1 && command -v skopeo >/dev/null 2>&1; then
-    echo "image tools are installed: $(umoci --version 2>&1 | head -n 1); $(skopeo --version 2>&1 | head -n 1)"
-    exit 0
-fi
-
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: apt-get not found; install umoci (https://github.com/opencontainers/umoci)" >&2
-    echo "and skopeo (https://github.com/containers/skopeo) so that both are on PATH" >&2
-    exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends umoci skopeo
-
-echo "installed: $(umoci --version 2>&1 | head -n 1); $(skopeo --version 2>&1 | head -n 1)"
+apt_install "image tools" \
+    'echo "$(umoci --version 2>&1 | head -n 1); $(skopeo --version 2>&1 | head -n 1)"' \
+    'install umoci (https://github.com/opencontainers/umoci) and skopeo (https://github.com/containers/skopeo) so that both are on PATH' \
+    "umoci skopeo" \
+    umoci skopeo

@@ -77,14 +77,7 @@ pub struct PlanRequest {
 
 /// Runs `sluice plan` and returns its exit code.
 pub fn run(request: PlanRequest) -> ExitCode {
-    let input = match input(&request) {
-        Ok(input) => input,
-        Err(e) => {
-            eprintln!("sluice plan: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let report = match plan::run(&input) {
+    let report = match input(&request).and_then(|input| plan::run(&input)) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("sluice plan: {e}");
@@ -181,15 +174,14 @@ fn input(request: &PlanRequest) -> Result<Input, InputError> {
     let rates = per_metric("--traffic", &request.traffic, &metrics)?;
     let baselines = per_metric("--baseline-rate", &request.baseline_rate, &metrics)?;
     let by_hand = rates.iter().all(Option::is_some) && baselines.iter().all(Option::is_some);
-    let (read, users, source) = match &request.prometheus {
-        Some(url) if !by_hand || rollout.spec.analysis.iter().any(|a| a.users.is_some()) => {
-            read_prometheus(request, url, &rollout, &valid, &metrics, &rates, &baselines)?
-        }
-        Some(_) => (
-            Vec::new(),
-            Vec::new(),
-            "traffic: given by hand (--traffic, --baseline-rate)".to_owned(),
-        ),
+    let counts_users = rollout.spec.analysis.iter().any(|a| a.users.is_some());
+    // Prometheus is asked for what is not given by hand, and for the distinct users.
+    let prometheus = request
+        .prometheus
+        .as_deref()
+        .filter(|_| !by_hand || counts_users);
+    let (read, users, source) = match prometheus {
+        Some(url) => read_prometheus(request, url, &rollout, &valid, &metrics, &rates, &baselines)?,
         None if by_hand => (
             Vec::new(),
             Vec::new(),
@@ -305,6 +297,7 @@ fn read_prometheus(
         Ok::<_, InputError>((rendered, result.result))
     };
     let seconds = window.as_secs_f64();
+    let shown_window = crate::prometheus::template::format_duration(window);
     let mut read = Vec::new();
     for (i, metric) in metrics.iter().enumerate() {
         if rates[i].is_some() && baselines[i].is_some() {
@@ -317,28 +310,22 @@ fn read_prometheus(
             .unwrap_or(0);
         let field = format!("spec.analysis.metrics[{index}]");
         let (bad, total) = if let Some(ratio) = &metric.ratio {
-            let (errors_q, errors) =
-                query(&format!("{field}.ratio.errors"), &ratio.errors, window)?;
-            let (requests_q, requests) =
-                query(&format!("{field}.ratio.requests"), &ratio.requests, window)?;
-            let errors = sum(&errors)
-                .map_err(|e| error(format!("{field}.ratio.errors"), format!("{errors_q}: {e}")))?;
-            let requests = sum(&requests).map_err(|e| {
-                error(
-                    format!("{field}.ratio.requests"),
-                    format!("{requests_q}: {e}"),
-                )
-            })?;
+            let errors_field = format!("{field}.ratio.errors");
+            let requests_field = format!("{field}.ratio.requests");
+            let (errors_q, errors) = query(&errors_field, &ratio.errors, window)?;
+            let (requests_q, requests) = query(&requests_field, &ratio.requests, window)?;
+            let errors = sum(&errors).map_err(query_error(&errors_field, &errors_q))?;
+            let requests = sum(&requests).map_err(query_error(&requests_field, &requests_q))?;
             (errors.unwrap_or(0.0), requests.unwrap_or(0.0))
         } else if let Some(h) = &metric.histogram {
-            let (q, result) = query(&format!("{field}.histogram.buckets"), &h.buckets, window)?;
-            let pairs = buckets(&result)
-                .map_err(|e| error(format!("{field}.histogram.buckets"), format!("{q}: {e}")))?;
+            let buckets_field = format!("{field}.histogram.buckets");
+            let (q, result) = query(&buckets_field, &h.buckets, window)?;
+            let pairs = buckets(&result).map_err(query_error(&buckets_field, &q))?;
             if pairs.is_empty() {
                 (0.0, 0.0)
             } else {
                 histogram::slow_share(&pairs, h.threshold)
-                    .map_err(|e| error(format!("{field}.histogram.buckets"), format!("{q}: {e}")))?
+                    .map_err(query_error(&buckets_field, &q))?
             }
         } else {
             continue;
@@ -347,13 +334,12 @@ fn read_prometheus(
             return Err(error(
                 field,
                 format!(
-                    "metric {:?}: no events over the {} before {at}: is the service serving \
-                     traffic, and does the query match while the flag serves only the \
+                    "metric {:?}: no events over the {shown_window} before {at}: is the service \
+                     serving traffic, and does the query match while the flag serves only the \
                      baseline (a filter on feature_flag_result_reason=\"TARGETING_MATCH\" \
                      matches nothing then)? Give --traffic and --baseline-rate by hand \
                      instead",
                     metric.name,
-                    crate::prometheus::template::format_duration(window)
                 ),
             ));
         }
@@ -369,15 +355,12 @@ fn read_prometheus(
                 continue;
             }
             let (q, result) = query("spec.analysis.users", source, duration)?;
-            users[i] =
-                sum(&result).map_err(|e| error("spec.analysis.users", format!("{q}: {e}")))?;
+            users[i] = sum(&result).map_err(query_error("spec.analysis.users", &q))?;
         }
     }
     let source = format!(
-        "traffic: read from Prometheus {url} over the {} before {at} (the rollout's own \
-         queries with {{{{ window }}}} = {}, every series summed){}",
-        crate::prometheus::template::format_duration(window),
-        crate::prometheus::template::format_duration(window),
+        "traffic: read from Prometheus {url} over the {shown_window} before {at} (the rollout's \
+         own queries with {{{{ window }}}} = {shown_window}, every series summed){}",
         if analysis.users.is_some() {
             "; distinct users from its users query over each stage's duration"
         } else {
@@ -385,6 +368,17 @@ fn read_prometheus(
         }
     );
     Ok((read, users, source))
+}
+
+/// The error of field `field` whose query, rendered as `rendered`, gave an answer that
+/// cannot be used: the query, then what is wrong with its answer.
+fn query_error<E: std::fmt::Display>(field: &str, rendered: &str) -> impl Fn(E) -> InputError {
+    move |e| error(field, format!("{rendered}: {e}"))
+}
+
+/// Why a query's answer is not the instant vector it must be.
+fn not_an_instant_vector(result: &QueryResult) -> String {
+    format!("returned a {}, not an instant vector", result.kind())
 }
 
 /// The sum of every series' value of an instant vector (or a scalar); `None` when empty.
@@ -400,20 +394,14 @@ fn sum(result: &QueryResult) -> Result<Option<f64>, String> {
             }
         }
         QueryResult::Scalar { value, .. } if value.is_finite() => Ok(Some(*value)),
-        other => Err(format!(
-            "returned a {}, not an instant vector",
-            other.kind()
-        )),
+        other => Err(not_an_instant_vector(other)),
     }
 }
 
 /// Histogram buckets summed over every series by `le`, sorted by bound.
 fn buckets(result: &QueryResult) -> Result<Vec<(f64, f64)>, String> {
     let QueryResult::Vector(samples) = result else {
-        return Err(format!(
-            "returned a {}, not an instant vector",
-            result.kind()
-        ));
+        return Err(not_an_instant_vector(result));
     };
     let mut by_le: Vec<(f64, f64)> = Vec::new();
     for sample in samples {

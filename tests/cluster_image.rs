@@ -22,40 +22,25 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice::crd::{FeatureRollout, Phase, Verdict};
+use sluice::crd::{Phase, Verdict};
 use support::apiserver::{
-    ApiServer, ControllerProcess, WAIT_LIMIT, apply_all, config_map_rollout,
-    install_feature_rollout_crd, served_flag, status_of,
+    ApiServer, ControllerProcess, WAIT_LIMIT, config_map_rollout, served_flag, status_of,
 };
-use support::helm;
+use support::chart_release::ChartRelease;
 use support::openmetrics::OpenMetrics;
 use support::server::{PrometheusServer, ServerOptions, free_port};
 use support::tls::TestPki;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The label a test's rollouts carry and its controller selects.
-const RUN_LABEL: &str = "sluice.test/run";
-
 /// Where the image keeps its CA certificates (Debian's bundle).
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 
 /// Where kubelet mounts the ServiceAccount's token, CA and namespace.
 const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
-
-/// The kinds of the rendered chart that grant the controller its rights.
-const RBAC_KINDS: &[&str] = &[
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
 
 /// The target directory of this build (`target/`, or `$CARGO_TARGET_DIR`).
 fn target_dir() -> PathBuf {
@@ -204,58 +189,30 @@ impl Image {
     }
 }
 
-/// The chart rendered for one test: its RBAC applied, its Deployment kept.
-struct Release {
-    server: &'static ApiServer,
-    admin: Client,
-    id: String,
-    namespace: String,
-    workload: String,
-    fullname: String,
-    deployment: Deployment,
-}
+/// The chart rendered for one test, its RBAC applied (this file's own methods of it).
+type Release = ChartRelease;
 
 impl Release {
     /// Renders the chart (cluster-wide; this run's rollouts only, through `selector`; the
     /// admin server on a free port) and applies its RBAC.
     async fn install() -> Release {
-        let server = ApiServer::shared();
-        let admin = server.admin().await;
-        install_feature_rollout_crd(&admin).await;
-        let id = format!("{:08x}", rand::random::<u32>());
-        let namespace = server.namespace("sluice-system").await;
-        let workload = server.namespace("shop").await;
-        let fullname = format!("sluice-{id}");
-        let values = json!({
-            "fullnameOverride": fullname,
-            "selector": format!("{RUN_LABEL}={id}"),
-            "adminPort": free_port(),
-        });
-        let documents = helm::render(&values, &namespace);
-        let rbac: Vec<Value> = documents
-            .iter()
-            .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
-            .cloned()
-            .collect();
-        apply_all(&admin, &rbac).await;
-        let deployment = documents
+        let mut release = ChartRelease::new().await;
+        let values = json!({ "selector": release.selector(), "adminPort": free_port() });
+        release.apply_rbac(values, |_| {}).await;
+        release
+    }
+
+    /// The Deployment the chart rendered.
+    fn deployment(&self) -> Deployment {
+        self.documents
             .iter()
             .find(|d| d["kind"] == "Deployment")
             .map(|d| serde_json::from_value(d.clone()).expect("the Deployment parses"))
-            .expect("the chart renders a Deployment");
-        Release {
-            server,
-            admin,
-            id,
-            namespace,
-            workload,
-            fullname,
-            deployment,
-        }
+            .expect("the chart renders a Deployment")
     }
 
     fn pod_spec(&self) -> PodSpec {
-        self.deployment
+        self.deployment()
             .spec
             .template
             .spec
@@ -270,28 +227,12 @@ impl Release {
         spec.containers[0].clone()
     }
 
-    fn rollouts(&self) -> Api<FeatureRollout> {
-        Api::namespaced(self.admin.clone(), &self.workload)
-    }
-
-    fn config_maps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.admin.clone(), &self.workload)
-    }
-
     async fn apply_rollout(&self, name: &str, analysis: Option<Value>) {
         let mut manifest = config_map_rollout(name, name, "shop-flags", &[10, 50, 100], "3s");
-        manifest["metadata"]["labels"] = json!({ RUN_LABEL: self.id });
         if let Some(analysis) = analysis {
             manifest["spec"]["analysis"] = analysis;
         }
-        self.rollouts()
-            .patch(
-                name,
-                &PatchParams::apply("sluice-test"),
-                &Patch::Apply(manifest),
-            )
-            .await
-            .expect("the rollout applies");
+        self.apply_manifest(name, manifest).await;
     }
 
     /// Waits for rollout `name` to be promoted by `pod`, and checks its stages were each
@@ -308,14 +249,7 @@ impl Release {
             let status = status_of(&self.rollouts(), name).await;
             panic!("{failure}\nthe rollout's status: {status:#?}");
         }
-        let history = status_of(&self.rollouts(), name).await.unwrap().history;
-        let weights: Vec<String> = history.iter().map(|h| h.weight.to_string()).collect();
-        assert_eq!(
-            weights,
-            ["10%", "50%", "100%"],
-            "every stage once, in order\n{}",
-            pod.controller.log()
-        );
+        self.assert_every_stage_once(name, &pod.controller).await;
     }
 
     /// A token of the chart's ServiceAccount from the TokenRequest API.
@@ -693,15 +627,7 @@ async fn the_image_runs_a_whole_rollout_as_the_chart_deploys_it() {
         .await
         .expect("the flag is served");
     assert_eq!(flag["defaultVariant"], "on");
-    let user = format!(
-        "system:serviceaccount:{}:{}",
-        release.namespace, release.fullname
-    );
-    let forbidden = release.server.forbidden_for(&user);
-    assert!(
-        forbidden.is_empty(),
-        "the chart's RBAC refused: {forbidden:#?}"
-    );
+    release.assert_nothing_forbidden(controller);
     assert!(
         controller.log().contains("became the leader"),
         "the chart's leader election ran:\n{}",
@@ -789,22 +715,30 @@ async fn tls_prometheus() -> (PrometheusServer, TestPki, Value) {
     (server, pki, analysis)
 }
 
+/// The image's controller running rollout `checkout`, whose looks ask [`tls_prometheus`],
+/// with the private CA appended to the image's bundle when `trusted`; the image, the
+/// Prometheus, the release and the pod (each must live as long as the test).
+async fn looking_at_tls_prometheus(trusted: bool) -> (Image, PrometheusServer, Release, Pod) {
+    let image = Image::unpack();
+    let (prometheus, pki, analysis) = tls_prometheus().await;
+    let release = Release::install().await;
+    let container = release.container();
+    let mounts = Mounts {
+        extra_ca: trusted.then(|| pki.ca_pem.clone()),
+        ..Mounts::default()
+    };
+    let pod = Pod::start(&image, &release, &container, mounts).await;
+    release.apply_rollout("checkout", Some(analysis)).await;
+    (image, prometheus, release, pod)
+}
+
 /// The controller in the image resolves Prometheus's name (glibc's resolver through the
 /// image's `nsswitch.conf`, over the `/etc/hosts` kubelet mounts) and verifies its
 /// certificate against the image's CA bundle (here with the private CA appended, as an
 /// operator adds theirs): every stage's look passes and the rollout is promoted.
 #[tokio::test]
 async fn the_image_resolves_and_trusts_prometheus_through_its_own_files() {
-    let image = Image::unpack();
-    let (_prometheus, pki, analysis) = tls_prometheus().await;
-    let release = Release::install().await;
-    let container = release.container();
-    let mounts = Mounts {
-        extra_ca: Some(pki.ca_pem.clone()),
-        ..Mounts::default()
-    };
-    let mut pod = Pod::start(&image, &release, &container, mounts).await;
-    release.apply_rollout("checkout", Some(analysis)).await;
+    let (_image, _prometheus, release, mut pod) = looking_at_tls_prometheus(true).await;
     release.promoted(&mut pod, "checkout").await;
     let status = status_of(&release.rollouts(), "checkout").await.unwrap();
     let look = status.last_analysis.expect("a look was made");
@@ -823,12 +757,7 @@ async fn the_image_resolves_and_trusts_prometheus_through_its_own_files() {
 /// controller refuses Prometheus's certificate and the rollout waits, saying why.
 #[tokio::test]
 async fn without_the_ca_in_the_image_bundle_the_looks_fail_on_the_certificate() {
-    let image = Image::unpack();
-    let (_prometheus, _pki, analysis) = tls_prometheus().await;
-    let release = Release::install().await;
-    let container = release.container();
-    let mut pod = Pod::start(&image, &release, &container, Mounts::default()).await;
-    release.apply_rollout("checkout", Some(analysis)).await;
+    let (_image, _prometheus, release, mut pod) = looking_at_tls_prometheus(false).await;
     pod.wait_while_running("a look refused on the certificate", async |_| {
         status_of(&release.rollouts(), "checkout")
             .await

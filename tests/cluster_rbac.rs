@@ -21,48 +21,20 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
 use kube::api::{DynamicObject, PostParams};
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
 use serde_json::{Value, json};
-use sluice::crd::{FeatureRollout, Phase};
+use sluice::crd::Phase;
 use support::apiserver::{
-    ApiServer, ControllerProcess, WAIT_LIMIT, apply_all, config_map_rollout, install_crd,
-    install_feature_rollout_crd, served_flag, status_of, wait_until,
+    ControllerProcess, config_map_rollout, install_crd, served_flag, status_of, wait_until,
 };
-use support::helm;
+use support::chart_release::ChartRelease;
 
-/// The label a test's rollouts carry and its cluster-wide controllers select.
-const RUN_LABEL: &str = "sluice.test/run";
-
-/// The kinds of the rendered chart that grant the controller its rights.
-const RBAC_KINDS: &[&str] = &[
-    "ServiceAccount",
-    "ClusterRole",
-    "ClusterRoleBinding",
-    "Role",
-    "RoleBinding",
-];
-
-/// One release of the chart's RBAC on the shared server.
-struct Release {
-    server: &'static ApiServer,
-    admin: Client,
-    /// The run's id (label value, name suffix).
-    id: String,
-    /// The release namespace (ServiceAccount, Lease).
-    namespace: String,
-    /// Where the rollouts live.
-    workload: String,
-    /// The chart's full name: ServiceAccount, roles, Lease.
-    fullname: String,
-    /// Watch only `workload` (`watchNamespaces`), or every namespace.
-    namespaced: bool,
-}
+/// One release of the chart's RBAC on the shared server (this file's own methods of it).
+type Release = ChartRelease;
 
 impl Release {
     /// Renders the chart (cluster-wide, or watching the workload namespace), lets `edit`
@@ -77,40 +49,22 @@ impl Release {
         extra: Value,
         edit: impl FnOnce(&mut Vec<Value>),
     ) -> Release {
-        let server = ApiServer::shared();
-        let admin = server.admin().await;
-        install_feature_rollout_crd(&admin).await;
-        let id = format!("{:08x}", rand::random::<u32>());
-        let namespace = server.namespace("sluice-system").await;
-        let workload = server.namespace("shop").await;
-        let fullname = format!("sluice-{id}");
-        let mut values = json!({ "fullnameOverride": fullname });
+        let mut release = ChartRelease::new().await;
+        let mut values = json!({});
         if namespaced {
-            values["watchNamespaces"] = json!([workload]);
+            values["watchNamespaces"] = json!([release.workload]);
         }
         for (key, value) in extra.as_object().into_iter().flatten() {
             values[key] = value.clone();
         }
-        let mut rbac: Vec<Value> = helm::render(&values, &namespace)
-            .into_iter()
-            .filter(|d| RBAC_KINDS.contains(&d["kind"].as_str().unwrap_or("")))
-            .collect();
-        edit(&mut rbac);
-        apply_all(&admin, &rbac).await;
-        Release {
-            server,
-            admin,
-            id,
-            namespace,
-            workload,
-            fullname,
-            namespaced,
-        }
+        release.apply_rbac(values, edit).await;
+        release
     }
 
-    /// The ServiceAccount's user name.
-    fn user(&self) -> String {
-        format!("system:serviceaccount:{}:{}", self.namespace, self.fullname)
+    /// Whether the chart was rendered to watch only the workload namespace
+    /// (`watchNamespaces`), not every namespace.
+    fn namespaced(&self) -> bool {
+        self.values.get("watchNamespaces").is_some()
     }
 
     /// Starts a controller replica `pod` with a token of the chart's ServiceAccount and the
@@ -125,14 +79,14 @@ impl Release {
             .server
             .service_account_kubeconfig(&self.namespace, &self.fullname)
             .await;
-        let selector = format!("{RUN_LABEL}={}", self.id);
+        let selector = self.selector();
         let mut args = vec![
             "--lease-namespace",
             &self.namespace,
             "--lease-name",
             &self.fullname,
         ];
-        if self.namespaced {
+        if self.namespaced() {
             args.extend(["--namespace", &self.workload]);
         } else {
             args.extend(["--selector", &selector]);
@@ -145,31 +99,10 @@ impl Release {
         ControllerProcess::start(&kubeconfig, pod, log, &args)
     }
 
-    fn rollouts(&self) -> Api<FeatureRollout> {
-        Api::namespaced(self.admin.clone(), &self.workload)
-    }
-
-    fn config_maps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.admin.clone(), &self.workload)
-    }
-
     /// Applies a ConfigMap-target rollout labelled for this run.
     async fn apply_rollout(&self, name: &str, weights: &[u32], duration: &str) {
         let manifest = config_map_rollout(name, name, "shop-flags", weights, duration);
         self.apply_manifest(name, manifest).await;
-    }
-
-    /// Applies a rollout manifest labelled for this run.
-    async fn apply_manifest(&self, name: &str, mut manifest: Value) {
-        manifest["metadata"]["labels"] = json!({ RUN_LABEL: self.id });
-        self.rollouts()
-            .patch(
-                name,
-                &PatchParams::apply("sluice-test"),
-                &Patch::Apply(manifest),
-            )
-            .await
-            .expect("the rollout applies");
     }
 
     async fn phase(&self, name: &str) -> Option<Phase> {
@@ -185,6 +118,35 @@ impl Release {
             .flatten()
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
+    }
+
+    /// Applies rollout `checkout` (stages of 10 and 50 % lasting `duration`, then 100 %) and
+    /// waits for its first stage.
+    async fn start_rollout(&self, duration: &str) {
+        self.apply_rollout("checkout", &[10, 50, 100], duration)
+            .await;
+        wait_until("the first stage", || async {
+            self.phase("checkout").await == Some(Phase::Progressing)
+        })
+        .await;
+    }
+
+    /// Starts replica `sluice-a`, waits until it holds the Lease, then starts `sluice-b`:
+    /// the leader and the standby.
+    async fn leader_and_standby(&self) -> (ControllerProcess, ControllerProcess) {
+        let leader = self.controller("sluice-a").await;
+        self.wait_for_holder("sluice-a to hold the Lease", "sluice-a")
+            .await;
+        let standby = self.controller("sluice-b").await;
+        (leader, standby)
+    }
+
+    /// Waits until `pod` holds the chart's Lease, naming `what`.
+    async fn wait_for_holder(&self, what: &str, pod: &str) {
+        wait_until(what, || async {
+            self.lease_holder().await.as_deref() == Some(pod)
+        })
+        .await;
     }
 
     /// Waits for promotion and checks the stages were each entered once, in order, and
@@ -203,53 +165,34 @@ impl Release {
             self.phase(name).await == Some(Phase::Promoted)
         })
         .await;
-        let history = status_of(&self.rollouts(), name).await.unwrap().history;
-        let weights: Vec<String> = history.iter().map(|h| h.weight.to_string()).collect();
-        assert_eq!(
-            weights,
-            vec!["10%", "50%", "100%"],
-            "{name}: every stage once, in order\n{}",
-            controller.log()
-        );
+        self.assert_every_stage_once(name, controller).await;
     }
 
-    fn assert_nothing_forbidden(&self, controller: &ControllerProcess) {
-        let forbidden = self.server.forbidden_for(&self.user());
-        assert!(
-            forbidden.is_empty(),
-            "the chart's RBAC refused {} request(s): {forbidden:#?}\n{}",
-            forbidden.len(),
-            controller.log()
-        );
+    /// Runs a whole rollout with one controller and checks nothing was refused.
+    async fn whole_rollout(&self) {
+        let controller = self.controller("sluice-0").await;
+        self.apply_rollout("checkout", &[10, 50, 100], "2s").await;
+        self.promoted("checkout", &controller).await;
+        self.assert_nothing_forbidden(&controller);
     }
 }
 
 #[tokio::test]
 async fn the_cluster_wide_chart_rbac_is_enough_for_a_whole_rollout() {
-    let release = Release::install(false, |_| {}).await;
-    let controller = release.controller("sluice-0").await;
-    release
-        .apply_rollout("checkout", &[10, 50, 100], "2s")
-        .await;
-    release.promoted("checkout", &controller).await;
-    release.assert_nothing_forbidden(&controller);
+    Release::install(false, |_| {}).await.whole_rollout().await;
 }
 
 #[tokio::test]
 async fn the_watch_namespaces_chart_rbac_is_enough_for_a_whole_rollout() {
-    let release = Release::install(true, |docs| {
+    Release::install(true, |docs| {
         assert!(
             !docs.iter().any(|d| d["kind"] == "ClusterRole"),
             "watchNamespaces renders no ClusterRole"
         );
     })
+    .await
+    .whole_rollout()
     .await;
-    let controller = release.controller("sluice-0").await;
-    release
-        .apply_rollout("checkout", &[10, 50, 100], "2s")
-        .await;
-    release.promoted("checkout", &controller).await;
-    release.assert_nothing_forbidden(&controller);
 }
 
 /// With `sync.enabled` the chart's RBAC is enough for the sync server too: the replica
@@ -275,30 +218,9 @@ async fn with_sync_enabled_the_chart_rbac_is_enough_to_serve_a_document() {
     let controller = release
         .controller_with("sluice-0", &["--sync-address", "127.0.0.1:0"])
         .await;
-    release
-        .apply_rollout("checkout", &[10, 50, 100], "1h")
-        .await;
-    wait_until("the first stage", || async {
-        release.phase("checkout").await == Some(Phase::Progressing)
-    })
-    .await;
+    release.start_rollout("1h").await;
     let port = controller
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("sync server listening"))
-        })
-        .and_then(|l| {
-            l["address"]
-                .as_str()?
-                .rsplit(':')
-                .next()?
-                .parse::<u16>()
-                .ok()
-        })
+        .sync_port()
         .expect("the sync server's address in the log");
     let client = FlagSyncServiceClient::connect(format!("http://127.0.0.1:{port}"))
         .await
@@ -392,24 +314,13 @@ async fn without_the_config_map_rule_the_controller_is_refused_visibly() {
 #[tokio::test]
 async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
     let release = Release::install(false, |_| {}).await;
-    let mut leader = release.controller("sluice-a").await;
-    wait_until("sluice-a to hold the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-a")
-    })
-    .await;
-    let standby = release.controller("sluice-b").await;
+    let (mut leader, standby) = release.leader_and_standby().await;
     wait_until("sluice-b to stand by", || async {
         standby.log().contains("waiting to lead")
     })
     .await;
 
-    release
-        .apply_rollout("checkout", &[10, 50, 100], "4s")
-        .await;
-    wait_until("the first stage", || async {
-        release.phase("checkout").await == Some(Phase::Progressing)
-    })
-    .await;
+    release.start_rollout("4s").await;
     assert!(
         !standby.log().contains("reconciling FeatureRollouts"),
         "the standby acts while the leader leads:\n{}",
@@ -419,10 +330,9 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
 
     leader.kill();
     let killed = Instant::now();
-    wait_until("sluice-b to take the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-b")
-    })
-    .await;
+    release
+        .wait_for_holder("sluice-b to take the Lease", "sluice-b")
+        .await;
     println!(
         "take-over: sluice-b holds the Lease {:.1} s after sluice-a was killed",
         killed.elapsed().as_secs_f64()
@@ -439,33 +349,18 @@ async fn a_standby_replica_takes_over_a_real_lease_when_the_leader_is_killed() {
 #[tokio::test]
 async fn a_leader_frozen_past_its_lease_then_resumed_stops_on_sigterm() {
     let release = Release::install(false, |_| {}).await;
-    let mut frozen = release.controller("sluice-a").await;
-    wait_until("sluice-a to hold the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-a")
-    })
-    .await;
-    let standby = release.controller("sluice-b").await;
+    let (mut frozen, standby) = release.leader_and_standby().await;
     frozen.send("STOP");
-    wait_until("sluice-b to take the Lease", || async {
-        release.lease_holder().await.as_deref() == Some("sluice-b")
-    })
-    .await;
+    release
+        .wait_for_holder("sluice-b to take the Lease", "sluice-b")
+        .await;
     frozen.send("CONT");
     wait_until("sluice-a to see it lost leadership", || async {
         frozen.log().contains("leadership lost")
     })
     .await;
 
-    frozen.send("TERM");
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while frozen.exited().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "sluice-a ignored SIGTERM for {WAIT_LIMIT:?} after losing leadership:\n{}",
-            frozen.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    frozen.terminate("sluice-a, after losing leadership,").await;
     assert_eq!(release.lease_holder().await.as_deref(), Some("sluice-b"));
     drop(standby);
 }

@@ -6,16 +6,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use sluice::crd::{FeatureRollout, Phase};
 use support::apiserver::{
-    ApiServer, ControllerProcess, WAIT_LIMIT, config_map_rollout, install_feature_rollout_crd,
-    served_flag, status_of, wait_until,
+    ApiServer, ControllerProcess, apply_rollout, config_map_rollout, served_flag, status_of,
+    wait_for_status, wait_until,
 };
 
 /// How long each stage but the last lasts.
@@ -24,8 +21,7 @@ const STAGE: SignedDuration = SignedDuration::from_secs(3);
 #[tokio::test]
 async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
     let mut server = ApiServer::start().await;
-    let admin = server.admin().await;
-    install_feature_rollout_crd(&admin).await;
+    let admin = server.admin_with_crd().await;
     let namespace = server.namespace("sluice-restart").await;
     let rollouts: Api<FeatureRollout> = Api::namespaced(admin.clone(), &namespace);
     let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &namespace);
@@ -37,18 +33,9 @@ async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
         &["--leader-election", "false", "--namespace", &namespace],
     );
     let manifest = config_map_rollout("checkout", "checkout", "shop-flags", &[10, 50, 100], "3s");
-    rollouts
-        .patch(
-            "checkout",
-            &PatchParams::apply("sluice-test"),
-            &Patch::Apply(manifest),
-        )
-        .await
-        .expect("the rollout applies");
-    wait_until("the first stage", || async {
-        status_of(&rollouts, "checkout")
-            .await
-            .is_some_and(|s| s.phase == Phase::Progressing && s.stage == Some(0))
+    apply_rollout(&rollouts, "checkout", manifest).await;
+    wait_for_status(&rollouts, "checkout", "the first stage", |s| {
+        s.phase == Phase::Progressing && s.stage == Some(0)
     })
     .await;
     let started = status_of(&rollouts, "checkout")
@@ -69,10 +56,8 @@ async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
     .await;
     server.restart_apiserver().await;
 
-    wait_until("promotion after the restart", || async {
-        status_of(&rollouts, "checkout")
-            .await
-            .is_some_and(|s| s.phase == Phase::Promoted)
+    wait_for_status(&rollouts, "checkout", "promotion after the restart", |s| {
+        s.phase == Phase::Promoted
     })
     .await;
     let history = status_of(&rollouts, "checkout").await.unwrap().history;
@@ -102,8 +87,7 @@ async fn a_restarted_api_server_neither_skips_nor_repeats_a_stage() {
 #[tokio::test]
 async fn a_leader_cut_off_from_its_api_server_still_stops_on_sigterm() {
     let mut server = ApiServer::start().await;
-    let admin = server.admin().await;
-    install_feature_rollout_crd(&admin).await;
+    server.admin_with_crd().await;
     let namespace = server.namespace("sluice-sigterm").await;
     let mut controller = ControllerProcess::start(
         server.admin_kubeconfig(),
@@ -121,14 +105,7 @@ async fn a_leader_cut_off_from_its_api_server_still_stops_on_sigterm() {
     })
     .await;
 
-    controller.send("TERM");
-    let deadline = Instant::now() + WAIT_LIMIT;
-    while controller.exited().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the controller ignored SIGTERM for {WAIT_LIMIT:?} after losing leadership:\n{}",
-            controller.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    controller
+        .terminate("the controller, after losing leadership,")
+        .await;
 }

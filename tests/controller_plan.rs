@@ -15,67 +15,39 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
 use sluice::controller::State;
 use sluice::crd::{FeatureRolloutStatus, Phase};
 use sluice::reconcile::{Context, PlanRunner, PlanSettings};
 use sluice::simulate::plan::{self, PlanError};
-use support::kube_api::{Call, Harness, rollout, rollout_path};
+use support::kube_api::{Call, Harness, rollout_path};
 use support::openmetrics::OpenMetrics;
 use support::server::PrometheusServer;
-
-const START: i64 = 1_672_531_200;
-const STEP: i64 = 15;
-const POINTS: usize = 241;
+use support::shop_traffic::{self, at};
 
 /// How long a test waits for a background computation before it fails (a guard against
 /// hanging, not a measure: nothing asserts how long anything took).
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn data() -> OpenMetrics {
-    let mut data = OpenMetrics::default();
-    for (variant, code, increment) in [
-        ("off", "200", 990.0),
-        ("off", "500", 10.0),
-        ("on", "200", 990.0),
-        ("on", "500", 10.0),
-    ] {
-        let labels = [
-            ("job", "shop"),
-            ("feature_flag_key", "checkout"),
-            ("feature_flag_result_variant", variant),
-            ("code", code),
-        ];
-        data.counter("http_requests", &labels, START, STEP, POINTS, increment);
-    }
-    data
+    shop_traffic::requests(&[("checkout", 10.0, 10.0)])
 }
 
 fn spec(prometheus: &str, first_minutes: u32) -> String {
-    format!(
-        r#"
-flag: {{ key: checkout, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
-target: {{ configMap: {{ name: shop-flags }} }}
-stages:
-  - {{ name: one-percent, weight: 1, duration: {first_minutes}m }}
+    shop_traffic::spec(
+        "checkout",
+        prometheus,
+        &format!(
+            "  - {{ name: one-percent, weight: 1, duration: {first_minutes}m }}
   - {{ name: quarter, weight: 25, duration: 10m }}
-  - {{ weight: 100 }}
-analysis:
-  interval: 1m
-  prometheus: {{ address: "{prometheus}", timeout: 5s }}
-  metrics:
-    - name: error-rate
-      ratio:
-        errors: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{job="shop",code=~"5..",feature_flag_key="{{{{ flag }}}}"}}[{{{{ window }}}}]))'
-        requests: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{job="shop",feature_flag_key="{{{{ flag }}}}"}}[{{{{ window }}}}]))'
-      maxIncrease: {{ relative: "10%" }}
-"#
+  - {{ weight: 100 }}"
+        ),
     )
 }
 
-/// A minute into the data, plus `minutes`.
-fn at(minutes: i64) -> Timestamp {
-    Timestamp::from_second(START).unwrap() + SignedDuration::from_mins(1 + minutes)
+/// The harness holding rollout `checkout` with a first stage of ten minutes, and the
+/// Prometheus it looks at.
+async fn start() -> (PrometheusServer, Harness) {
+    shop_traffic::start(&data(), "checkout", |prometheus| spec(prometheus, 10)).await
 }
 
 /// A controller state kept across reconciles (the background plans live in it).
@@ -147,12 +119,7 @@ fn status_writes(calls: &[Call]) -> usize {
 
 #[tokio::test]
 async fn the_plan_is_written_with_one_warning_and_computed_again_when_the_stages_change() {
-    let prometheus = PrometheusServer::start(&data()).await;
-    let h = Harness::new(at(0));
-    h.api.insert(
-        &rollout_path("checkout"),
-        rollout("checkout", &spec(&prometheus.base_url(), 10)),
-    );
+    let (prometheus, h) = start().await;
     let state = state(&h, Context::new(None).with_plans(settings()));
 
     // The first looks: no plan before the third interval of the stage.
@@ -245,12 +212,7 @@ fn state_after_restart(h: &Harness) -> Arc<State> {
 
 #[tokio::test]
 async fn a_blocked_plan_computation_delays_no_look_and_no_rollback() {
-    let prometheus = PrometheusServer::start(&data()).await;
-    let h = Harness::new(at(0));
-    h.api.insert(
-        &rollout_path("checkout"),
-        rollout("checkout", &spec(&prometheus.base_url(), 10)),
-    );
+    let (prometheus, h) = start().await;
     // A computation that blocks until the test releases it.
     let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel::<()>();
     let (release, released) = std::sync::mpsc::channel::<()>();
@@ -317,12 +279,7 @@ async fn a_blocked_plan_computation_delays_no_look_and_no_rollback() {
 
 #[tokio::test]
 async fn a_panicking_plan_computation_leaves_the_rollout_running() {
-    let prometheus = PrometheusServer::start(&data()).await;
-    let h = Harness::new(at(0));
-    h.api.insert(
-        &rollout_path("checkout"),
-        rollout("checkout", &spec(&prometheus.base_url(), 10)),
-    );
+    let (prometheus, h) = start().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let runner: PlanRunner = {
         let calls = calls.clone();

@@ -8,66 +8,31 @@
 
 mod support;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use serde_json::Value;
 use sluice::crd::{Phase, Verdict};
-use support::kube_api::{Call, Harness, config_map_path, rollout, rollout_path};
-use support::openmetrics::OpenMetrics;
+use support::kube_api::{Call, Harness, config_map_path, rollout_path};
 use support::server::PrometheusServer;
+use support::shop_traffic::{self, at};
 
-const START: i64 = 1_672_531_200;
-const STEP: i64 = 15;
-const POINTS: usize = 241;
-
-fn data() -> OpenMetrics {
-    let mut data = OpenMetrics::default();
-    for (flag, variant, code, increment) in [
-        ("healthy", "off", "200", 990.0),
-        ("healthy", "off", "500", 10.0),
-        ("healthy", "on", "200", 990.0),
-        ("healthy", "on", "500", 10.0),
-        ("doubled", "off", "200", 990.0),
-        ("doubled", "off", "500", 10.0),
-        ("doubled", "on", "200", 980.0),
-        ("doubled", "on", "500", 20.0),
-    ] {
-        let labels = [
-            ("job", "shop"),
-            ("feature_flag_key", flag),
-            ("feature_flag_result_variant", variant),
-            ("code", code),
-        ];
-        data.counter("http_requests", &labels, START, STEP, POINTS, increment);
-    }
-    data
-}
-
-fn spec(flag: &str, prometheus: &str) -> String {
-    format!(
-        r#"
-flag: {{ key: {flag}, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
-target: {{ configMap: {{ name: shop-flags }} }}
-stages:
-  - {{ weight: 1, duration: 10m }}
-  - {{ weight: 5, duration: 10m }}
-  - {{ weight: 25, duration: 10m }}
-  - {{ weight: 100 }}
-analysis:
-  interval: 1m
-  prometheus: {{ address: "{prometheus}", timeout: 5s }}
-  metrics:
-    - name: error-rate
-      ratio:
-        errors: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{job="shop",code=~"5..",feature_flag_key="{{{{ flag }}}}"}}[{{{{ window }}}}]))'
-        requests: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{job="shop",feature_flag_key="{{{{ flag }}}}"}}[{{{{ window }}}}]))'
-      maxIncrease: {{ relative: "10%" }}
-"#
-    )
-}
-
-/// A minute into the data, plus `minutes`.
-fn at(minutes: i64) -> Timestamp {
-    Timestamp::from_second(START).unwrap() + SignedDuration::from_mins(1 + minutes)
+/// Reconciles rollout `flag` of flag `flag` (1, 5 and 25 % for ten minutes each, then
+/// 100 %) with [`drive`] for up to 50 minutes; the Prometheus it looked at, the harness and
+/// the steps.
+async fn run(flag: &str) -> (PrometheusServer, Harness, Vec<Step>) {
+    let data = shop_traffic::requests(&[("healthy", 10.0, 10.0), ("doubled", 10.0, 20.0)]);
+    let (prometheus, h) = shop_traffic::start(&data, flag, |prometheus| {
+        shop_traffic::spec(
+            flag,
+            prometheus,
+            "  - { weight: 1, duration: 10m }
+  - { weight: 5, duration: 10m }
+  - { weight: 25, duration: 10m }
+  - { weight: 100 }",
+        )
+    })
+    .await;
+    let steps = drive(&h, flag, 50).await;
+    (prometheus, h, steps)
 }
 
 /// One step of a run: the minute, the decision-bearing status after it, and the calls.
@@ -116,13 +81,7 @@ fn is_flag_write(call: &Call) -> bool {
 
 #[tokio::test]
 async fn a_healthy_rollout_goes_through_every_stage_to_promotion() {
-    let prometheus = PrometheusServer::start(&data()).await;
-    let h = Harness::new(at(0));
-    h.api.insert(
-        &rollout_path("healthy"),
-        rollout("healthy", &spec("healthy", &prometheus.base_url())),
-    );
-    let steps = drive(&h, "healthy", 50).await;
+    let (prometheus, h, steps) = run("healthy").await;
 
     let status = h.status("healthy").unwrap();
     assert_eq!(status.phase, Phase::Promoted, "{status:#?}");
@@ -178,13 +137,7 @@ async fn a_healthy_rollout_goes_through_every_stage_to_promotion() {
 
 #[tokio::test]
 async fn a_harmful_candidate_is_rolled_back_baseline_first() {
-    let prometheus = PrometheusServer::start(&data()).await;
-    let h = Harness::new(at(0));
-    h.api.insert(
-        &rollout_path("doubled"),
-        rollout("doubled", &spec("doubled", &prometheus.base_url())),
-    );
-    let steps = drive(&h, "doubled", 50).await;
+    let (prometheus, h, steps) = run("doubled").await;
 
     let status = h.status("doubled").unwrap();
     assert_eq!(status.phase, Phase::RolledBack, "{status:#?}");

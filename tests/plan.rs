@@ -32,6 +32,38 @@ fn sluice_plan(args: &[&str]) -> Output {
         .expect("run sluice plan")
 }
 
+/// `sluice plan` of `manifest` with the traffic given by hand (50 requests/s, a baseline
+/// rate of 1 %), then `more`.
+fn by_hand<'a>(manifest: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![manifest, "--traffic", "50", "--baseline-rate", "0.01"];
+    args.extend_from_slice(more);
+    args
+}
+
+/// `sluice plan` of `manifest` reading the traffic from the Prometheus at `url` over the
+/// ten minutes before `at`, in `runs` simulated rollouts per figure, then `more`.
+fn plan_from_prometheus(manifest: &str, url: &str, at: &str, runs: &str, more: &[&str]) -> Output {
+    let mut args = vec![
+        manifest,
+        "--prometheus",
+        url,
+        "--window",
+        "10m",
+        "--at",
+        at,
+        "--runs",
+        runs,
+    ];
+    args.extend_from_slice(more);
+    sluice_plan(&args)
+}
+
+/// Writes `to`: the file `from` with `old` replaced by `new`.
+fn write_edited(from: &Path, to: &Path, old: &str, new: &str) {
+    let text = std::fs::read_to_string(from).unwrap();
+    std::fs::write(to, text.replace(old, new)).unwrap();
+}
+
 fn json(output: &Output) -> Value {
     let text = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(&text)
@@ -180,19 +212,7 @@ spec:
     let manifest_arg = manifest.to_str().unwrap().to_owned();
     let end_arg = end.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        sluice_plan(&[
-            &manifest_arg,
-            "--prometheus",
-            &url,
-            "--window",
-            "10m",
-            "--at",
-            &end_arg,
-            "--runs",
-            "20",
-            "--output",
-            "json",
-        ])
+        plan_from_prometheus(&manifest_arg, &url, &end_arg, "20", &["--output", "json"])
     })
     .await
     .unwrap();
@@ -234,17 +254,13 @@ spec:
     assert!(held > 0.9, "{held}");
 
     // The same in words.
-    let text = sluice_plan(&[
+    let text = plan_from_prometheus(
         manifest.to_str().unwrap(),
-        "--prometheus",
         &server.base_url(),
-        "--window",
-        "10m",
-        "--at",
         &end.to_string(),
-        "--runs",
         "10",
-    ]);
+        &[],
+    );
     let words = String::from_utf8_lossy(&text.stdout);
     println!("{words}");
     assert_eq!(text.status.code(), Some(1));
@@ -259,13 +275,7 @@ spec:
 
     // A query that matches nothing is an error naming the metric's field.
     let empty = dir.path().join("empty.yaml");
-    std::fs::write(
-        &empty,
-        std::fs::read_to_string(&manifest)
-            .unwrap()
-            .replace("key: planned", "key: unknown"),
-    )
-    .unwrap();
+    write_edited(&manifest, &empty, "key: planned", "key: unknown");
     let out = sluice_plan(&[
         empty.to_str().unwrap(),
         "--prometheus",
@@ -284,22 +294,15 @@ fn bad_input_exits_2_naming_the_field() {
     let plan = benchmark_plan().to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
-    std::fs::write(
+    write_edited(
+        benchmark_plan(),
         &broken,
-        std::fs::read_to_string(benchmark_plan())
-            .unwrap()
-            .replace(r#"weight: "5%""#, r#"weight: "150%""#),
-    )
-    .unwrap();
+        r#"weight: "5%""#,
+        r#"weight: "150%""#,
+    );
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec![
-                broken.to_str().unwrap(),
-                "--traffic",
-                "50",
-                "--baseline-rate",
-                "0.01",
-            ],
+            by_hand(broken.to_str().unwrap(), &[]),
             "spec.stages[1].weight",
         ),
         (
@@ -319,50 +322,14 @@ fn bad_input_exits_2_naming_the_field() {
             vec![plan, "--traffic", "50", "--baseline-rate", "latency=0.01"],
             "no ratio or histogram metric named \"latency\"",
         ),
+        (by_hand(plan, &["--runs", "2"]), "--runs"),
         (
-            vec![
-                plan,
-                "--traffic",
-                "50",
-                "--baseline-rate",
-                "0.01",
-                "--runs",
-                "2",
-            ],
-            "--runs",
-        ),
-        (
-            vec![
-                plan,
-                "--traffic",
-                "50",
-                "--baseline-rate",
-                "0.01",
-                "--runs",
-                "1000000",
-            ],
+            by_hand(plan, &["--runs", "1000000"]),
             "--runs: 1000000 runs of a plan of 40 looks (one every 60 s, with the holds its minSamples need at this traffic) would take too long; use at most --runs 25000",
         ),
+        (by_hand(plan, &["--burstiness", "0"]), "--burstiness"),
         (
-            vec![
-                plan,
-                "--traffic",
-                "50",
-                "--baseline-rate",
-                "0.01",
-                "--burstiness",
-                "0",
-            ],
-            "--burstiness",
-        ),
-        (
-            vec![
-                "no-such-file.yaml",
-                "--traffic",
-                "50",
-                "--baseline-rate",
-                "0.01",
-            ],
+            by_hand("no-such-file.yaml", &[]),
             "no-such-file.yaml: cannot read",
         ),
         (

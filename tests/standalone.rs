@@ -13,7 +13,10 @@ use std::process::Command;
 
 use serde_json::Value;
 use sluice::crd::{FeatureRolloutStatus, Phase, Verdict};
-use support::standalone::{DEADLINE, Standalone, ctl, read_request, sluice, status, wait_for};
+use support::standalone::{
+    DEADLINE, Standalone, ctl, error_rate_analysis, manifest, read_request, sluice, status,
+    wait_for,
+};
 
 fn wait_phase(state: &Path, name: &str, phase: Phase) -> FeatureRolloutStatus {
     wait_for(&format!("{name} to be {phase:?}"), || {
@@ -31,20 +34,6 @@ fn serves_only_baseline(flag: &Value) -> bool {
     flag["defaultVariant"] == "off" && flag.get("targeting").is_none_or(Value::is_null)
 }
 
-fn timed(name: &str, flags: &str, stages: &str) -> String {
-    format!(
-        r#"apiVersion: sluice.dev/v1alpha1
-kind: FeatureRollout
-metadata: {{ name: {name} }}
-spec:
-  flag: {{ key: {name}, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
-  target: {{ file: {{ path: {flags} }} }}
-  stages:
-{stages}
-"#
-    )
-}
-
 #[test]
 fn a_killed_process_continues_from_its_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,7 +42,7 @@ fn a_killed_process_continues_from_its_state() {
     std::fs::create_dir_all(&rollouts).unwrap();
     std::fs::write(
         rollouts.join("steady.yaml"),
-        timed(
+        manifest(
             "steady",
             "../flags.json",
             "    - { weight: 10, duration: 3s }\n    - { weight: 25, duration: 3s }\n    - { weight: 50, duration: 3s }\n    - { weight: 100 }",
@@ -126,7 +115,7 @@ fn broken_inputs_are_reported_and_the_other_rollouts_go_on() {
     // A healthy rollout next to every kind of trouble.
     std::fs::write(
         rollouts.join("good.yaml"),
-        timed(
+        manifest(
             "good",
             "flags.json",
             "    - { weight: 10, duration: 1s }\n    - { weight: 100 }",
@@ -136,7 +125,7 @@ fn broken_inputs_are_reported_and_the_other_rollouts_go_on() {
     std::fs::write(rollouts.join("garbled.yaml"), "spec: [unclosed\n").unwrap();
     std::fs::write(
         rollouts.join("invalid.yaml"),
-        timed(
+        manifest(
             "invalid",
             "flags.json",
             "    - { weight: 50, duration: 1s }\n    - { weight: 10, duration: 1s }\n    - { weight: 100 }",
@@ -147,7 +136,7 @@ fn broken_inputs_are_reported_and_the_other_rollouts_go_on() {
     std::fs::write(rollouts.join("foreign.json"), foreign_text).unwrap();
     std::fs::write(
         rollouts.join("foreign.yaml"),
-        timed(
+        manifest(
             "foreign",
             "foreign.json",
             "    - { weight: 10, duration: 1s }\n    - { weight: 100 }",
@@ -162,27 +151,11 @@ fn broken_inputs_are_reported_and_the_other_rollouts_go_on() {
         .port();
     std::fs::write(
         rollouts.join("blind.yaml"),
-        format!(
-            r#"apiVersion: sluice.dev/v1alpha1
-kind: FeatureRollout
-metadata: {{ name: blind }}
-spec:
-  flag: {{ key: blind, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
-  target: {{ file: {{ path: flags.json }} }}
-  stages:
-    - {{ weight: 10, duration: 1s }}
-    - {{ weight: 100 }}
-  analysis:
-    interval: 1s
-    prometheus: {{ address: "http://127.0.0.1:{port}", timeout: 2s }}
-    metrics:
-      - name: error-rate
-        ratio:
-          errors: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{code="500"}}[{{{{ window }}}}]))'
-          requests: 'sum by (feature_flag_result_variant) (increase(http_requests_total[{{{{ window }}}}]))'
-        max: "2%"
-"#
-        ),
+        manifest(
+            "blind",
+            "flags.json",
+            "    - { weight: 10, duration: 1s }\n    - { weight: 100 }",
+        ) + &error_rate_analysis(port, "2s", ""),
     )
     .unwrap();
 
@@ -267,7 +240,7 @@ fn ctl_steers_a_running_rollout() {
     std::fs::create_dir_all(&rollouts).unwrap();
     std::fs::write(
         rollouts.join("gated.yaml"),
-        timed(
+        manifest(
             "gated",
             "flags.json",
             "    - { weight: 10, duration: 1s }\n    - { name: half, weight: 50, duration: 1h, approval: required }\n    - { weight: 100 }",
@@ -336,7 +309,7 @@ fn a_removed_file_puts_the_flag_back_and_forgets_the_rollout() {
     let file = rollouts.join("leaving.yaml");
     std::fs::write(
         &file,
-        timed(
+        manifest(
             "leaving",
             "flags.json",
             "    - { weight: 30, duration: 1h }\n    - { weight: 100 }",
@@ -366,7 +339,7 @@ fn once_reconciles_every_rollout_and_reports_problems() {
     std::fs::create_dir_all(&rollouts).unwrap();
     std::fs::write(
         rollouts.join("one.yaml"),
-        timed(
+        manifest(
             "one",
             "flags.json",
             "    - { weight: 5, duration: 1h }\n    - { weight: 100 }",
@@ -405,11 +378,11 @@ fn the_flag_key_and_target_of_a_running_rollout_cannot_move() {
     std::fs::create_dir_all(&rollouts).unwrap();
     let file = rollouts.join("fixed.yaml");
     let stages = "    - { weight: 20, duration: 1h }\n    - { weight: 100 }";
-    std::fs::write(&file, timed("fixed", "flags.json", stages)).unwrap();
+    std::fs::write(&file, manifest("fixed", "flags.json", stages)).unwrap();
     let log = dir.path().join("sluice.log");
     let process = Standalone::start(&rollouts, &state, &[], &log);
     wait_phase(&state, "fixed", Phase::Progressing);
-    std::fs::write(&file, timed("fixed", "elsewhere.json", stages)).unwrap();
+    std::fs::write(&file, manifest("fixed", "elsewhere.json", stages)).unwrap();
     wait_for("the refusal", || {
         process
             .log()
@@ -447,7 +420,7 @@ fn notifications_go_to_the_command_line_webhooks() {
     std::fs::create_dir_all(&rollouts).unwrap();
     std::fs::write(
         rollouts.join("told.yaml"),
-        timed(
+        manifest(
             "told",
             "flags.json",
             "    - { weight: 10, duration: 1s }\n    - { weight: 100 }",

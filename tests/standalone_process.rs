@@ -12,37 +12,37 @@ mod support;
 
 use std::io::Write as _;
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sluice::crd::{FeatureRolloutStatus, Phase};
-use support::standalone::{Standalone, ctl, directories, read_request, sluice, status, wait_for};
+use support::standalone::{
+    Standalone, ctl, directories, error_rate_analysis, manifest, read_request, sluice, status,
+    wait_for,
+};
 
 /// A rollout whose first stage lasts an hour, with one metric queried at `port`, each
 /// query allowed `timeout`.
 fn analysed(name: &str, port: u16, timeout: &str, extra_prometheus: &str) -> String {
-    format!(
-        r#"apiVersion: sluice.dev/v1alpha1
-kind: FeatureRollout
-metadata: {{ name: {name} }}
-spec:
-  flag: {{ key: {name}, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
-  target: {{ file: {{ path: flags.json }} }}
-  stages:
-    - {{ weight: 10, duration: 1h }}
-    - {{ weight: 100 }}
-  analysis:
-    interval: 1s
-    prometheus: {{ address: "http://127.0.0.1:{port}", timeout: {timeout}{extra_prometheus} }}
-    metrics:
-      - name: error-rate
-        ratio:
-          errors: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{code="500"}}[{{{{ window }}}}]))'
-          requests: 'sum by (feature_flag_result_variant) (increase(http_requests_total[{{{{ window }}}}]))'
-        max: "2%"
-"#
+    manifest(
+        name,
+        "flags.json",
+        "    - { weight: 10, duration: 1h }\n    - { weight: 100 }",
+    ) + &error_rate_analysis(port, timeout, extra_prometheus)
+}
+
+/// [`directories`] with rollout `stuck` in them: its looks hang on the silent Prometheus
+/// at `port` (each query is allowed ten minutes).
+fn stuck_directories(port: u16) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (dir, rollouts, state) = directories();
+    std::fs::write(
+        rollouts.join("stuck.yaml"),
+        analysed("stuck", port, "10m", ""),
     )
+    .unwrap();
+    (dir, rollouts, state)
 }
 
 /// A Prometheus that accepts connections and never answers (the listener is kept open
@@ -68,14 +68,11 @@ fn a_signal_ends_standalone_mode_promptly_in_every_case() {
         (&["TERM", "TERM"], Stdio::piped, true),
     ];
     for (i, (signals, stdin, hanging)) in cases.into_iter().enumerate() {
-        let (dir, rollouts, state) = directories();
-        if hanging {
-            std::fs::write(
-                rollouts.join("stuck.yaml"),
-                analysed("stuck", port, "10m", ""),
-            )
-            .unwrap();
-        }
+        let (dir, rollouts, state) = if hanging {
+            stuck_directories(port)
+        } else {
+            directories()
+        };
         let log = dir.path().join("sluice.log");
         let mut process = Standalone::start_with(&rollouts, &state, &[], &log, stdin());
         wait_for("standalone to start", || {
@@ -166,14 +163,9 @@ fn concurrent_ctl_commands_lose_no_change() {
 #[test]
 fn an_abort_does_not_wait_for_a_look_in_progress() {
     let (_silent, port) = silent_prometheus();
-    let (dir, rollouts, state) = directories();
     // Each look waits up to ten minutes for the silent Prometheus, far past the deadline:
     // only an abort that abandons the look rolls back in time.
-    std::fs::write(
-        rollouts.join("stuck.yaml"),
-        analysed("stuck", port, "10m", ""),
-    )
-    .unwrap();
+    let (dir, rollouts, state) = stuck_directories(port);
     let log = dir.path().join("sluice.log");
     let mut process = Standalone::start(&rollouts, &state, &[], &log);
     wait_for("the stage to start", || {
@@ -403,12 +395,7 @@ fn analyze_stops_at_the_first_look_that_cannot_be_made() {
 #[test]
 fn a_signal_ends_a_once_run_whose_look_hangs() {
     let (silent, port) = silent_prometheus();
-    let (dir, rollouts, state) = directories();
-    std::fs::write(
-        rollouts.join("stuck.yaml"),
-        analysed("stuck", port, "10m", ""),
-    )
-    .unwrap();
+    let (dir, rollouts, state) = stuck_directories(port);
     let log = dir.path().join("sluice.log");
     // The first run starts the stage; the second one looks, and its look hangs.
     let mut first = Standalone::start(&rollouts, &state, &["--once"], &log);

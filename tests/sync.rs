@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sluice::crd::Phase;
 use sluice::sync::proto::flag_sync_service_client::FlagSyncServiceClient;
 use sluice::sync::proto::{FetchAllFlagsRequest, GetMetadataRequest, SyncFlagsRequest};
-use support::standalone::{Standalone, ctl, directories, sluice, status, wait_for};
+use support::standalone::{Standalone, ctl, directories, manifest, sluice, status, wait_for};
 use support::sync_app::App;
 
 /// Users the app evaluates.
@@ -26,18 +26,12 @@ const USERS: usize = 2000;
 /// and 100 % each after an approval (so the test looks at each stage for as long as it
 /// likes).
 fn rollout(name: &str) -> String {
-    format!(
-        r#"apiVersion: sluice.dev/v1alpha1
-kind: FeatureRollout
-metadata: {{ name: {name} }}
-spec:
-  flag: {{ key: {name}, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
-  target: {{ file: {{ path: flags.json }} }}
-  stages:
-    - {{ name: ten, weight: 10, duration: 1s }}
-    - {{ name: half, weight: 50, duration: 1s, approval: required }}
-    - {{ name: all, weight: 100, approval: required }}
-"#
+    manifest(
+        name,
+        "flags.json",
+        "    - { name: ten, weight: 10, duration: 1s }
+    - { name: half, weight: 50, duration: 1s, approval: required }
+    - { name: all, weight: 100, approval: required }",
     )
 }
 
@@ -333,13 +327,18 @@ async fn a_stream_gets_every_change_sluice_writes_and_edits_by_others() {
         latest = next().await;
     }
 
-    // Sluice's rollback is pushed.
+    // Sluice's rollback is pushed. (The status that claims the stage is written after the
+    // flag: without it `ctl abort` finds no rollout to abort.)
     let state_dir = state.clone();
-    assert!(
-        tokio::task::spawn_blocking(move || ctl(&state_dir, &["abort", "checkout"]).0)
-            .await
-            .unwrap()
-    );
+    let (aborted, said) = tokio::task::spawn_blocking(move || {
+        wait_for("the first stage's status", || {
+            status(&state_dir, "checkout")
+        });
+        ctl(&state_dir, &["abort", "checkout"])
+    })
+    .await
+    .unwrap();
+    assert!(aborted, "{said}");
     while latest["checkout"]["targeting"].is_object() {
         latest = next().await;
     }
@@ -382,16 +381,19 @@ fn bad_sync_options_are_refused_naming_the_option() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let with_tls = |cert: &str, key: &str| {
+        run(&[
+            "--sync-address",
+            "127.0.0.1:0",
+            "--sync-tls-cert",
+            cert,
+            "--sync-tls-key",
+            key,
+        ])
+    };
     let missing = dir.path().join("missing.pem");
     let missing = missing.display().to_string();
-    let (code, text) = run(&[
-        "--sync-address",
-        "127.0.0.1:0",
-        "--sync-tls-cert",
-        &missing,
-        "--sync-tls-key",
-        &missing,
-    ]);
+    let (code, text) = with_tls(&missing, &missing);
     assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains("--sync-tls-cert") && text.contains("missing.pem"),
@@ -401,14 +403,7 @@ fn bad_sync_options_are_refused_naming_the_option() {
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate").unwrap();
     let garbage = garbage.display().to_string();
-    let (code, text) = run(&[
-        "--sync-address",
-        "127.0.0.1:0",
-        "--sync-tls-cert",
-        &garbage,
-        "--sync-tls-key",
-        &garbage,
-    ]);
+    let (code, text) = with_tls(&garbage, &garbage);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("cannot be used"), "{text}");
 

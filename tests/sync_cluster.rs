@@ -12,29 +12,14 @@ use sluice::crd::{FeatureRollout, Phase};
 use sluice::sync::proto::flag_sync_service_client::FlagSyncServiceClient;
 use sluice::sync::proto::{FetchAllFlagsRequest, SyncFlagsRequest};
 use support::apiserver::{
-    ApiServer, ControllerProcess, WAIT_LIMIT, config_map_rollout, install_feature_rollout_crd,
-    status_of, wait_until,
+    ApiServer, ControllerProcess, WAIT_LIMIT, apply_rollout, config_map_rollout, wait_for_status,
+    wait_until,
 };
-
-/// The sync port a controller announced in its JSON log.
-fn sync_port(controller: &ControllerProcess) -> Option<u16> {
-    controller
-        .log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("sync server listening"))
-        })
-        .and_then(|l| l["address"].as_str()?.rsplit(':').next()?.parse().ok())
-}
 
 #[tokio::test]
 async fn a_replica_that_does_not_lead_serves_the_document_and_pushes_the_rollback() {
     let server = ApiServer::shared();
-    let admin = server.admin().await;
-    install_feature_rollout_crd(&admin).await;
+    let admin = server.admin_with_crd().await;
     let namespace = server.namespace("sluice-sync").await;
     let rollouts: Api<FeatureRollout> = Api::namespaced(admin.clone(), &namespace);
     let replicas: Vec<ControllerProcess> = ["sync-a", "sync-b"]
@@ -56,18 +41,9 @@ async fn a_replica_that_does_not_lead_serves_the_document_and_pushes_the_rollbac
         })
         .collect();
     let manifest = config_map_rollout("checkout", "checkout", "shop-flags", &[50, 100], "1h");
-    rollouts
-        .patch(
-            "checkout",
-            &PatchParams::apply("sluice-test"),
-            &Patch::Apply(manifest),
-        )
-        .await
-        .expect("the rollout applies");
-    wait_until("the first stage", || async {
-        status_of(&rollouts, "checkout")
-            .await
-            .is_some_and(|s| s.phase == Phase::Progressing)
+    apply_rollout(&rollouts, "checkout", manifest).await;
+    wait_for_status(&rollouts, "checkout", "the first stage", |s| {
+        s.phase == Phase::Progressing
     })
     .await;
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &namespace);
@@ -80,11 +56,11 @@ async fn a_replica_that_does_not_lead_serves_the_document_and_pushes_the_rollbac
         .expect("a holder");
     let follower = &replicas[if leader == "sync-a" { 1 } else { 0 }];
     wait_until("the follower's sync server", || {
-        let found = sync_port(follower).is_some();
+        let found = follower.sync_port().is_some();
         async move { found }
     })
     .await;
-    let port = sync_port(follower);
+    let port = follower.sync_port();
     let mut client = FlagSyncServiceClient::connect(format!("http://127.0.0.1:{}", port.unwrap()))
         .await
         .expect("the follower accepts connections");

@@ -412,6 +412,13 @@ impl ApiServer {
         client_for(&self.admin_kubeconfig).await
     }
 
+    /// A client for the admin, once the committed FeatureRollout CRD is installed.
+    pub async fn admin_with_crd(&self) -> Client {
+        let admin = self.admin().await;
+        install_feature_rollout_crd(&admin).await;
+        admin
+    }
+
     /// Writes a kubeconfig `name` in the server's directory whose user is `user` (YAML
     /// fields of a kubeconfig user, indented for the `user:` map) and whose context's
     /// namespace is `namespace`; returns its path.
@@ -694,6 +701,34 @@ impl ControllerProcess {
     pub fn send(&mut self, signal: &str) {
         self.process.send(signal);
     }
+
+    /// Sends SIGTERM and waits for the process to exit, checking every 100 ms; fails after
+    /// [`WAIT_LIMIT`] naming `who`, with the log.
+    pub async fn terminate(&mut self, who: &str) {
+        self.send("TERM");
+        let deadline = Instant::now() + WAIT_LIMIT;
+        while self.exited().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{who} ignored SIGTERM for {WAIT_LIMIT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The port of the sync server (`--sync-address`) its JSON log announced, once it has.
+    pub fn sync_port(&self) -> Option<u16> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| {
+                l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("sync server listening"))
+            })
+            .and_then(|l| l["address"].as_str()?.rsplit(':').next()?.parse().ok())
+    }
 }
 
 impl Drop for ControllerProcess {
@@ -736,6 +771,36 @@ pub fn config_map_rollout(
             "stages": stages,
         },
     })
+}
+
+/// Server-side applies `manifest` as rollout `name` (field manager `sluice-test`).
+pub async fn apply_rollout(
+    rollouts: &Api<sluice::crd::FeatureRollout>,
+    name: &str,
+    manifest: Value,
+) {
+    rollouts
+        .patch(
+            name,
+            &PatchParams::apply("sluice-test"),
+            &Patch::Apply(manifest),
+        )
+        .await
+        .expect("the rollout applies");
+}
+
+/// Waits (as [`wait_until`], naming `what`) until rollout `name` has a status for which
+/// `done` holds.
+pub async fn wait_for_status(
+    rollouts: &Api<sluice::crd::FeatureRollout>,
+    name: &str,
+    what: &str,
+    done: impl Fn(&sluice::crd::FeatureRolloutStatus) -> bool,
+) {
+    wait_until(what, || async {
+        status_of(rollouts, name).await.is_some_and(|s| done(&s))
+    })
+    .await;
 }
 
 /// The rollout's status, if it has one.

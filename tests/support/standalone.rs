@@ -48,6 +48,43 @@ pub fn status(state: &Path, name: &str) -> Option<FeatureRolloutStatus> {
     Some(serde_json::from_str(&text).expect("the status file is always whole"))
 }
 
+/// A FeatureRollout manifest of the boolean flag `name` (variants `on` and `off`, baseline
+/// `off`) into the flag file `flags` (relative to the manifest), through `stages` (the YAML
+/// lines of the list, `    - { ... }` each). More of the spec, indented by two spaces
+/// (as [`error_rate_analysis`]), may be appended.
+pub fn manifest(name: &str, flags: &str, stages: &str) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: FeatureRollout
+metadata: {{ name: {name} }}
+spec:
+  flag: {{ key: {name}, variants: {{ "on": true, "off": false }}, baseline: "off", candidate: "on" }}
+  target: {{ file: {{ path: {flags} }} }}
+  stages:
+{stages}
+"#
+    )
+}
+
+/// The `analysis` of a [`manifest`]'s spec: a look every second at the share of
+/// `http_requests_total` with code 500 (at most 2 %) from the Prometheus at
+/// `127.0.0.1:port`, each query allowed `timeout`; `prometheus` is appended to the fields
+/// of `analysis.prometheus` (`, bearerTokenFile: ...`, or nothing).
+pub fn error_rate_analysis(port: u16, timeout: &str, prometheus: &str) -> String {
+    format!(
+        r#"  analysis:
+    interval: 1s
+    prometheus: {{ address: "http://127.0.0.1:{port}", timeout: {timeout}{prometheus} }}
+    metrics:
+      - name: error-rate
+        ratio:
+          errors: 'sum by (feature_flag_result_variant) (increase(http_requests_total{{code="500"}}[{{{{ window }}}}]))'
+          requests: 'sum by (feature_flag_result_variant) (increase(http_requests_total[{{{{ window }}}}]))'
+        max: "2%"
+"#
+    )
+}
+
 /// Runs `sluice ctl --state STATE ARGS`: whether it succeeded, and what it printed.
 pub fn ctl(state: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(sluice())
