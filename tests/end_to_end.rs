@@ -160,9 +160,9 @@ fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
 #[test]
 fn a_latency_fault_inside_the_first_stage_is_rolled_back_by_the_histogram_comparison() {
     // The broken flag's candidate answers 0.3 s slower (above the 0.25 s threshold of the
-    // `slow-requests` histogram metric), without errors, from 10 s after the service
-    // started: inside the first stage (10 % for 15 s; Sluice starts a few seconds after
-    // the service). The histogram metric has no `max`: only the comparison of the cohorts'
+    // `slow-requests` histogram metric), without errors, from 14 s after the service
+    // started: inside the first stage (10 % for 15 s; Sluice starts once Prometheus has
+    // scraped the service, about 6 s after the service started). The histogram metric has no `max`: only the comparison of the cohorts'
     // slow shares can roll it back.
     let (_dir, workdir, summary, context) = run_demo(&[
         "--errors",
@@ -170,7 +170,7 @@ fn a_latency_fault_inside_the_first_stage_is_rolled_back_by_the_histogram_compar
         "--latency",
         "0.3",
         "--fault-after",
-        "10",
+        "14",
         "--deadline",
         "150",
     ]);

@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -208,6 +209,16 @@ def unix(timestamp: str) -> float:
         raise ValueError(f"not a UTC timestamp: {timestamp!r}")
     whole = float(calendar.timegm(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")))
     return whole + float(match.group(2) or 0.0)
+
+
+def scraped(prometheus_url: str) -> bool:
+    """True once Prometheus has scraped the service successfully (``up`` is 1)."""
+    query = urllib.parse.urlencode({"query": 'up{job="demo"}'})
+    status, body = get(f"{prometheus_url}/api/v1/query?{query}")
+    if status != 200:
+        return False
+    result = json.loads(body).get("data", {}).get("result", [])
+    return any(r.get("value", [None, "0"])[1] == "1" for r in result)
 
 
 def first_fault(service_url: str) -> float | None:
@@ -415,6 +426,14 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
     prometheus_url = f"http://127.0.0.1:{prometheus_port}"
     wait("Prometheus", 60, lambda: alive(prometheus, logs / "prometheus.log")
          and get(f"{prometheus_url}/-/ready")[0] == 200)
+    # Prometheus scrapes a new target only a few seconds after it is ready (its target
+    # discovery sends updates every 5 s). A stage that began before the first scrape
+    # would have its first seconds missing from every series, and the per-user sums of
+    # squares and products would then not be sums over the stage's users (a counter's
+    # first sample already holds what each user did before it): start nothing until
+    # the service has been scraped.
+    wait("Prometheus's first scrape of the service", 60,
+         lambda: alive(prometheus, logs / "prometheus.log") and scraped(prometheus_url))
     say(f"Prometheus on {prometheus_url}, scraping every {args.scrape_interval:g}s")
 
     # Load, then Sluice.
