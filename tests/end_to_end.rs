@@ -278,9 +278,9 @@ fn first_stage_variant(user: &str) -> String {
 #[test]
 #[ignore = "the `max` ceiling of the demo's error-rate metric is judged request by request \
             (binomial) even with perUser queries: the bad user alone pushes the candidate's \
-            share above 2 % and the ceiling rolled the healthy flag back in 2 of 5 runs \
-            (and new-search in every run, before its fault begins); run with --ignored once \
-            the ceiling uses the user-level variance"]
+            share above 2 % and the ceiling rolls the healthy flag back in the first \
+            stage (3 runs of 3 on 2026-12-03, and new-search before its fault begins); run \
+            with --ignored once the ceiling uses the user-level variance"]
 fn a_healthy_flag_whose_heavy_candidate_user_fails_more_is_promoted_on_user_level_statistics() {
     // The pin: flagd buckets user-2 into new-checkout's candidate at 10 %, user-1 not.
     assert_eq!(first_stage_variant(STICKY_BAD_USER), "on");

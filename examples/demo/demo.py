@@ -6,7 +6,8 @@
 
 It starts, in a temporary directory:
 
-* Prometheus, scraping the service every second (``--scrape-interval``);
+* Prometheus, scraping the service every second (``--scrape-interval``); nothing else
+  starts before its first scrape of the service;
 * the example Python service (``examples/python-service/service.py``), which evaluates
   the flags ``new-checkout`` (route ``/checkout``) and ``new-search`` (``/search``) from
   a flagd file with the OpenFeature SDK, and whose ``new-search`` candidate path starts
@@ -24,16 +25,15 @@ baseline. ``--sticky-bad-user USER:PROB`` shows it: that user's requests fail wi
 probability ``PROB`` on every route and variant (an old client). ``user-2`` is the
 heaviest user ``new-checkout``'s first stage (10 %) puts in its candidate cohort (flagd's
 fractional bucketing of ``["new-checkout", "user-2"]``), so ``--sticky-bad-user
-user-2:0.5`` raises that candidate's error rate to 3-16 % in the first stage against the
+user-2:0.5`` raises that candidate's error rate to 16-34 % in the first stage against the
 baseline's 0 with a healthy flag: the comparison finds no harm, and each look's
-``userVariance`` in status shows the candidate's variance 70-200 times the binomial with
-2-3 effective users (the summary prints it). ``--request-level`` drops the ``perUser``
+``userVariance`` in status shows the candidate's variance 20-65 times the binomial with
+3.5-6 effective users (the summary prints it). ``--request-level`` drops the ``perUser``
 queries to show what judging requests as independent does with the same traffic: the
-comparison then finds harm.
-The error-rate metrics' ``max: 2%`` ceilings are still judged request by request: with
-``--sticky-bad-user`` the bad user alone can take a candidate's share above 2 % and the
-ceiling rolls that flag back (``new-search`` before its fault begins, ``new-checkout`` in
-some runs).
+comparison then finds harm. The error-rate metrics' ``max: 2%`` ceilings are still
+judged request by request: with ``--sticky-bad-user`` the bad user alone takes a
+candidate's share above 2 % and the ceilings roll both flags back (``new-search`` before
+its fault begins).
 
 It waits until both rollouts are finished (``new-checkout`` promoted, ``new-search``
 rolled back), asks the service which path users now get, and prints a summary: each
@@ -316,7 +316,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "the heaviest user new-checkout's 10%% stage puts in its candidate: "
                         "with user-2:0.5 the comparison, judged on user-level statistics, "
                         "finds no harm in that healthy flag (the max: 2%% ceiling, judged "
-                        "request by request, can still roll it back)")
+                        "request by request, still rolls it back)")
     parser.add_argument("--request-level", action="store_true",
                         help="drop the rollouts' perUser queries: judge requests as if they "
                         "were independent (with --sticky-bad-user, the comparison then finds "
