@@ -5,7 +5,11 @@
 //! flags out. The healthy one must be promoted; the broken one (its candidate starts
 //! failing partway through) must be rolled back on a `Fail` of the error metric, with
 //! its flag file serving only the baseline, and the service serving the baseline to
-//! fresh users, soon enough after the first failing request.
+//! fresh users, soon enough after the first failing request. The demo's rollouts judge
+//! users (`perUser` on the module's per-user sums); a third run makes the heaviest user of
+//! the healthy flag's candidate fail more on its own (`--sticky-bad-user`) and checks
+//! that the flag is still promoted with the user-level variance in status (ignored for
+//! now: the `max` ceiling is still judged request by request, see the test).
 //!
 //! Needs the interpreter of `make test` (`$SLUICE_PYTHON`, or `<repo>/.venv/bin/python`
 //! with tests/python/requirements.txt) and `prometheus` on PATH
@@ -156,9 +160,9 @@ fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
 #[test]
 fn a_latency_fault_inside_the_first_stage_is_rolled_back_by_the_histogram_comparison() {
     // The broken flag's candidate answers 0.3 s slower (above the 0.25 s threshold of the
-    // `slow-requests` histogram metric), without errors, from 10 s after the service
-    // started: inside the first stage (10 % for 15 s; Sluice starts a few seconds after
-    // the service). The histogram metric has no `max`: only the comparison of the cohorts'
+    // `slow-requests` histogram metric), without errors, from 14 s after the service
+    // started: inside the first stage (10 % for 15 s; Sluice starts once Prometheus has
+    // scraped the service, about 6 s after the service started). The histogram metric has no `max`: only the comparison of the cohorts'
     // slow shares can roll it back.
     let (_dir, workdir, summary, context) = run_demo(&[
         "--errors",
@@ -166,7 +170,7 @@ fn a_latency_fault_inside_the_first_stage_is_rolled_back_by_the_histogram_compar
         "--latency",
         "0.3",
         "--fault-after",
-        "10",
+        "14",
         "--deadline",
         "150",
     ]);
@@ -237,5 +241,128 @@ fn the_demo_rollouts_are_valid() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The heavy user the next test makes fail: `user-2`, the loadgen crowd's second-heaviest
+/// (Zipf rank 2, about 5 % of the requests; `user-1`, the heaviest, is in the baseline at
+/// 10 %).
+const STICKY_BAD_USER: &str = "user-2";
+
+/// Where flagd's own evaluator (the Python provider's `fractional`, what the service
+/// runs) puts `user` for the demo's `new-checkout` at its first stage (10 %).
+fn first_stage_variant(user: &str) -> String {
+    let script = format!(
+        "from openfeature.contrib.tools.flagd.core.targeting.custom_ops import fractional\n\
+         print(fractional({{'targetingKey': {user:?}, '$flagd': {{'flagKey': 'new-checkout'}}}}, \
+         ['on', 100000], ['off', 900000]))"
+    );
+    let output = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Issue 18: a healthy flag whose heaviest candidate user fails more for a reason of its
+/// own (an old client: half of `user-2`'s requests fail, on every route and variant) is
+/// promoted, because the comparison judges users, not requests: the demo's rollouts name
+/// the per-user sums (`perUser`), read from a real Prometheus, and the candidate's
+/// user-level variance in status is far above the binomial. The same traffic judged
+/// request by request (`demo.py --request-level`) is rolled back.
+#[test]
+#[ignore = "the `max` ceiling of the demo's error-rate metric is judged request by request \
+            (binomial) even with perUser queries: the bad user alone pushes the candidate's \
+            share above 2 % and the ceiling rolls the healthy flag back in the first \
+            stage (3 runs of 3 on 2026-12-03, and new-search before its fault begins); run \
+            with --ignored once the ceiling uses the user-level variance"]
+fn a_healthy_flag_whose_heavy_candidate_user_fails_more_is_promoted_on_user_level_statistics() {
+    // The pin: flagd buckets user-2 into new-checkout's candidate at 10 %, user-1 not.
+    assert_eq!(first_stage_variant(STICKY_BAD_USER), "on");
+    assert_eq!(first_stage_variant("user-1"), "off");
+
+    let bad = format!("{STICKY_BAD_USER}:0.5");
+    let (_dir, workdir, summary, context) =
+        run_demo(&["--quick", "--deadline", "150", "--sticky-bad-user", &bad]);
+    let healthy = status(&workdir, "new-checkout");
+    assert_eq!(healthy.phase, Phase::Promoted, "{context}");
+    assert_eq!(
+        summary["probes"]["new-checkout"]["baseline"], 0,
+        "{context}"
+    );
+
+    // The case is what it claims: in the first stage the candidate fails far more than
+    // the baseline (more than the 1-point tolerance), with no harm from the flag...
+    let share = |look: &Value, cohort: &str| look[cohort]["value"].as_f64();
+    let first_stage: Vec<&Value> = summary["looks"]["new-checkout"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|look| look["stage"] == 0)
+        .map(|look| &look["metrics"]["error-rate"])
+        .filter(|m| !m["userVariance"].is_null())
+        .collect();
+    assert!(
+        !first_stage.is_empty(),
+        "no judged look in the first stage:\n{context}"
+    );
+    let worst = first_stage
+        .iter()
+        .filter_map(|m| Some(share(m, "candidate")? - share(m, "baseline")?))
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert!(
+        worst > 0.02,
+        "the bad user did not raise the candidate's error rate (by {worst}):\n{context}"
+    );
+    // ...and the user-level variance sees why: a handful of effective users, the
+    // candidate's variance many times the binomial, the baseline's close to it.
+    let variance = |m: &Value, field: &str| m["userVariance"][field].as_f64().unwrap();
+    let heaviest = first_stage
+        .iter()
+        .max_by(|a, b| {
+            variance(a, "candidateOverBinomial").total_cmp(&variance(b, "candidateOverBinomial"))
+        })
+        .unwrap();
+    println!(
+        "first stage's user-level variance: {}",
+        heaviest["userVariance"]
+    );
+    assert!(
+        variance(heaviest, "candidateOverBinomial") > 10.0,
+        "{heaviest}"
+    );
+    assert!(
+        variance(heaviest, "candidateEffectiveUsers") < 10.0,
+        "{heaviest}"
+    );
+    assert!(
+        variance(heaviest, "baselineOverBinomial") < 3.0,
+        "{heaviest}"
+    );
+
+    // The look that promoted it passed the comparison on the user-level variance.
+    let analysis = healthy.last_analysis.as_ref().expect("a last look");
+    assert_eq!(analysis.verdict, Verdict::Pass, "{context}");
+    let error_rate = analysis
+        .metrics
+        .iter()
+        .find(|m| m.name == "error-rate")
+        .expect("the error metric was judged");
+    assert_eq!(error_rate.verdict, Verdict::Pass, "{context}");
+    let user_variance = error_rate
+        .user_variance
+        .expect("the user-level variance in status");
+    assert!(
+        user_variance.candidate_over_binomial > 1.0,
+        "{user_variance:?}"
+    );
+    assert!(
+        user_variance.candidate > user_variance.baseline,
+        "{user_variance:?}"
     );
 }

@@ -591,6 +591,87 @@ async fn faults_start_after_their_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_bad_user_fails_on_every_route_and_variant_and_is_no_flag_fault() {
+    let Some(python) = python() else { return };
+    // A malformed option is refused before anything starts, naming the option.
+    for bad in ["old-client", "old-client:1.5", ":0.5", "old-client:often"] {
+        let output = Command::new(&python)
+            .arg(example("service.py"))
+            .args(["--flags", "/nonexistent.json", "--sticky-bad-user", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--sticky-bad-user wants USER:PROB"),
+            "{bad}: {stderr}"
+        );
+    }
+
+    const N: usize = 30;
+    // `new-checkout` serves everybody its candidate, `new-search` its baseline: the bad
+    // user meets both variants.
+    let service = Service::start(
+        &python,
+        &split(100),
+        &split(0),
+        &["--sticky-bad-user", "old-client:1"],
+    )
+    .await;
+    let old_client = vec!["old-client".to_owned(); N];
+    let checkout = service.get_all("/checkout", &old_client).await;
+    let search = service.get_all("/search", &old_client).await;
+    let others = service.get_all("/checkout", &users("u-", N)).await;
+    assert!(
+        checkout
+            .iter()
+            .all(|s| s.status == 500 && s.path == "candidate")
+    );
+    assert!(
+        search
+            .iter()
+            .all(|s| s.status == 500 && s.path == "baseline")
+    );
+    assert!(
+        others
+            .iter()
+            .all(|s| s.status == 200 && s.path == "candidate")
+    );
+
+    let scrape = service.scrape_after(3 * N).await;
+    for flag in [CHECKOUT, SEARCH] {
+        let injected = scrape.sum(
+            "fault_injected_total",
+            &[("feature_flag_key", flag), ("kind", "user")],
+        );
+        assert_eq!(injected, N as f64, "{flag}");
+        // Not the flag's fault: the first-fault time stays unset.
+        let first = [("feature_flag_key", flag)];
+        assert_eq!(
+            scrape
+                .samples("fault_first_injected_timestamp_seconds", &first)
+                .count(),
+            0,
+            "{flag}"
+        );
+    }
+    // The per-user sums see one user with N requests, all failed, beside N users with
+    // one successful request each.
+    let n = N as f64;
+    let sum = |name: &str| scrape.sum(name, &flag_filter(CHECKOUT, "on"));
+    assert_eq!(sum("sluice_user_requests_total"), 2.0 * n);
+    assert_eq!(sum("sluice_user_requests_squared_total"), n * n + n);
+    assert_eq!(sum("sluice_user_errors_total"), n);
+    assert_eq!(sum("sluice_user_errors_squared_total"), n * n);
+    assert_eq!(sum("sluice_user_requests_errors_total"), n * n);
+    let sum = |name: &str| scrape.sum(name, &flag_filter(SEARCH, "off"));
+    assert_eq!(sum("sluice_user_errors_squared_total"), n * n);
+    let (status, log) = service.stop().await;
+    assert!(status.success(), "{log}");
+    assert!(log.contains("sticky bad users old-client:1"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_stage_counts_users_afresh_and_a_rollback_serves_only_the_baseline() {
     let Some(python) = python() else { return };
     const N: usize = 1_500;

@@ -6,14 +6,34 @@
 
 It starts, in a temporary directory:
 
-* Prometheus, scraping the service every second (``--scrape-interval``);
+* Prometheus, scraping the service every second (``--scrape-interval``); nothing else
+  starts before its first scrape of the service;
 * the example Python service (``examples/python-service/service.py``), which evaluates
   the flags ``new-checkout`` (route ``/checkout``) and ``new-search`` (``/search``) from
   a flagd file with the OpenFeature SDK, and whose ``new-search`` candidate path starts
   failing (a share of its requests answer 500) partway through the rollout;
 * ``sluice standalone`` over copies of ``examples/demo/*.yaml`` (a live table on a
   terminal, plain lines otherwise);
-* the load generator: Poisson arrivals from a heavy-tailed crowd of users.
+* the load generator: Poisson arrivals from a heavy-tailed crowd of users (``user-1`` ..
+  ``user-20000``, user ``k`` sending a share proportional to ``1/k``: ``user-1`` about
+  10 % of the requests, ``user-2`` 5 %).
+
+Both rollouts' comparisons judge users, not requests: their ratio and histogram metrics
+name the instrumentation's per-user sums (``perUser``), so a few heavy users who fail
+more for reasons of their own do not make a healthy candidate look worse than its
+baseline. ``--sticky-bad-user USER:PROB`` shows it: that user's requests fail with
+probability ``PROB`` on every route and variant (an old client). ``user-2`` is the
+heaviest user ``new-checkout``'s first stage (10 %) puts in its candidate cohort (flagd's
+fractional bucketing of ``["new-checkout", "user-2"]``), so ``--sticky-bad-user
+user-2:0.5`` raises that candidate's error rate to 16-34 % in the first stage against the
+baseline's 0 with a healthy flag: the comparison finds no harm, and each look's
+``userVariance`` in status shows the candidate's variance 20-65 times the binomial with
+3.5-6 effective users (the summary prints it). ``--request-level`` drops the ``perUser``
+queries to show what judging requests as independent does with the same traffic: the
+comparison then finds harm. The error-rate metrics' ``max: 2%`` ceilings are still
+judged request by request: with ``--sticky-bad-user`` the bad user alone takes a
+candidate's share above 2 % and the ceilings roll both flags back (``new-search`` before
+its fault begins).
 
 It waits until both rollouts are finished (``new-checkout`` promoted, ``new-search``
 rolled back), asks the service which path users now get, and prints a summary: each
@@ -39,6 +59,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -123,6 +144,21 @@ class Processes:
             process.wait()
 
 
+def without_per_user(text: str) -> str:
+    """The rollout without its metrics' ``perUser`` blocks (``--request-level``)."""
+    lines, skipping = [], None
+    for line in text.splitlines(keepends=True):
+        indent = len(line) - len(line.lstrip())
+        if skipping is not None and line.strip() and indent > skipping:
+            continue
+        skipping = None
+        if line.strip().startswith("perUser:"):
+            skipping = indent
+            continue
+        lines.append(line)
+    return "".join(lines)
+
+
 def scaled_rollout(text: str, scale: float, interval: str | None) -> str:
     """The rollout with its stage durations scaled and its interval replaced."""
 
@@ -175,6 +211,16 @@ def unix(timestamp: str) -> float:
     return whole + float(match.group(2) or 0.0)
 
 
+def scraped(prometheus_url: str) -> bool:
+    """True once Prometheus has scraped the service successfully (``up`` is 1)."""
+    query = urllib.parse.urlencode({"query": 'up{job="demo"}'})
+    status, body = get(f"{prometheus_url}/api/v1/query?{query}")
+    if status != 200:
+        return False
+    result = json.loads(body).get("data", {}).get("result", [])
+    return any(r.get("value", [None, "0"])[1] == "1" for r in result)
+
+
 def first_fault(service_url: str) -> float | None:
     """When the service served its first injected failure (its own metric)."""
     status, body = get(f"{service_url}/metrics")
@@ -213,6 +259,43 @@ def timeline(status: dict, start: float) -> list[str]:
     return lines
 
 
+def look_summary(analysis: dict) -> dict:
+    """One look, as the summary keeps it: its stage and verdict, and per metric the
+    verdict and reason, the cohorts' counts and shares, the comparison's statistic and
+    boundary, and the user-level variance."""
+    return {
+        "at": analysis.get("at"),
+        "stage": analysis.get("stage"),
+        "verdict": analysis.get("verdict"),
+        "metrics": {
+            m["name"]: {
+                key: m.get(key)
+                for key in ("verdict", "reason", "baseline", "candidate", "statistic",
+                            "boundary", "userVariance")
+            }
+            for m in analysis.get("metrics", [])
+        },
+    }
+
+
+def user_level_line(looks: list[dict]) -> str | None:
+    """The look whose candidate's user-level variance is furthest above the binomial."""
+    best = None
+    for look in looks:
+        for name, metric in look["metrics"].items():
+            variance = metric.get("userVariance") or {}
+            ratio = variance.get("candidateOverBinomial")
+            if ratio is not None and (best is None or ratio > best[0]):
+                best = (ratio, name, look, variance)
+    if best is None:
+        return None
+    ratio, name, look, variance = best
+    stage = "-" if look["stage"] is None else look["stage"] + 1
+    return (f"  user-level variance ({name}, stage {stage}): the candidate's is {ratio:.1f}x "
+            f"the binomial ({variance.get('candidateEffectiveUsers', 0):.1f} effective users), "
+            f"the baseline's {variance.get('baselineOverBinomial', 0):.1f}x")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sluice", default=str(REPO / "target" / "debug" / "sluice"))
@@ -227,6 +310,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds added to each of the broken candidate's requests")
     parser.add_argument("--fault-after", type=float,
                         help="seconds after the service starts (default 25, quick 14)")
+    parser.add_argument("--sticky-bad-user", action="append", default=[], metavar="USER:PROB",
+                        help="USER's requests fail with probability PROB on every route and "
+                        "variant (an old client, not a flag's fault; repeatable). user-2 is "
+                        "the heaviest user new-checkout's 10%% stage puts in its candidate: "
+                        "with user-2:0.5 the comparison, judged on user-level statistics, "
+                        "finds no harm in that healthy flag (the max: 2%% ceiling, judged "
+                        "request by request, still rolls it back)")
+    parser.add_argument("--request-level", action="store_true",
+                        help="drop the rollouts' perUser queries: judge requests as if they "
+                        "were independent (with --sticky-bad-user, the comparison then finds "
+                        "harm in the healthy flag)")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=240.0,
                         help="give up when the rollouts are not finished after this long")
@@ -276,6 +370,8 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         d.mkdir(exist_ok=True)
     for name in ROLLOUTS:
         text = (HERE / f"{name}.yaml").read_text()
+        if args.request_level:
+            text = without_per_user(text)
         (rollouts / f"{name}.yaml").write_text(scaled_rollout(text, scale, interval))
     flags = rollouts / "flags.json"
     flags.write_text(json.dumps(initial_flags(), indent=2) + "\n")
@@ -290,7 +386,8 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         [python, str(Path(args.service_dir) / "service.py"), "--flags", str(flags),
          "--port", "0", "--port-file", str(port_file), "--seed", "7",
          "--route", "/checkout=new-checkout", "--route", "/search=new-search",
-         "--fault", f"{BROKEN}:errors={args.errors},latency={args.latency},after={fault_after}s"],
+         "--fault", f"{BROKEN}:errors={args.errors},latency={args.latency},after={fault_after}s"]
+        + [arg for bad in args.sticky_bad_user for arg in ("--sticky-bad-user", bad)],
         stdout=service_log, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
@@ -300,6 +397,13 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
     wait("the service", 30, lambda: get(f"{service_url}/healthz")[0] == 200)
     say(f"service on {service_url} ({BROKEN}'s candidate fails {args.errors:.0%} of requests "
         f"and is {args.latency:g}s slower from {fault_after:.0f}s after start)")
+    for bad in args.sticky_bad_user:
+        user, _, prob = bad.rpartition(":")
+        say(f"sticky bad user: {user}'s requests fail with probability {prob} on every "
+            "route and variant (not a flag's fault)")
+    if args.request_level:
+        say("--request-level: the rollouts' perUser queries are dropped (requests are "
+            "judged as independent)")
 
     # Prometheus, scraping the service.
     prometheus_port = free_port()
@@ -322,6 +426,14 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
     prometheus_url = f"http://127.0.0.1:{prometheus_port}"
     wait("Prometheus", 60, lambda: alive(prometheus, logs / "prometheus.log")
          and get(f"{prometheus_url}/-/ready")[0] == 200)
+    # Prometheus scrapes a new target only a few seconds after it is ready (its target
+    # discovery sends updates every 5 s). A stage that began before the first scrape
+    # would have its first seconds missing from every series, and the per-user sums of
+    # squares and products would then not be sums over the stage's users (a counter's
+    # first sample already holds what each user did before it): start nothing until
+    # the service has been scraped.
+    wait("Prometheus's first scrape of the service", 60,
+         lambda: alive(prometheus, logs / "prometheus.log") and scraped(prometheus_url))
     say(f"Prometheus on {prometheus_url}, scraping every {args.scrape_interval:g}s")
 
     # Load, then Sluice.
@@ -346,8 +458,14 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         stdout=sluice_out, stderr=subprocess.STDOUT if sluice_out else None,
     )
 
+    looks: dict[str, dict[str, dict]] = {name: {} for name in ROLLOUTS}
+
     def finished():
         statuses = {name: read_status(state, name) for name in ROLLOUTS}
+        for name, status in statuses.items():
+            analysis = (status or {}).get("lastAnalysis")
+            if analysis and analysis.get("at"):
+                looks[name].setdefault(analysis["at"], look_summary(analysis))
         if all(s and s.get("phase") in FINISHED for s in statuses.values()):
             return statuses
         return None
@@ -395,6 +513,8 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
                 print(f"  failing metric {metric['name']}: baseline {b.get('value', 0):.2%} "
                       f"(n={b.get('n', 0):.0f}), candidate {c.get('value', 0):.2%} "
                       f"(n={c.get('n', 0):.0f}): {metric.get('reason', '')}")
+        line = user_level_line(list(looks[name].values()))
+        print(line or "  no user-level variance in its looks (no perUser queries)")
         print(f"  the service now serves {probes[name]['candidate']} of "
               f"{probes[name]['candidate'] + probes[name]['baseline']} fresh users the candidate")
     if seconds is not None:
@@ -414,6 +534,7 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         "time_to_rollback_seconds": seconds,
         "share_of_run": None if seconds is None else seconds / run_seconds,
         "probes": probes,
+        "looks": {name: list(looks[name].values()) for name in ROLLOUTS},
         "interval_seconds": 2.0 if args.quick else 5.0,
         "scrape_interval_seconds": args.scrape_interval,
         "fault_after_seconds": fault_after,

@@ -12,12 +12,25 @@ exported as Prometheus metrics on ``/metrics`` by ``sluice_openfeature``.
 
     curl 'localhost:8000/checkout?user=alice'     # or: -H 'X-User: alice'
 
+    python service.py --flags flags.json --sticky-bad-user user-2:0.3
+
 The targeting key is the ``user`` query parameter or the ``X-User`` header; without one
 the flag falls back to its default (the baseline). Faults apply to the candidate path of
 one flag only, from ``after`` seconds after start: ``errors`` is the share of its
 requests answered 500, ``latency`` seconds are added to each. The first request a fault
 touches is logged (``first injected fault flag=... unix=...``) and its time exported as
 ``fault_first_injected_timestamp_seconds{feature_flag_key}``.
+
+``--sticky-bad-user USER:PROB`` makes one user fail more for a reason that has nothing
+to do with any flag (an old client, a bot): each of that user's requests, on every route
+and whichever variant it is served, is answered 500 with probability ``PROB``. Counted in
+``fault_injected_total{feature_flag_key, kind="user"}``; it is not a flag's fault, so it
+never sets ``fault_first_injected_timestamp_seconds``. A flag whose candidate cohort holds
+such a heavy user is healthy, yet its candidate's error rate is higher than the
+baseline's just by who is in it: what user-level statistics (``perUser``) are for.
+
+``--slow-threshold`` is the latency above which the per-user sums count a request as
+slow (``sluice_user_slow_*``): it must equal the rollout's histogram ``threshold``.
 
 Other endpoints: ``/metrics`` (Prometheus), ``/healthz``. SIGTERM or SIGINT stops the
 server after the requests in flight; the exit status is 0.
@@ -83,6 +96,20 @@ class Fault:
         return flag, fault
 
 
+def parse_bad_user(spec: str) -> tuple[str, float]:
+    """Parses ``USER:PROB`` (``--sticky-bad-user``): a targeting key and a share in [0, 1]."""
+    user, sep, prob = spec.rpartition(":")
+    try:
+        share = float(prob)
+    except ValueError:
+        share = -1.0
+    if not sep or not user or not 0.0 <= share <= 1.0:
+        raise ValueError(
+            f"--sticky-bad-user wants USER:PROB with PROB a share in [0, 1], got {spec!r}"
+        )
+    return user, share
+
+
 def parse_seconds(text: str) -> float:
     """``1.5``, ``300ms``, ``60s``, ``2m`` -> seconds."""
     for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
@@ -100,9 +127,11 @@ class Service:
         faults: dict[str, Fault],
         work_seconds: float,
         rng: random.Random,
+        bad_users: dict[str, float] | None = None,
     ) -> None:
         self.routes = routes
         self.faults = faults
+        self.bad_users = dict(bad_users or {})
         self.work_seconds = work_seconds
         self.rng = rng
         self.client = api.get_client()
@@ -158,6 +187,11 @@ class Service:
             if failed:
                 self.fault_count.labels(flag, "error").inc()
                 return respond(start_response, 500, {**body, "error": "injected fault"})
+        # A user who fails more whatever it is served (an old client): not the flag's fault.
+        bad = self.bad_users.get(user) if user else None
+        if bad is not None and self.rng.random() < bad:
+            self.fault_count.labels(flag, "user").inc()
+            return respond(start_response, 500, {**body, "error": "sticky bad user"})
         return respond(start_response, 200, body)
 
     def first_fault(self, flag: str) -> None:
@@ -216,6 +250,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="fault on FLAG's candidate path (repeatable)",
     )
     parser.add_argument(
+        "--sticky-bad-user",
+        action="append",
+        default=[],
+        metavar="USER:PROB",
+        help="USER's requests fail with probability PROB on every route and variant "
+        "(an old client: not a flag's fault; repeatable)",
+    )
+    parser.add_argument(
+        "--slow-threshold",
+        type=parse_seconds,
+        default=0.25,
+        help="latency above which the per-user sums count a request as slow; must equal "
+        "the rollout's histogram threshold (default 0.25s)",
+    )
+    parser.add_argument(
         "--work",
         type=parse_seconds,
         default=0.005,
@@ -242,6 +291,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.faults = dict(Fault.parse(spec) for spec in args.fault)
     except ValueError as err:
         parser.error(str(err))
+    try:
+        args.bad_users = dict(parse_bad_user(spec) for spec in args.sticky_bad_user)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.slow_threshold < 0:
+        parser.error("--slow-threshold must not be negative")
     return args
 
 
@@ -257,7 +312,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("openfeature.contrib").setLevel(logging.ERROR)
     prometheus_client.disable_created_metrics()
 
-    metrics = FlagMetrics()
+    metrics = FlagMetrics(slow_threshold=args.slow_threshold)
     metrics.install()
     poll_ms = None if args.flag_poll is None else max(1, round(args.flag_poll * 1000))
     provider = FlagdProvider(
@@ -275,7 +330,9 @@ def main(argv: list[str]) -> int:
         log.error("the provider loaded %s but announced no configuration", args.flags)
         return 1
 
-    app = Service(args.routes, args.faults, args.work, random.Random(args.seed))
+    app = Service(
+        args.routes, args.faults, args.work, random.Random(args.seed), args.bad_users
+    )
     server = ThreadingWSGIServer((args.host, args.port), QuietHandler)
     server.set_app(metrics.wsgi(app))
     port = server.server_address[1]
@@ -286,7 +343,11 @@ def main(argv: list[str]) -> int:
         os.replace(tmp, args.port_file)
     routes = " ".join(f"{p}->{f}" for p, f in args.routes.items())
     faults = " ".join(f"{f}:{fault}" for f, fault in args.faults.items()) or "none"
-    log.info("flags %s; routes %s; faults %s", args.flags, routes, faults)
+    bad = " ".join(f"{u}:{p:g}" for u, p in args.bad_users.items()) or "none"
+    log.info(
+        "flags %s; routes %s; faults %s; sticky bad users %s; slow above %gs",
+        args.flags, routes, faults, bad, args.slow_threshold,
+    )
     print(f"listening on http://{args.host}:{port}", flush=True)
 
     stop = threading.Event()
