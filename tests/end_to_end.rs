@@ -8,8 +8,8 @@
 //! fresh users, soon enough after the first failing request. The demo's rollouts judge
 //! users (`perUser` on the module's per-user sums); a third run makes the heaviest user of
 //! the healthy flag's candidate fail more on its own (`--sticky-bad-user`) and checks
-//! that the flag is still promoted with the user-level variance in status (ignored for
-//! now: the `max` ceiling is still judged request by request, see the test).
+//! that the flag is still promoted with the user-level variance in status (both the
+//! comparison and the `max` ceiling judge users).
 //!
 //! Needs the interpreter of `make test` (`$SLUICE_PYTHON`, or `<repo>/.venv/bin/python`
 //! with tests/python/requirements.txt) and `prometheus` on PATH
@@ -276,11 +276,6 @@ fn first_stage_variant(user: &str) -> String {
 /// user-level variance in status is far above the binomial. The same traffic judged
 /// request by request (`demo.py --request-level`) is rolled back.
 #[test]
-#[ignore = "the `max` ceiling of the demo's error-rate metric is judged request by request \
-            (binomial) even with perUser queries: the bad user alone pushes the candidate's \
-            share above 2 % and the ceiling rolls the healthy flag back in the first \
-            stage (3 runs of 3 on 2026-12-03, and new-search before its fault begins); run \
-            with --ignored once the ceiling uses the user-level variance"]
 fn a_healthy_flag_whose_heavy_candidate_user_fails_more_is_promoted_on_user_level_statistics() {
     // The pin: flagd buckets user-2 into new-checkout's candidate at 10 %, user-1 not.
     assert_eq!(first_stage_variant(STICKY_BAD_USER), "on");

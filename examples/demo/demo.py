@@ -30,10 +30,10 @@ baseline's 0 with a healthy flag: the comparison finds no harm, and each look's
 ``userVariance`` in status shows the candidate's variance 20-65 times the binomial with
 3.5-6 effective users (the summary prints it). ``--request-level`` drops the ``perUser``
 queries to show what judging requests as independent does with the same traffic: the
-comparison then finds harm. The error-rate metrics' ``max: 2%`` ceilings are still
-judged request by request: with ``--sticky-bad-user`` the bad user alone takes a
-candidate's share above 2 % and the ceilings roll both flags back (``new-search`` before
-its fault begins).
+comparison then finds harm. The error-rate metrics' ``max: 2%`` ceilings judge users
+too (the candidate's user-level variance at ``max``): the bad user alone takes the
+candidate's share far above 2 %, which with a handful of effective users is no confident
+excess. Without ``perUser`` (``--request-level``) the ceilings are request-level again.
 
 It waits until both rollouts are finished (``new-checkout`` promoted, ``new-search``
 rolled back), asks the service which path users now get, and prints a summary: each
@@ -315,8 +315,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "variant (an old client, not a flag's fault; repeatable). user-2 is "
                         "the heaviest user new-checkout's 10%% stage puts in its candidate: "
                         "with user-2:0.5 the comparison, judged on user-level statistics, "
-                        "finds no harm in that healthy flag (the max: 2%% ceiling, judged "
-                        "request by request, still rolls it back)")
+                        "finds no harm in that healthy flag, and neither does its max: 2%% "
+                        "ceiling, which judges users too")
     parser.add_argument("--request-level", action="store_true",
                         help="drop the rollouts' perUser queries: judge requests as if they "
                         "were independent (with --sticky-bad-user, the comparison then finds "

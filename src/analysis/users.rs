@@ -118,6 +118,21 @@ pub fn cohort_variance(sums: &UserSums, p: f64, correction: f64) -> f64 {
     sums.n * p * (1.0 - p) + correction * sums.excess(p).max(0.0)
 }
 
+/// A cohort's design effect at the rate `p` (Kish): its user-level variance of the bad
+/// events over the binomial one, never below 1 (1 without requests or at `p` of 0 or 1).
+/// A one-sample test against a fixed `p` (a `max` ceiling) fits nothing from the stage, so
+/// no leverage correction applies. Dividing the cohort's counts by it turns a
+/// request-level test into the user-level one.
+pub fn design_effect(sums: &UserSums, p: f64) -> f64 {
+    let p = p.clamp(0.0, 1.0);
+    let binomial = sums.n * p * (1.0 - p);
+    if binomial > 0.0 {
+        (cohort_variance(sums, p, 1.0) / binomial).max(1.0)
+    } else {
+        1.0
+    }
+}
+
 /// The user-level variances of one stage: each cohort's variance of its bad events and
 /// of its ratio, at the null rates `(p_b, p_c)`.
 pub fn stage_variance(
