@@ -8,8 +8,9 @@
 //! fresh users, soon enough after the first failing request. The demo's rollouts judge
 //! users (`perUser` on the module's per-user sums); a third run makes the heaviest user of
 //! the healthy flag's candidate fail more on its own (`--sticky-bad-user`) and checks
-//! that the flag is still promoted with the user-level variance in status (both the
-//! comparison and the `max` ceiling judge users).
+//! that the flag is still promoted with the user-level variance in status, and the broken
+//! one still rolled back by its comparison (the rollouts' `max` ceilings, judged request by
+//! request, are dropped for that run: `--no-ceilings`).
 //!
 //! Needs the interpreter of `make test` (`$SLUICE_PYTHON`, or `<repo>/.venv/bin/python`
 //! with tests/python/requirements.txt) and `prometheus` on PATH
@@ -95,6 +96,25 @@ fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
     // The healthy rollout is promoted, and the service serves its candidate to everybody.
     let healthy = status(&workdir, "new-checkout");
     assert_eq!(healthy.phase, Phase::Promoted, "{context}");
+    // The broken flag, without its ceiling, is rolled back by the comparison of its error
+    // metric on user-level statistics.
+    let broken = status(&workdir, "new-search");
+    assert_eq!(broken.phase, Phase::RolledBack, "{context}");
+    let failed = broken
+        .last_analysis
+        .as_ref()
+        .expect("the look that rolled back");
+    assert_eq!(failed.verdict, Verdict::Fail, "{context}");
+    let error_rate = failed
+        .metrics
+        .iter()
+        .find(|m| m.name == "error-rate")
+        .expect("the error metric was judged");
+    assert_eq!(error_rate.verdict, Verdict::Fail, "{context}");
+    assert!(
+        error_rate.user_variance.is_some(),
+        "rolled back on user-level statistics: {error_rate:?}"
+    );
     assert_eq!(
         summary["probes"]["new-checkout"]["baseline"], 0,
         "{context}"
@@ -274,7 +294,13 @@ fn first_stage_variant(user: &str) -> String {
 /// promoted, because the comparison judges users, not requests: the demo's rollouts name
 /// the per-user sums (`perUser`), read from a real Prometheus, and the candidate's
 /// user-level variance in status is far above the binomial. The same traffic judged
-/// request by request (`demo.py --request-level`) is rolled back.
+/// request by request (`demo.py --request-level`) is rolled back. The rollouts' `max`
+/// ceilings are dropped (`--no-ceilings`): a ceiling judges the candidate's requests
+/// against an absolute limit, and the bad user alone takes the candidate's share above it
+/// (README, "Ceilings during an incident"). A user-level ceiling was tried and dropped on
+/// 2026-12-03: null-imposed user-level variance bounds z by the square root of the
+/// candidate's effective users, so a small cohort failing every request could pass it.
+/// The broken flag must still be rolled back by its comparison on user-level statistics.
 #[test]
 fn a_healthy_flag_whose_heavy_candidate_user_fails_more_is_promoted_on_user_level_statistics() {
     // The pin: flagd buckets user-2 into new-checkout's candidate at 10 %, user-1 not.
@@ -282,8 +308,14 @@ fn a_healthy_flag_whose_heavy_candidate_user_fails_more_is_promoted_on_user_leve
     assert_eq!(first_stage_variant("user-1"), "off");
 
     let bad = format!("{STICKY_BAD_USER}:0.5");
-    let (_dir, workdir, summary, context) =
-        run_demo(&["--quick", "--deadline", "150", "--sticky-bad-user", &bad]);
+    let (_dir, workdir, summary, context) = run_demo(&[
+        "--quick",
+        "--deadline",
+        "150",
+        "--no-ceilings",
+        "--sticky-bad-user",
+        &bad,
+    ]);
     let healthy = status(&workdir, "new-checkout");
     assert_eq!(healthy.phase, Phase::Promoted, "{context}");
     assert_eq!(

@@ -30,10 +30,11 @@ baseline's 0 with a healthy flag: the comparison finds no harm, and each look's
 ``userVariance`` in status shows the candidate's variance 20-65 times the binomial with
 3.5-6 effective users (the summary prints it). ``--request-level`` drops the ``perUser``
 queries to show what judging requests as independent does with the same traffic: the
-comparison then finds harm. The error-rate metrics' ``max: 2%`` ceilings judge users
-too (the candidate's user-level variance at ``max``): the bad user alone takes the
-candidate's share far above 2 %, which with a handful of effective users is no confident
-excess. Without ``perUser`` (``--request-level``) the ceilings are request-level again.
+comparison then finds harm. The error-rate metrics' ``max: 2%`` ceilings are still
+judged request by request: with ``--sticky-bad-user`` the bad user alone takes a
+candidate's share above 2 % and the ceilings roll both flags back (``new-search`` before
+its fault begins). ``--no-ceilings`` drops them: the comparison alone decides, and
+``new-checkout`` is promoted while ``new-search`` is rolled back by its own fault.
 
 It waits until both rollouts are finished (``new-checkout`` promoted, ``new-search``
 rolled back), asks the service which path users now get, and prints a summary: each
@@ -157,6 +158,12 @@ def without_per_user(text: str) -> str:
             continue
         lines.append(line)
     return "".join(lines)
+
+
+def without_ceilings(text: str) -> str:
+    """The rollout without its metrics' ``max`` ceilings (``--no-ceilings``)."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not line.strip().startswith("max:"))
 
 
 def scaled_rollout(text: str, scale: float, interval: str | None) -> str:
@@ -315,8 +322,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "variant (an old client, not a flag's fault; repeatable). user-2 is "
                         "the heaviest user new-checkout's 10%% stage puts in its candidate: "
                         "with user-2:0.5 the comparison, judged on user-level statistics, "
-                        "finds no harm in that healthy flag, and neither does its max: 2%% "
-                        "ceiling, which judges users too")
+                        "finds no harm in that healthy flag (the max: 2%% ceiling, judged "
+                        "request by request, still rolls it back: add --no-ceilings)")
+    parser.add_argument("--no-ceilings", action="store_true",
+                        help="drop the rollouts' max ceilings: the comparison of the cohorts "
+                        "alone decides (a max ceiling is judged request by request, so with "
+                        "--sticky-bad-user it rolls the healthy flag back)")
     parser.add_argument("--request-level", action="store_true",
                         help="drop the rollouts' perUser queries: judge requests as if they "
                         "were independent (with --sticky-bad-user, the comparison then finds "
@@ -372,6 +383,8 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         text = (HERE / f"{name}.yaml").read_text()
         if args.request_level:
             text = without_per_user(text)
+        if args.no_ceilings:
+            text = without_ceilings(text)
         (rollouts / f"{name}.yaml").write_text(scaled_rollout(text, scale, interval))
     flags = rollouts / "flags.json"
     flags.write_text(json.dumps(initial_flags(), indent=2) + "\n")
@@ -404,6 +417,9 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
     if args.request_level:
         say("--request-level: the rollouts' perUser queries are dropped (requests are "
             "judged as independent)")
+    if args.no_ceilings:
+        say("--no-ceilings: the rollouts' max ceilings are dropped (the comparison alone "
+            "decides)")
 
     # Prometheus, scraping the service.
     prometheus_port = free_port()

@@ -12,7 +12,7 @@ use super::ratio::{self, Counts, MIN_COHORT_SAMPLES, SequentialTest, Tolerance};
 pub use super::source::Observed;
 use super::source::{Measured, Measurement, PerCohort};
 use super::srm::{self, RequestShareOutcome, SrmOutcome};
-use super::users::{self, StratumUsers, UserSums};
+use super::users::{StratumUsers, UserSums};
 use crate::crd::validate::{MetricKind, ShareLimits, ValidMetric, ValidSpec};
 use crate::crd::{
     AnalysisStatus, CohortNumbers, MetricAnalysis, MetricCause, RequestShare, SampleRatio, Verdict,
@@ -357,35 +357,21 @@ fn judge_share(
             .ceiling_target_samples
             .unwrap_or_else(|| ratio::projected_target(candidate.total, look.elapsed_fraction));
         out.ceiling_target_samples = Some(target);
-        // With the candidate's per-user sums, its users are the unit: the ceiling's
-        // variance is the user-level one at `max` (Kish's design effect on the counts).
-        // Without usable sums (none yet, impossible ones) the guard stays request-level:
-        // a missing series never holds back a ceiling's rollback.
-        let effect = users
-            .as_ref()
-            .and_then(|u| u.candidate)
-            .filter(UserSums::is_consistent)
-            .map_or(1.0, |sums| users::design_effect(&sums, max));
-        let counts = Counts {
-            total: candidate.total / effect,
-            bad: candidate.bad / effect,
-        };
-        let test =
-            ratio::test_ceiling(counts, max, look.alpha, target).expect("the candidate has events");
+        let test = ratio::test_ceiling(candidate, max, look.alpha, target)
+            .expect("the candidate has events");
         if test.reject {
-            record(out, &test, ceiling_test(effect));
+            record(
+                out,
+                &test,
+                "asymptotic confidence sequence, candidate share against max",
+            );
             return Err((
                 Verdict::Fail,
                 format!(
-                    "the candidate's share {:.4}% is above max {:.4}% (lower bound {:.4}%{})",
+                    "the candidate's share {:.4}% is above max {:.4}% (lower bound {:.4}%)",
                     100.0 * candidate.share().unwrap_or(0.0),
                     100.0 * max,
-                    100.0 * (test.lower_bound + max),
-                    if effect > 1.0 {
-                        format!("; its users make its variance {effect:.1}× the binomial")
-                    } else {
-                        String::new()
-                    }
+                    100.0 * (test.lower_bound + max)
                 ),
             ));
         }
@@ -551,16 +537,6 @@ fn shortfall(baseline: Counts, candidate: Counts) -> Option<String> {
             short.join(" and ")
         )
     })
-}
-
-/// The ceiling's test name in status: request-level, or user-level with the candidate's
-/// design effect above 1.
-fn ceiling_test(effect: f64) -> &'static str {
-    if effect > 1.0 {
-        "asymptotic confidence sequence, candidate share against max (user-level variance)"
-    } else {
-        "asymptotic confidence sequence, candidate share against max"
-    }
 }
 
 /// The test's name in status.
@@ -943,99 +919,6 @@ mod tests {
             reason.contains("no per-user sums for the candidate"),
             "{reason}"
         );
-    }
-
-    /// A `max` ceiling with the candidate's per-user sums judges users: one heavy user that
-    /// fails half its requests (an old client) puts the candidate's share far above max,
-    /// which request by request is a `Fail`, but with the user-level variance it is no
-    /// confident excess; the same share spread over many users still fails, and sums that
-    /// are missing or impossible leave the ceiling request-level (it never waits for them).
-    #[test]
-    fn a_ceiling_with_per_user_sums_judges_users() {
-        let yaml =
-            crate::simulate::sluice_rule::benchmark_spec_yaml(&Schedule::benchmark(), 0.95, "0%")
-                .replace(
-                    "      maxIncrease:",
-                    "      max: \"2%\"\n      maxIncrease:",
-                );
-        let spec: FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
-        let valid = crate::crd::validate::validate(&spec).unwrap();
-        // Baseline: 3,000 requests, 30 errors from 300 users of 10 requests each. Candidate:
-        // 200 requests, 52 errors: one user with 100 requests and 50 errors, 100 users with
-        // one request each and 2 errors among them.
-        let baseline = UserSums {
-            n: 3000.0,
-            x: 30.0,
-            nn: 300.0 * 100.0,
-            xx: 30.0,
-            nx: 300.0,
-        };
-        let heavy = UserSums {
-            n: 200.0,
-            x: 52.0,
-            nn: 100.0 * 100.0 + 100.0,
-            xx: 50.0 * 50.0 + 2.0,
-            nx: 100.0 * 50.0 + 2.0,
-        };
-        let spread = UserSums {
-            n: 200.0,
-            x: 52.0,
-            nn: 200.0,
-            xx: 52.0,
-            nx: 52.0,
-        };
-        let judged = |users: Option<PerCohort<UserSums>>| {
-            let mut measured =
-                crate::simulate::sluice_rule::measured(cohorts((3000, 30), (200, 52)));
-            if let Some(Measurement {
-                result: Ok(Observed::Ratio { users: slot, .. }),
-                ..
-            }) = measured.get_mut("error-rate")
-            {
-                *slot = users;
-            }
-            let at = LookAt {
-                stage: 0,
-                stage_started_at: Timestamp::UNIX_EPOCH,
-                now: Timestamp::from_second(60).unwrap(),
-            };
-            judge_look(&valid, at, measured, None, None)
-        };
-        let request_level = judged(None);
-        assert_eq!(request_level.verdict, Verdict::Fail, "{request_level:#?}");
-        let reason = request_level.metrics[0].reason.as_deref().unwrap();
-        assert!(reason.contains("above max"), "{reason}");
-        assert!(!reason.contains("its users"), "{reason}");
-
-        let by_users = judged(Some(PerCohort {
-            baseline: Some(baseline),
-            candidate: Some(heavy),
-        }));
-        assert_ne!(by_users.verdict, Verdict::Fail, "{by_users:#?}");
-        assert!(
-            users::design_effect(&heavy, 0.02) > 10.0,
-            "{}",
-            users::design_effect(&heavy, 0.02)
-        );
-
-        let many = judged(Some(PerCohort {
-            baseline: Some(baseline),
-            candidate: Some(spread),
-        }));
-        assert_eq!(many.verdict, Verdict::Fail, "{many:#?}");
-        assert_eq!(users::design_effect(&spread, 0.02), 1.0);
-
-        let mut impossible = heavy;
-        impossible.xx = impossible.nx + 5.0;
-        for candidate in [None, Some(impossible)] {
-            let look = judged(Some(PerCohort {
-                baseline: Some(baseline),
-                candidate,
-            }));
-            assert_eq!(look.verdict, Verdict::Fail, "{look:#?}");
-            let reason = look.metrics[0].reason.as_deref().unwrap();
-            assert!(reason.contains("above max"), "{reason}");
-        }
     }
 
     #[test]

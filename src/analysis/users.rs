@@ -118,21 +118,6 @@ pub fn cohort_variance(sums: &UserSums, p: f64, correction: f64) -> f64 {
     sums.n * p * (1.0 - p) + correction * sums.excess(p).max(0.0)
 }
 
-/// A cohort's design effect at the rate `p` (Kish): its user-level variance of the bad
-/// events over the binomial one, never below 1 (1 without requests or at `p` of 0 or 1).
-/// A one-sample test against a fixed `p` (a `max` ceiling) fits nothing from the stage, so
-/// no leverage correction applies. Dividing the cohort's counts by it turns a
-/// request-level test into the user-level one.
-pub fn design_effect(sums: &UserSums, p: f64) -> f64 {
-    let p = p.clamp(0.0, 1.0);
-    let binomial = sums.n * p * (1.0 - p);
-    if binomial > 0.0 {
-        (cohort_variance(sums, p, 1.0) / binomial).max(1.0)
-    } else {
-        1.0
-    }
-}
-
 /// The user-level variances of one stage: each cohort's variance of its bad events and
 /// of its ratio, at the null rates `(p_b, p_c)`.
 pub fn stage_variance(
@@ -375,6 +360,88 @@ mod tests {
                 heavy = Some(h.evidence);
             }
         }
+    }
+
+    /// The limit of null-imposed user-level variance (README, "Users, not requests"): the
+    /// candidate's deviations from the null include the harm itself, so the statistic
+    /// cannot exceed about √(the candidate's effective users). A 5 % stage whose candidate
+    /// is 5 equal users failing every request is not rolled back in its ten looks, where the
+    /// same counts judged request by request are; this pins the documented limit (a `max`
+    /// ceiling, request by request, is the backstop).
+    #[test]
+    fn few_candidate_users_bound_the_statistic_whatever_the_harm() {
+        use crate::analysis::compare::{self, ComparisonTest, Plan, Window};
+        use crate::analysis::ratio::{Counts, Tolerance};
+        use jiff::Timestamp;
+        let weight = 0.05_f64;
+        let looks: Vec<f64> = (1..=10).map(|i| f64::from(i) / 10.0).collect();
+        let plan = Plan {
+            total: weight * (1.0 - weight) * 600.0,
+            looks,
+            last_step: 0.1,
+            gamma: 0.9,
+            request_shares: vec![Some(weight)],
+        };
+        let test = ComparisonTest {
+            tolerance: Tolerance::Relative(0.0),
+            plan: &plan,
+            budget: 0.05,
+        };
+        let (mut by_requests, mut by_users) = (None, None);
+        let (mut most, mut rejected_by_requests) = (f64::NEG_INFINITY, false);
+        for minute in 1..=10_u32 {
+            let window = Window {
+                stage: 0,
+                weight,
+                rate: compare::information_rate(weight, false),
+                started_at: Timestamp::UNIX_EPOCH,
+                seconds: 60.0 * f64::from(minute),
+            };
+            let m = f64::from(minute);
+            let (nb, nc) = (2850.0 * m, 150.0 * m);
+            let xb = (0.01 * nb).round();
+            let (b, c) = (Counts { bad: xb, total: nb }, Counts { bad: nc, total: nc });
+            // Baseline: users of ten requests, errors spread one per user. Candidate: 5
+            // users of equal weight, every request failing.
+            let baseline = UserSums {
+                n: nb,
+                x: xb,
+                nn: 10.0 * nb,
+                xx: xb,
+                nx: 10.0 * xb,
+            };
+            let per_user = nc / 5.0;
+            let candidate = UserSums {
+                n: nc,
+                x: nc,
+                nn: 5.0 * per_user * per_user,
+                xx: 5.0 * per_user * per_user,
+                nx: 5.0 * per_user * per_user,
+            };
+            let r = compare::compare(by_requests.as_ref(), window, b, c, test);
+            rejected_by_requests |= r.reject();
+            let u = compare::compare_with_users(
+                by_users.as_ref(),
+                window,
+                b,
+                c,
+                StratumUsers {
+                    baseline,
+                    candidate,
+                },
+                test,
+            );
+            assert!(!u.reject(), "minute {minute}: {u:?}");
+            most = most.max(u.statistic);
+            by_requests = Some(r.evidence);
+            by_users = Some(u.evidence);
+        }
+        println!(
+            "largest user-level statistic: {most:.3} (√5 = {:.3})",
+            5.0_f64.sqrt()
+        );
+        assert!(rejected_by_requests);
+        assert!(most <= 5.0_f64.sqrt() + 0.1, "{most}");
     }
 
     #[test]

@@ -550,9 +550,9 @@ pub struct RatioMetric {
     #[schemars(length(min = 1, max = 8192))]
     pub requests: String,
     /// Per-user sums of requests and errors, for a variance that counts users, not
-    /// requests, as the unit of randomisation, in the comparison (`maxIncrease`) and the
-    /// `max` ceiling. Without them, user clustering is not accounted for: a few heavy users
-    /// who fail more for reasons of their own can roll a healthy flag back.
+    /// requests, as the unit of randomisation. Without them, user clustering is not
+    /// accounted for: a few heavy users who fail more for reasons of their own can roll a
+    /// healthy flag back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<PerUserQueries>,
 }
@@ -594,8 +594,8 @@ pub struct HistogramMetric {
     #[schemars(range(min = 0.0))]
     pub threshold: f64,
     /// Per-user sums of requests and slow requests (above `threshold`), for a variance
-    /// that counts users, not requests, in the comparison and the `max` ceiling. Without
-    /// them, user clustering is not accounted for.
+    /// that counts users, not requests. Without them, user clustering is not accounted
+    /// for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<PerUserQueries>,
 }
