@@ -96,25 +96,6 @@ fn the_demo_promotes_the_healthy_flag_and_rolls_the_broken_one_back() {
     // The healthy rollout is promoted, and the service serves its candidate to everybody.
     let healthy = status(&workdir, "new-checkout");
     assert_eq!(healthy.phase, Phase::Promoted, "{context}");
-    // The broken flag, without its ceiling, is rolled back by the comparison of its error
-    // metric on user-level statistics.
-    let broken = status(&workdir, "new-search");
-    assert_eq!(broken.phase, Phase::RolledBack, "{context}");
-    let failed = broken
-        .last_analysis
-        .as_ref()
-        .expect("the look that rolled back");
-    assert_eq!(failed.verdict, Verdict::Fail, "{context}");
-    let error_rate = failed
-        .metrics
-        .iter()
-        .find(|m| m.name == "error-rate")
-        .expect("the error metric was judged");
-    assert_eq!(error_rate.verdict, Verdict::Fail, "{context}");
-    assert!(
-        error_rate.user_variance.is_some(),
-        "rolled back on user-level statistics: {error_rate:?}"
-    );
     assert_eq!(
         summary["probes"]["new-checkout"]["baseline"], 0,
         "{context}"
@@ -318,6 +299,25 @@ fn a_healthy_flag_whose_heavy_candidate_user_fails_more_is_promoted_on_user_leve
     ]);
     let healthy = status(&workdir, "new-checkout");
     assert_eq!(healthy.phase, Phase::Promoted, "{context}");
+    // The broken flag, without its ceiling, is rolled back by the comparison of its error
+    // metric on user-level statistics.
+    let broken = status(&workdir, "new-search");
+    assert_eq!(broken.phase, Phase::RolledBack, "{context}");
+    let failed = broken
+        .last_analysis
+        .as_ref()
+        .expect("the look that rolled back");
+    assert_eq!(failed.verdict, Verdict::Fail, "{context}");
+    let error_rate = failed
+        .metrics
+        .iter()
+        .find(|m| m.name == "error-rate")
+        .expect("the error metric was judged");
+    assert_eq!(error_rate.verdict, Verdict::Fail, "{context}");
+    assert!(
+        error_rate.user_variance.is_some(),
+        "rolled back on user-level statistics: {error_rate:?}"
+    );
     assert_eq!(
         summary["probes"]["new-checkout"]["baseline"], 0,
         "{context}"
