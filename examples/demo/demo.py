@@ -15,8 +15,8 @@ It starts, in a temporary directory:
 * ``sluice standalone`` over copies of ``examples/demo/*.yaml`` (a live table on a
   terminal, plain lines otherwise);
 * the load generator: Poisson arrivals from a heavy-tailed crowd of users (``user-1`` ..
-  ``user-20000``, user ``k`` sending a share proportional to ``1/k``: ``user-1`` about
-  10 % of the requests, ``user-2`` 5 %).
+  ``user-20000``, user ``k`` sending a share proportional to ``1/k^0.8``: ``user-1`` about
+  3 % of the requests, ``user-2`` 2 %; ``--zipf`` sets the exponent).
 
 Both rollouts' comparisons judge users, not requests: their ratio and histogram metrics
 name the instrumentation's per-user sums (``perUser``), so a few heavy users who fail
@@ -332,6 +332,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="drop the rollouts' perUser queries: judge requests as if they "
                         "were independent (with --sticky-bad-user, the comparison then finds "
                         "harm in the healthy flag)")
+    parser.add_argument("--zipf", type=float, default=0.8,
+                        help="the crowd's Zipf exponent: user k sends a share proportional to "
+                        "1/k^ZIPF (1 puts 10%% of the requests on user-1: too few effective "
+                        "users in a 10%% candidate for user-level statistics to judge)")
     parser.add_argument("--scrape-interval", type=float, default=1.0)
     parser.add_argument("--deadline", type=float, default=240.0,
                         help="give up when the rollouts are not finished after this long")
@@ -457,12 +461,13 @@ def run(args: argparse.Namespace, processes: Processes, workdir: Path) -> int:
         "load",
         [python, str(Path(args.service_dir) / "loadgen.py"), "--url", service_url,
          "--rate", str(args.rate), "--duration", str(args.deadline), "--seed", "1",
+         "--zipf", str(args.zipf),
          "--path", "/checkout=1", "--path", "/search=1"],
         stdout=open(logs / "load.log", "w"), stderr=subprocess.STDOUT,
     )
     plain = args.plain or args.sluice_log is not None or not sys.stdout.isatty()
     sluice_out = open(args.sluice_log, "w") if args.sluice_log else None
-    say(f"load: {args.rate:g} requests/s, Poisson arrivals, heavy-tailed users")
+    say(f"load: {args.rate:g} requests/s, Poisson arrivals, heavy-tailed users (zipf {args.zipf:g})")
     say(f"sluice standalone: rollouts {', '.join(ROLLOUTS)}; `sluice ctl --state {state} "
         "status` shows them")
     start = time.time()

@@ -255,6 +255,10 @@ pub struct Comparison {
     pub evidence: Evidence,
     /// The current stage's user-level variance, when per-user sums were given.
     pub user_variance: Option<UserVariance>,
+    /// With per-user sums in every stage: the statistic this look would have if every
+    /// candidate request so far had been bad, in the same users ([`statistic_if_all_bad`]). Below the
+    /// boundary, no harm that hits the candidate's users alike could roll back.
+    pub reach: Option<f64>,
 }
 
 impl Comparison {
@@ -908,17 +912,11 @@ fn compare_with(
             t
         })
         .collect();
-    if strata_terms.iter().filter(|t| t.user > 0.0).count() > 1 {
-        // The same users stay in their cohorts from stage to stage: their strata's
-        // user-level parts are correlated, bounded as if perfectly.
-        let sd: Vec<f64> = strata_terms.iter().map(|t| t.user.sqrt() / t.phi).collect();
-        let independent: f64 = strata_terms.iter().map(|t| t.v0 / t.phi).sum();
-        widen(
-            &mut strata_terms,
-            users::stratified_inflation(&sd, independent),
-        );
-    }
+    correlate_users(&mut strata_terms);
     let (statistic, df) = score(&strata_terms, variances).unwrap_or((0.0, f64::INFINITY));
+    let reach = by_users
+        .then(|| statistic_if_all_bad(&evidence.strata, tolerance, kappa, variances))
+        .flatten();
     let recent_clustering = if recent_clustering > 0.0 {
         Clustering::Ratio(recent_clustering)
     } else {
@@ -997,13 +995,24 @@ fn compare_with(
         }
         _ => None,
     };
+    // Below this level the statistic's reach is too short to judge.
+    let out_of_reach = |level: f64| reach.is_some_and(|r| statistic < level && r < level);
     let boundary_state = match alpha_main {
         // Between planned looks nothing rolls back, and nothing passes that the last
         // planned look would not have passed.
         None if evidence.threshold.is_some_and(|th| statistic >= th) => {
             BoundaryState::AwaitingPlannedLook
         }
+        None if evidence.threshold.is_some_and(out_of_reach) => BoundaryState::OutOfReach,
         None => BoundaryState::NotPlannedLook,
+        // Too few candidate users for any harm that hits them alike to reach the boundary
+        // (the binomial's, when the dispersion sets none): the look cannot judge.
+        Some(a)
+            if sequential::norm_isf(a).is_finite()
+                && out_of_reach(boundary.unwrap_or_else(|| sequential::norm_isf(a))) =>
+        {
+            BoundaryState::OutOfReach
+        }
         // Below the boundary only because the dispersion's estimate is uncertain: the
         // boundary at the estimate itself (no widening) is reached.
         Some(a)
@@ -1040,7 +1049,50 @@ fn compare_with(
         requests_independent,
         evidence,
         user_variance,
+        reach,
     }
+}
+
+/// Correlates the strata's user-level parts: the same users stay in their cohorts from
+/// stage to stage, so the variance of the stratified sum is bounded as if every pair of
+/// strata were perfectly correlated ([`users::stratified_inflation`]).
+fn correlate_users(terms: &mut [Term]) {
+    if terms.iter().filter(|t| t.user > 0.0).count() > 1 {
+        let sd: Vec<f64> = terms.iter().map(|t| t.user.sqrt() / t.phi).collect();
+        let independent: f64 = terms.iter().map(|t| t.v0 / t.phi).sum();
+        widen(terms, users::stratified_inflation(&sd, independent));
+    }
+}
+
+/// The statistic the look would have if every candidate request so far had been bad, in
+/// the same users and with the same dispersion: how far a harm that hits the candidate's
+/// users alike can take a user-level statistic. With the null imposed, the candidate's
+/// user-level deviations include the harm itself, so the statistic is bounded by about
+/// the square root of the candidate's effective users whatever the harm
+/// ([`super::users`]): when even this is below the boundary, the look cannot judge.
+fn statistic_if_all_bad(
+    strata: &[Stratum],
+    tolerance: Tolerance,
+    kappa: Kappas,
+    variances: KappaVariances,
+) -> Option<f64> {
+    let mut terms: Vec<Term> = strata
+        .iter()
+        .filter_map(|s| {
+            let (b, c) = (&s.baseline, &s.candidate);
+            let users = s.users.map(|u| StratumUsers {
+                baseline: u.baseline,
+                candidate: u.candidate.all_bad(),
+            });
+            let rates = null_rates(b.n, b.x, c.n, c.n, tolerance);
+            let clustering = users.as_ref().map_or(Clustering::None, Clustering::Users);
+            term(
+                b.n, b.x, c.n, c.n, b.nn, c.nn, rates, tolerance, kappa, clustering,
+            )
+        })
+        .collect();
+    correlate_users(&mut terms);
+    score(&terms, variances).map(|(z, _)| z)
 }
 
 #[cfg(test)]

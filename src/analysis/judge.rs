@@ -480,6 +480,21 @@ fn judge_share(
                     ),
                 ));
             }
+            BoundaryState::OutOfReach => {
+                let level = c.boundary.or(c.evidence.threshold).unwrap_or_default();
+                let users = c
+                    .user_variance
+                    .map(|u| format!(", {:.1} in this stage", u.candidate_effective_users))
+                    .unwrap_or_default();
+                return Err((
+                    Verdict::Inconclusive,
+                    format!(
+                        "cannot judge yet: even if every candidate request had been bad, z would reach {:.2}, below the boundary {level:.2} (z = {:.2}); judged by users, the statistic is bounded by about the square root of the candidate's effective users{users}: more candidate users decide (a later look, a higher exposure)",
+                        c.reach.unwrap_or_default(),
+                        c.statistic,
+                    ),
+                ));
+            }
             BoundaryState::TooFewDegreesOfFreedom => {
                 return Err((
                     Verdict::Inconclusive,
@@ -918,6 +933,70 @@ mod tests {
         assert!(
             reason.contains("no per-user sums for the candidate"),
             "{reason}"
+        );
+    }
+
+    /// A healthy candidate of three equal users: no harm, however large, could take the
+    /// user-level statistic to its boundary, so the stage's looks cannot judge and say so
+    /// (`OutOfReach`, inconclusive: the stage holds), where the same counts from 300
+    /// users pass.
+    #[test]
+    fn a_candidate_of_too_few_users_cannot_judge_and_is_inconclusive_not_a_pass() {
+        let yaml =
+            crate::simulate::sluice_rule::benchmark_spec_yaml(&Schedule::benchmark(), 0.95, "0%");
+        let spec: FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
+        let valid = crate::crd::validate::validate(&spec).unwrap();
+        let evenly = |n: f64, x: f64, users: f64| UserSums {
+            n,
+            x,
+            nn: n * n / users,
+            xx: x * x / users,
+            nx: n * x / users,
+        };
+        let stage = |candidate_users: f64| {
+            let mut previous: Option<AnalysisStatus> = None;
+            for minute in 1..=10_u32 {
+                let m = f64::from(minute);
+                let total = cohorts(
+                    (2970 * u64::from(minute), 30 * u64::from(minute)),
+                    (30 * u64::from(minute), 0),
+                );
+                let mut measured = crate::simulate::sluice_rule::measured(total);
+                if let Some(Measurement {
+                    result: Ok(Observed::Ratio { users: slot, .. }),
+                    ..
+                }) = measured.get_mut("error-rate")
+                {
+                    *slot = Some(PerCohort {
+                        baseline: Some(evenly(2970.0 * m, 30.0 * m, 5000.0)),
+                        candidate: Some(evenly(30.0 * m, 0.0, candidate_users)),
+                    });
+                }
+                let at = LookAt {
+                    stage: 0,
+                    stage_started_at: Timestamp::UNIX_EPOCH,
+                    now: Timestamp::from_second(60 * i64::from(minute)).unwrap(),
+                };
+                previous = Some(judge_look(&valid, at, measured, None, previous.as_ref()));
+            }
+            previous.unwrap()
+        };
+        let few = stage(3.0);
+        let metric = &few.metrics[0];
+        assert_eq!(few.verdict, Verdict::Inconclusive, "{few:#?}");
+        assert_eq!(
+            metric.boundary_state,
+            Some(BoundaryState::OutOfReach),
+            "{metric:#?}"
+        );
+        let reason = metric.reason.as_deref().unwrap();
+        assert!(reason.contains("cannot judge yet"), "{reason}");
+        assert!(reason.contains("3.0 in this stage"), "{reason}");
+        let many = stage(300.0);
+        assert_eq!(many.verdict, Verdict::Pass, "{many:#?}");
+        assert_ne!(
+            many.metrics[0].boundary_state,
+            Some(BoundaryState::OutOfReach)
         );
     }
 

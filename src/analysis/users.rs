@@ -84,6 +84,17 @@ impl UserSums {
             && self.nx <= self.nn + slack(self.nn)
     }
 
+    /// The same users with every event bad (`x_i = n_i`).
+    pub fn all_bad(&self) -> UserSums {
+        UserSums {
+            n: self.n,
+            x: self.n,
+            nn: self.nn,
+            xx: self.nn,
+            nx: self.nn,
+        }
+    }
+
     /// Kish's effective number of users, `(Σn)²/Σn²`: how many users of equal weight
     /// would carry the cohort's requests as evenly.
     pub fn effective_users(&self) -> f64 {
@@ -172,6 +183,7 @@ pub fn stratified_inflation(user_sd: &[f64], total_variance: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::BoundaryState;
 
     /// Sums over users given as `(n_i, x_i)`.
     fn sums(users: &[(u64, u64)]) -> UserSums {
@@ -367,7 +379,9 @@ mod tests {
     /// cannot exceed about √(the candidate's effective users). A 5 % stage whose candidate
     /// is 5 equal users failing every request is not rolled back in its ten looks, where the
     /// same counts judged request by request are; this pins the documented limit (a `max`
-    /// ceiling, request by request, is the backstop).
+    /// ceiling, request by request, is the backstop). Its looks say so: each look that had a
+    /// boundary is `OutOfReach` (inconclusive), never a `Set` boundary that passed. With 100
+    /// such users the same harm is rolled back.
     #[test]
     fn few_candidate_users_bound_the_statistic_whatever_the_harm() {
         use crate::analysis::compare::{self, ComparisonTest, Plan, Window};
@@ -387,8 +401,9 @@ mod tests {
             plan: &plan,
             budget: 0.05,
         };
-        let (mut by_requests, mut by_users) = (None, None);
+        let (mut by_requests, mut by_users, mut by_many) = (None, None, None);
         let (mut most, mut rejected_by_requests) = (f64::NEG_INFINITY, false);
+        let (mut out_of_reach, mut rejected_with_many) = (0, false);
         for minute in 1..=10_u32 {
             let window = Window {
                 stage: 0,
@@ -432,10 +447,43 @@ mod tests {
                 test,
             );
             assert!(!u.reject(), "minute {minute}: {u:?}");
+            // Every candidate request is bad: the reach is the statistic itself.
+            let reach = u.reach.expect("a reach with per-user sums");
+            assert!((reach - u.statistic).abs() < 1e-9, "{u:?}");
+            assert_ne!(
+                u.boundary_state,
+                BoundaryState::Set,
+                "minute {minute}: {u:?}"
+            );
+            out_of_reach += usize::from(u.boundary_state == BoundaryState::OutOfReach);
             most = most.max(u.statistic);
+            // The same counts from 100 users of equal weight.
+            let per_user = nc / 100.0;
+            let many = UserSums {
+                nn: 100.0 * per_user * per_user,
+                xx: 100.0 * per_user * per_user,
+                nx: 100.0 * per_user * per_user,
+                ..candidate
+            };
+            let w = compare::compare_with_users(
+                by_many.as_ref(),
+                window,
+                b,
+                c,
+                StratumUsers {
+                    baseline,
+                    candidate: many,
+                },
+                test,
+            );
+            assert_ne!(w.boundary_state, BoundaryState::OutOfReach, "{w:?}");
+            rejected_with_many |= w.reject();
             by_requests = Some(r.evidence);
             by_users = Some(u.evidence);
+            by_many = Some(w.evidence);
         }
+        assert!(out_of_reach >= 5, "{out_of_reach} looks out of reach");
+        assert!(rejected_with_many);
         println!(
             "largest user-level statistic: {most:.3} (√5 = {:.3})",
             5.0_f64.sqrt()

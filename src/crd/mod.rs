@@ -776,6 +776,12 @@ pub enum BoundaryState {
     /// one) and the statistic is high enough that the dispersion decides: the look is
     /// inconclusive.
     TooFewDegreesOfFreedom,
+    /// The comparison judges users and the candidate has too few of them for its
+    /// statistic to reach the boundary even if every candidate request had been bad (with
+    /// the null imposed a user-level statistic is bounded by about the square root of the
+    /// candidate's effective users): the look cannot judge and is inconclusive. More
+    /// users decide: a higher exposure, or the stage's users spreading their requests.
+    OutOfReach,
 }
 
 /// The outcome of one look at the metrics.

@@ -23,8 +23,8 @@ pub struct Summary {
     /// For every detected rollout, the excess errors served to candidate users:
     /// `(p1 − p0) × candidate requests since the onset`.
     pub excess_errors: Vec<f64>,
-    /// Rollouts rolled back in each stage, then (last entry) the promoted ones (and the
-    /// ones still held when the simulation stopped them).
+    /// Rollouts rolled back in each stage, then (last entry) the promoted ones (the ones
+    /// still held when the simulation stopped them are in neither: [`Summary::stuck`]).
     pub ended_in_stage: Vec<usize>,
     /// Rollouts the engine held past a stage's planned end.
     pub held: usize,
@@ -55,7 +55,11 @@ impl Summary {
                 summary.held += 1;
                 summary.held_looks += u64::from(outcome.held_looks);
             }
-            summary.stuck += usize::from(outcome.stuck);
+            if outcome.stuck {
+                // Held at the cap: neither rolled back nor promoted.
+                summary.stuck += 1;
+                continue;
+            }
             let Some(minute) = outcome.rollback_minute else {
                 summary.ended_in_stage[stages] += 1;
                 continue;
