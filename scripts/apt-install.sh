@@ -8,8 +8,8 @@
 # PACKAGEs with apt-get, non-interactively, through sudo unless root, and checks that every
 # COMMAND is then on PATH. WHAT names what is installed in the messages; VERSIONS is a
 # shell command printing the installed versions on one line; HINT says how to install by
-# hand (lines). Every failure (no apt-get, apt-get failing, a COMMAND still missing) prints
-# a line starting "error:" and HINT on stderr, and exits 1.
+# hand (lines). Every failure (no apt-get, not root without sudo, apt-get failing, a
+# COMMAND still missing) prints a line starting "error:" and HINT on stderr, and exits 1.
 
 apt_install() {
     what=$1
@@ -28,6 +28,9 @@ apt_install() {
     fi
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            apt_fail "not root and sudo not found, so $what cannot be installed with apt-get ($packages)" "$hint"
+        fi
         sudo="sudo"
     fi
     # shellcheck disable=SC2086 # $sudo and $packages are word lists
