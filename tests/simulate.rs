@@ -531,7 +531,7 @@ fn sluice_runs_through_the_engine() {
     let quiet = sluice_outcome(&rollout_with(&[]), 0);
     assert_eq!(quiet.rollback_minute, None);
     assert_eq!(quiet.held_looks, 0, "{quiet:?}");
-    assert!(!quiet.stuck);
+    assert_eq!(quiet.stuck, None);
 
     // 10 % candidate errors against 1 % from minute 12 on, in the 5 % stage: rolled back
     // within that stage.

@@ -232,9 +232,10 @@ pub struct Outcome {
     /// Look intervals the engine held stages beyond their planned durations (0 for rules
     /// that follow the schedule).
     pub held_looks: u32,
-    /// Still held when the simulation stopped it ([`sluice_rule::HOLD_CAP`] times the
-    /// plan's length): neither rolled back nor promoted.
-    pub stuck: bool,
+    /// The stage (index) still held when the simulation stopped the rollout
+    /// ([`sluice_rule::HOLD_CAP`] times the plan's length): neither rolled back nor
+    /// promoted.
+    pub stuck: Option<usize>,
 }
 
 /// Runs every rule over one rollout's per-minute counts, look by look, and returns each

@@ -813,7 +813,7 @@ fn harm(records: &[RunRecord], stage: usize, multiplier: f64, look_seconds: u32)
         ended_in_stage: Vec::new(),
         held: 0,
         held_looks: 0,
-        stuck: 0,
+        stuck: Vec::new(),
     };
     let scale = f64::from(look_seconds) / 60.0;
     let median = summary.median_minutes();
@@ -1205,7 +1205,9 @@ pub fn run_until(input: &Input, deadline: Option<Instant>) -> Result<Report, Pla
         notes.push(
             "per-user sums are not simulated: each request is its own user here, so the \
              figures are what request-level analysis would catch; with a few heavy users in \
-             the candidate, the user-level variance catches less (BENCHMARKS.md, S3b)"
+             the candidate, the user-level variance catches less, and a stage whose \
+             candidate has too few users for it is judged request by request, holding on \
+             what it shows (BENCHMARKS.md, S3b)"
                 .into(),
         );
     }

@@ -30,8 +30,9 @@ pub struct Summary {
     pub held: usize,
     /// Look intervals held past the planned ends, summed over all rollouts.
     pub held_looks: u64,
-    /// Rollouts still held when the simulation stopped them.
-    pub stuck: usize,
+    /// Rollouts still held when the simulation stopped them, by the stage they were held
+    /// in.
+    pub stuck: Vec<usize>,
 }
 
 impl Summary {
@@ -48,16 +49,16 @@ impl Summary {
             ended_in_stage: vec![0; stages + 1],
             held: 0,
             held_looks: 0,
-            stuck: 0,
+            stuck: vec![0; stages],
         };
         for outcome in outcomes {
             if outcome.held_looks > 0 {
                 summary.held += 1;
                 summary.held_looks += u64::from(outcome.held_looks);
             }
-            if outcome.stuck {
+            if let Some(stage) = outcome.stuck {
                 // Held at the cap: neither rolled back nor promoted.
-                summary.stuck += 1;
+                summary.stuck[stage.min(stages - 1)] += 1;
                 continue;
             }
             let Some(minute) = outcome.rollback_minute else {
@@ -473,8 +474,13 @@ fn write_case(out: &mut String, result: &CaseResult, listed: &[(String, String)]
         let ended: Vec<String> = (0..=stages)
             .map(|i| percent(s.ended_in_stage[i], s.runs))
             .collect();
-        let stuck = if s.stuck > 0 {
-            format!(" ({} still held at the cap)", s.stuck)
+        let held: usize = s.stuck.iter().sum();
+        let stuck = if held > 0 {
+            let by_stage: Vec<String> = s.stuck.iter().map(|&n| percent(n, s.runs)).collect();
+            format!(
+                " ({held} still held at the cap; % of runs by stage: {})",
+                by_stage.join(" / ")
+            )
         } else {
             String::new()
         };

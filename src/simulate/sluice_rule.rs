@@ -485,7 +485,7 @@ impl SluiceRollout {
         }
         let planned = self.schedule.stages[stage].minutes;
         outcome.held_looks += in_stage.saturating_sub(planned);
-        outcome.stuck = true;
+        outcome.stuck = Some(stage);
         outcome
     }
 
