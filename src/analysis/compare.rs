@@ -259,6 +259,13 @@ pub struct Comparison {
     /// candidate request so far had been bad, in the same users ([`statistic_if_all_bad`]). Below the
     /// boundary, no harm that hits the candidate's users alike could roll back.
     pub reach: Option<f64>,
+    /// With per-user sums in every stage: the same look judged request by request (the
+    /// look-to-look dispersion, no user-level variance) and its boundary, `(z, boundary)`;
+    /// the boundary is `None` when the look has none for it. It decides only a look whose
+    /// user-level statistic is out of reach ([`BoundaryState::OutOfReach`]): below its
+    /// boundary the look passes ([`BoundaryState::JudgedByRequests`]), at or above it the
+    /// look holds. It never rolls back: under user clustering it understates the variance.
+    pub by_requests: Option<(f64, Option<f64>)>,
 }
 
 impl Comparison {
@@ -892,6 +899,7 @@ fn compare_with(
     let mut current_rates = (0.0, 0.0);
     let mut user_variance = None;
     let mut recent_clustering = 0.0;
+    let mut request_terms = Vec::new();
     let mut strata_terms: Vec<Term> = evidence
         .strata
         .iter()
@@ -906,6 +914,20 @@ fn compare_with(
             let t = term(
                 b.n, b.x, c.n, c.x, b.nn, c.nn, rates, tolerance, kappa, clustering,
             );
+            if by_users {
+                request_terms.extend(term(
+                    b.n,
+                    b.x,
+                    c.n,
+                    c.x,
+                    b.nn,
+                    c.nn,
+                    rates,
+                    tolerance,
+                    kappa,
+                    Clustering::None,
+                ));
+            }
             recent_clustering = t
                 .as_ref()
                 .map_or(0.0, |t| if t.v0 > 0.0 { t.user / t.v0 } else { 0.0 });
@@ -917,6 +939,7 @@ fn compare_with(
     let reach = by_users
         .then(|| statistic_if_all_bad(&evidence.strata, tolerance, kappa, variances))
         .flatten();
+    let request_score = score(&request_terms, variances);
     let recent_clustering = if recent_clustering > 0.0 {
         Clustering::Ratio(recent_clustering)
     } else {
@@ -997,37 +1020,66 @@ fn compare_with(
     };
     // Below this level the statistic's reach is too short to judge.
     let out_of_reach = |level: f64| reach.is_some_and(|r| statistic < level && r < level);
+    // The same look request by request, with the boundary it would have (the last planned
+    // look's threshold between planned looks; none with too few degrees of freedom).
+    let by_requests = request_score.map(|(z, df)| {
+        let level = match alpha_main {
+            None => evidence.threshold,
+            Some(a) if usable(df) => Some(sequential::t_isf(a, df)).filter(|b| b.is_finite()),
+            Some(_) => None,
+        };
+        (z, level)
+    });
+    // When users cannot decide, requests can only pass or hold: a look whose request-level
+    // statistic is below its own boundary and the user-level one shows no harm even with
+    // the variance understated (the users' part is never negative).
+    let requests_pass =
+        |level: f64| by_requests.is_some_and(|(z, b)| b.is_some_and(|b| z < b.min(level)));
+    let unreachable = |level: f64| {
+        if !out_of_reach(level) {
+            None
+        } else if requests_pass(level) {
+            Some(BoundaryState::JudgedByRequests)
+        } else {
+            Some(BoundaryState::OutOfReach)
+        }
+    };
+    // A planned look's state when users can judge it (or no per-user sums are given).
+    let settled = |a: f64| {
+        let binomial = sequential::norm_isf(a);
+        match boundary {
+            // Below the boundary only because the dispersion's estimate is uncertain: the
+            // boundary at the estimate itself (no widening) is reached.
+            Some(b) if statistic < b && statistic >= binomial => BoundaryState::DispersionUncertain,
+            Some(_) => BoundaryState::Set,
+            // The first planned look spends nothing: no spread between looks yet.
+            None if a <= 0.0 || !binomial.is_finite() => BoundaryState::FirstLook,
+            // A dispersion only raises the boundary above the binomial's and pulls the
+            // statistic towards 0: below the binomial's boundary, no dispersion could make
+            // this look roll back.
+            None if statistic < binomial => BoundaryState::CannotBeReached,
+            None => BoundaryState::TooFewDegreesOfFreedom,
+        }
+    };
     let boundary_state = match alpha_main {
         // Between planned looks nothing rolls back, and nothing passes that the last
         // planned look would not have passed.
         None if evidence.threshold.is_some_and(|th| statistic >= th) => {
             BoundaryState::AwaitingPlannedLook
         }
-        None if evidence.threshold.is_some_and(out_of_reach) => BoundaryState::OutOfReach,
-        None => BoundaryState::NotPlannedLook,
+        None => evidence
+            .threshold
+            .and_then(unreachable)
+            .unwrap_or(BoundaryState::NotPlannedLook),
         // Too few candidate users for any harm that hits them alike to reach the boundary
-        // (the binomial's, when the dispersion sets none): the look cannot judge.
-        Some(a)
-            if sequential::norm_isf(a).is_finite()
-                && out_of_reach(boundary.unwrap_or_else(|| sequential::norm_isf(a))) =>
-        {
-            BoundaryState::OutOfReach
+        // (the binomial's, when the dispersion sets none): users cannot judge the look.
+        Some(a) if sequential::norm_isf(a).is_finite() => {
+            match unreachable(boundary.unwrap_or_else(|| sequential::norm_isf(a))) {
+                Some(state) => state,
+                None => settled(a),
+            }
         }
-        // Below the boundary only because the dispersion's estimate is uncertain: the
-        // boundary at the estimate itself (no widening) is reached.
-        Some(a)
-            if boundary.is_some_and(|b| statistic < b) && statistic >= sequential::norm_isf(a) =>
-        {
-            BoundaryState::DispersionUncertain
-        }
-        Some(_) if boundary.is_some() => BoundaryState::Set,
-        // The first planned look spends nothing: no spread between looks yet.
-        Some(a) if a <= 0.0 || !sequential::norm_isf(a).is_finite() => BoundaryState::FirstLook,
-        // A dispersion only raises the boundary above the binomial's and pulls the
-        // statistic towards 0: below the binomial's boundary, no dispersion could make
-        // this look roll back.
-        Some(a) if statistic < sequential::norm_isf(a) => BoundaryState::CannotBeReached,
-        Some(_) => BoundaryState::TooFewDegreesOfFreedom,
+        Some(a) => settled(a),
     };
     if let Some(a) = alpha_main {
         evidence.threshold = match boundary_state {
@@ -1050,6 +1102,7 @@ fn compare_with(
         evidence,
         user_variance,
         reach,
+        by_requests,
     }
 }
 

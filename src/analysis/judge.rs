@@ -481,18 +481,25 @@ fn judge_share(
                 ));
             }
             BoundaryState::OutOfReach => {
-                let level = c.boundary.or(c.evidence.threshold).unwrap_or_default();
-                let users = c
-                    .user_variance
-                    .map(|u| format!(", {:.1} in this stage", u.candidate_effective_users))
-                    .unwrap_or_default();
+                let (z, b) = c.by_requests.unwrap_or_default();
+                let requests = match b {
+                    Some(b) => format!("request by request z = {z:.2} reaches its boundary {b:.2}, which the users' clustering alone can explain"),
+                    None => format!("request by request (z = {z:.2}) the look has no boundary either"),
+                };
                 return Err((
                     Verdict::Inconclusive,
                     format!(
-                        "cannot judge yet: even if every candidate request had been bad, z would reach {:.2}, below the boundary {level:.2} (z = {:.2}); judged by users, the statistic is bounded by about the square root of the candidate's effective users{users}: more candidate users decide (a later look, a higher exposure)",
-                        c.reach.unwrap_or_default(),
-                        c.statistic,
+                        "cannot judge yet: {}; {requests}: more candidate users decide (a later look, a higher exposure)",
+                        out_of_reach(&c)
                     ),
+                ));
+            }
+            BoundaryState::JudgedByRequests => {
+                let (z, b) = c.by_requests.unwrap_or_default();
+                reasons.push(format!(
+                    "no evidence of harm request by request (z = {z:.2}, boundary {:.2}): {}, so the look is judged request by request, which understates the variance when users cluster errors and can only hold or pass",
+                    b.unwrap_or_default(),
+                    out_of_reach(&c)
                 ));
             }
             BoundaryState::TooFewDegreesOfFreedom => {
@@ -556,6 +563,21 @@ fn shortfall(baseline: Counts, candidate: Counts) -> Option<String> {
 
 /// The test's name in status.
 pub const COMPARISON_TEST: &str = "group-sequential stratified score over the rollout, with a recent window (quasi-binomial, saddlepoint tails)";
+
+/// Why users cannot judge a look ([`BoundaryState::OutOfReach`] and
+/// [`BoundaryState::JudgedByRequests`]): how far the statistic could go, and why.
+fn out_of_reach(c: &compare::Comparison) -> String {
+    let level = c.boundary.or(c.evidence.threshold).unwrap_or_default();
+    let users = c
+        .user_variance
+        .map(|u| format!(", {:.1} in this stage", u.candidate_effective_users))
+        .unwrap_or_default();
+    format!(
+        "judged by users, even if every candidate request had been bad z would reach {:.2}, below the boundary {level:.2} (z = {:.2}; the statistic is bounded by about the square root of the candidate's effective users{users})",
+        c.reach.unwrap_or_default(),
+        c.statistic,
+    )
+}
 
 /// Both cohorts' per-user sums for the comparison, when the metric has per-user queries:
 /// a cohort with events but no sums (its series not there yet) is `Inconclusive`, and
@@ -936,12 +958,14 @@ mod tests {
         );
     }
 
-    /// A healthy candidate of three equal users: no harm, however large, could take the
-    /// user-level statistic to its boundary, so the stage's looks cannot judge and say so
-    /// (`OutOfReach`, inconclusive: the stage holds), where the same counts from 300
-    /// users pass.
+    /// A candidate of three equal users: no harm, however large, could take the
+    /// user-level statistic to its boundary, so users cannot judge the stage's looks and
+    /// the look is judged request by request, which can only pass or hold. Healthy, it
+    /// passes and says why (`JudgedByRequests`); failing ten times the baseline's rate, it
+    /// holds (`OutOfReach`, inconclusive), never a rollback on requests alone. The same
+    /// counts from 300 users are judged by users: a pass, and a rollback.
     #[test]
-    fn a_candidate_of_too_few_users_cannot_judge_and_is_inconclusive_not_a_pass() {
+    fn a_candidate_of_too_few_users_is_judged_by_requests_which_pass_or_hold() {
         let yaml =
             crate::simulate::sluice_rule::benchmark_spec_yaml(&Schedule::benchmark(), 0.95, "0%");
         let spec: FeatureRolloutSpec = serde_yaml_ng::from_str(&yaml).unwrap();
@@ -953,14 +977,13 @@ mod tests {
             xx: x * x / users,
             nx: n * x / users,
         };
-        let stage = |candidate_users: f64| {
+        // Ten one-minute looks of a 1 % baseline and a candidate of 30 requests a minute,
+        // `bad` of them failing, from `candidate_users` equal users.
+        let stage = |candidate_users: f64, bad: u64| {
             let mut previous: Option<AnalysisStatus> = None;
             for minute in 1..=10_u32 {
-                let m = f64::from(minute);
-                let total = cohorts(
-                    (2970 * u64::from(minute), 30 * u64::from(minute)),
-                    (30 * u64::from(minute), 0),
-                );
+                let (m, k) = (f64::from(minute), u64::from(minute));
+                let total = cohorts((2970 * k, 30 * k), (30 * k, bad * k));
                 let mut measured = crate::simulate::sluice_rule::measured(total);
                 if let Some(Measurement {
                     result: Ok(Observed::Ratio { users: slot, .. }),
@@ -969,7 +992,7 @@ mod tests {
                 {
                     *slot = Some(PerCohort {
                         baseline: Some(evenly(2970.0 * m, 30.0 * m, 5000.0)),
-                        candidate: Some(evenly(30.0 * m, 0.0, candidate_users)),
+                        candidate: Some(evenly(30.0 * m, bad as f64 * m, candidate_users)),
                     });
                 }
                 let at = LookAt {
@@ -977,13 +1000,30 @@ mod tests {
                     stage_started_at: Timestamp::UNIX_EPOCH,
                     now: Timestamp::from_second(60 * i64::from(minute)).unwrap(),
                 };
-                previous = Some(judge_look(&valid, at, measured, None, previous.as_ref()));
+                let look = judge_look(&valid, at, measured, None, previous.as_ref());
+                assert_ne!(look.verdict, Verdict::Fail, "{look:#?}");
+                previous = Some(look);
             }
             previous.unwrap()
         };
-        let few = stage(3.0);
-        let metric = &few.metrics[0];
-        assert_eq!(few.verdict, Verdict::Inconclusive, "{few:#?}");
+        let healthy = stage(3.0, 0);
+        let metric = &healthy.metrics[0];
+        assert_eq!(healthy.verdict, Verdict::Pass, "{healthy:#?}");
+        assert_eq!(
+            metric.boundary_state,
+            Some(BoundaryState::JudgedByRequests),
+            "{metric:#?}"
+        );
+        let reason = metric.reason.as_deref().unwrap();
+        assert!(
+            reason.contains("no evidence of harm request by request"),
+            "{reason}"
+        );
+        assert!(reason.contains("3.0 in this stage"), "{reason}");
+
+        let failing = stage(3.0, 3);
+        let metric = &failing.metrics[0];
+        assert_eq!(failing.verdict, Verdict::Inconclusive, "{failing:#?}");
         assert_eq!(
             metric.boundary_state,
             Some(BoundaryState::OutOfReach),
@@ -991,12 +1031,17 @@ mod tests {
         );
         let reason = metric.reason.as_deref().unwrap();
         assert!(reason.contains("cannot judge yet"), "{reason}");
-        assert!(reason.contains("3.0 in this stage"), "{reason}");
-        let many = stage(300.0);
+        assert!(reason.contains("reaches its boundary"), "{reason}");
+
+        let many = stage(300.0, 0);
         assert_eq!(many.verdict, Verdict::Pass, "{many:#?}");
-        assert_ne!(
-            many.metrics[0].boundary_state,
-            Some(BoundaryState::OutOfReach)
+        let state = many.metrics[0].boundary_state;
+        assert!(
+            !matches!(
+                state,
+                Some(BoundaryState::OutOfReach | BoundaryState::JudgedByRequests)
+            ),
+            "{many:#?}"
         );
     }
 

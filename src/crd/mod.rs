@@ -781,7 +781,15 @@ pub enum BoundaryState {
     /// the null imposed a user-level statistic is bounded by about the square root of the
     /// candidate's effective users): the look cannot judge and is inconclusive. More
     /// users decide: a higher exposure, or the stage's users spreading their requests.
+    /// Set only when the same look judged request by request also reaches its boundary
+    /// (otherwise `JudgedByRequests`): the look is a hold, never a rollback.
     OutOfReach,
+    /// The comparison judges users, the candidate has too few of them for its statistic to
+    /// reach the boundary whatever the harm (as for `OutOfReach`), and the same look judged
+    /// request by request is below its boundary: no harm even with the users' clustering
+    /// left out, which only understates the variance. The look passes; judged by requests
+    /// it could only have held, never rolled back.
+    JudgedByRequests,
 }
 
 /// The outcome of one look at the metrics.
@@ -1221,7 +1229,11 @@ pub struct MetricAnalysis {
     /// estimate the dispersion from), `CannotBeReached` (too few degrees of freedom for a
     /// boundary, but the statistic is below any boundary one could set) or
     /// `TooFewDegreesOfFreedom` (too few degrees of freedom and a statistic the
-    /// dispersion decides: the look is inconclusive).
+    /// dispersion decides: the look is inconclusive), `OutOfReach` (judged by users, the
+    /// candidate has too few of them for any harm to reach the boundary, and request by
+    /// request the look reaches it: inconclusive, the stage holds) or `JudgedByRequests`
+    /// (too few candidate users as for `OutOfReach`, and request by request the look shows
+    /// no harm: it passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary_state: Option<BoundaryState>,
     /// The degrees of freedom of the dispersion's estimate (Satterthwaite); the boundary
