@@ -256,16 +256,17 @@ pub struct Comparison {
     /// The current stage's user-level variance, when per-user sums were given.
     pub user_variance: Option<UserVariance>,
     /// With per-user sums in every stage: the statistic this look would have if every
-    /// candidate request so far had been bad, in the same users ([`statistic_if_all_bad`]). Below the
-    /// boundary, no harm that hits the candidate's users alike could roll back.
+    /// candidate request so far had been bad, in the same users ([`statistic_if_all_bad`]).
+    /// Below the look's binomial boundary, no harm that hits the candidate's users alike
+    /// could roll back.
     pub reach: Option<f64>,
-    /// With per-user sums in every stage: the same look judged request by request (the
-    /// look-to-look dispersion, no user-level variance) and its boundary, `(z, boundary)`;
-    /// the boundary is `None` when the look has none for it. It decides only a look whose
-    /// user-level statistic is out of reach ([`BoundaryState::OutOfReach`]): below its
-    /// boundary the look passes ([`BoundaryState::JudgedByRequests`]), at or above it the
-    /// look holds. It never rolls back: under user clustering it understates the variance.
-    pub by_requests: Option<(f64, Option<f64>)>,
+    /// When users cannot decide the look ([`BoundaryState::OutOfReach`],
+    /// [`BoundaryState::JudgedByRequests`]): the same look judged request by request (the
+    /// look-to-look dispersion, no user-level variance) and the level it is judged against,
+    /// `(z, level)`: the binomial boundary of the look (between planned looks, of the last
+    /// planned one). Below the level the look passes, at or above it the look holds; it
+    /// never rolls back (under user clustering it understates the variance).
+    pub by_requests: Option<(f64, f64)>,
 }
 
 impl Comparison {
@@ -1018,32 +1019,28 @@ fn compare_with(
         }
         _ => None,
     };
-    // Below this level the statistic's reach is too short to judge.
-    let out_of_reach = |level: f64| reach.is_some_and(|r| statistic < level && r < level);
-    // The same look request by request, with the boundary it would have (the last planned
-    // look's threshold between planned looks; none with too few degrees of freedom).
-    let by_requests = request_score.map(|(z, df)| {
-        let level = match alpha_main {
-            None => evidence.threshold,
-            Some(a) if usable(df) => Some(sequential::t_isf(a, df)).filter(|b| b.is_finite()),
-            Some(_) => None,
-        };
-        (z, level)
-    });
-    // When users cannot decide, requests can only pass or hold: a look whose request-level
-    // statistic is below its own boundary and the user-level one shows no harm even with
-    // the variance understated (the users' part is never negative).
-    let requests_pass =
-        |level: f64| by_requests.is_some_and(|(z, b)| b.is_some_and(|b| z < b.min(level)));
-    let unreachable = |level: f64| {
-        if !out_of_reach(level) {
-            None
-        } else if requests_pass(level) {
-            Some(BoundaryState::JudgedByRequests)
-        } else {
-            Some(BoundaryState::OutOfReach)
-        }
+    // The least a look's statistic must reach to show harm: the binomial's boundary (a
+    // dispersion only raises it), or between planned looks the last planned look's. When
+    // the user-level statistic is below it and would stay below it even if every candidate
+    // request had been bad, users cannot decide the look: the same counts are judged
+    // request by request against the same level (no bad events anywhere: z = 0), and that
+    // can only pass or hold. It never rolls back: under user clustering it understates the
+    // variance, which is also why its pass is the stricter one in each stage (the users'
+    // part of a variance is never negative).
+    let level = match alpha_main {
+        None => evidence.threshold,
+        Some(a) => Some(sequential::norm_isf(a)).filter(|l| l.is_finite()),
     };
+    let by_requests = level
+        .filter(|&l| reach.is_some_and(|r| statistic < l && r < l))
+        .map(|l| (request_score.map_or(0.0, |(z, _)| z), l));
+    let unreachable = by_requests.map(|(z, l)| {
+        if z < l {
+            BoundaryState::JudgedByRequests
+        } else {
+            BoundaryState::OutOfReach
+        }
+    });
     // A planned look's state when users can judge it (or no per-user sums are given).
     let settled = |a: f64| {
         let binomial = sequential::norm_isf(a);
@@ -1061,25 +1058,16 @@ fn compare_with(
             None => BoundaryState::TooFewDegreesOfFreedom,
         }
     };
-    let boundary_state = match alpha_main {
+    let boundary_state = match (alpha_main, unreachable) {
         // Between planned looks nothing rolls back, and nothing passes that the last
         // planned look would not have passed.
-        None if evidence.threshold.is_some_and(|th| statistic >= th) => {
+        (None, _) if evidence.threshold.is_some_and(|th| statistic >= th) => {
             BoundaryState::AwaitingPlannedLook
         }
-        None => evidence
-            .threshold
-            .and_then(unreachable)
-            .unwrap_or(BoundaryState::NotPlannedLook),
-        // Too few candidate users for any harm that hits them alike to reach the boundary
-        // (the binomial's, when the dispersion sets none): users cannot judge the look.
-        Some(a) if sequential::norm_isf(a).is_finite() => {
-            match unreachable(boundary.unwrap_or_else(|| sequential::norm_isf(a))) {
-                Some(state) => state,
-                None => settled(a),
-            }
-        }
-        Some(a) => settled(a),
+        // Too few candidate users for a harm that hits them alike to reach the level.
+        (_, Some(state)) => state,
+        (None, None) => BoundaryState::NotPlannedLook,
+        (Some(a), None) => settled(a),
     };
     if let Some(a) = alpha_main {
         evidence.threshold = match boundary_state {
@@ -1120,9 +1108,11 @@ fn correlate_users(terms: &mut [Term]) {
 /// The statistic the look would have if every candidate request so far had been bad, in
 /// the same users and with the same dispersion: how far a harm that hits the candidate's
 /// users alike can take a user-level statistic. With the null imposed, the candidate's
-/// user-level deviations include the harm itself, so the statistic is bounded by about
-/// the square root of the candidate's effective users whatever the harm
-/// ([`super::users`]): when even this is below the boundary, the look cannot judge.
+/// user-level deviations include the harm itself, so for a harm that hits the candidate's
+/// users alike the statistic is bounded by about the square root of the candidate's
+/// effective users ([`super::users`]): when even this is below the look's binomial
+/// boundary, users cannot decide the look. (A harm that hits only the light users could
+/// go further; it is not what this bounds.)
 fn statistic_if_all_bad(
     strata: &[Stratum],
     tolerance: Tolerance,

@@ -777,18 +777,20 @@ pub enum BoundaryState {
     /// inconclusive.
     TooFewDegreesOfFreedom,
     /// The comparison judges users and the candidate has too few of them for its
-    /// statistic to reach the boundary even if every candidate request had been bad (with
-    /// the null imposed a user-level statistic is bounded by about the square root of the
-    /// candidate's effective users): the look cannot judge and is inconclusive. More
-    /// users decide: a higher exposure, or the stage's users spreading their requests.
-    /// Set only when the same look judged request by request also reaches its boundary
-    /// (otherwise `JudgedByRequests`): the look is a hold, never a rollback.
+    /// statistic to reach the look's binomial boundary even if every candidate request had
+    /// been bad (with the null imposed, for a harm that hits the candidate's users alike a
+    /// user-level statistic is bounded by about the square root of the candidate's
+    /// effective users), and the same look judged request by request reaches that boundary
+    /// (which who the few candidate users are may explain): the look cannot judge, is
+    /// inconclusive and the stage holds, never rolls back. More candidate users decide: a
+    /// later look, a higher exposure.
     OutOfReach,
-    /// The comparison judges users, the candidate has too few of them for its statistic to
-    /// reach the boundary whatever the harm (as for `OutOfReach`), and the same look judged
-    /// request by request is below its boundary: no harm even with the users' clustering
-    /// left out, which only understates the variance. The look passes; judged by requests
-    /// it could only have held, never rolled back.
+    /// The comparison judges users and the candidate has too few of them to reach the
+    /// look's binomial boundary whatever every candidate request had been (as for
+    /// `OutOfReach`), and the same look judged request by request is below that boundary:
+    /// no harm even with the users' clustering left out, which only understates the
+    /// variance. The look passes; judged by requests it could only have held, never rolled
+    /// back.
     JudgedByRequests,
 }
 
@@ -1230,10 +1232,10 @@ pub struct MetricAnalysis {
     /// boundary, but the statistic is below any boundary one could set) or
     /// `TooFewDegreesOfFreedom` (too few degrees of freedom and a statistic the
     /// dispersion decides: the look is inconclusive), `OutOfReach` (judged by users, the
-    /// candidate has too few of them for any harm to reach the boundary, and request by
-    /// request the look reaches it: inconclusive, the stage holds) or `JudgedByRequests`
-    /// (too few candidate users as for `OutOfReach`, and request by request the look shows
-    /// no harm: it passes).
+    /// candidate has too few of them for a harm that hits them alike to reach the binomial
+    /// boundary, and request by request the look reaches it: inconclusive, the stage
+    /// holds) or `JudgedByRequests` (too few candidate users as for `OutOfReach`, and
+    /// request by request the look shows no harm: it passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boundary_state: Option<BoundaryState>,
     /// The degrees of freedom of the dispersion's estimate (Satterthwaite); the boundary

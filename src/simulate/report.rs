@@ -58,7 +58,7 @@ impl Summary {
             }
             if let Some(stage) = outcome.stuck {
                 // Held at the cap: neither rolled back nor promoted.
-                summary.stuck[stage.min(stages - 1)] += 1;
+                summary.stuck[stage.min(stages.saturating_sub(1))] += 1;
                 continue;
             }
             let Some(minute) = outcome.rollback_minute else {
