@@ -256,7 +256,7 @@ pub struct Comparison {
     /// The current stage's user-level variance, when per-user sums were given.
     pub user_variance: Option<UserVariance>,
     /// With per-user sums in every stage: the statistic this look would have if every
-    /// candidate request so far had been bad, in the same users ([`statistic_if_all_bad`]).
+    /// candidate request so far had been bad, in the same users ([`Restatement::AllBad`]).
     /// Below the look's binomial boundary, no harm that hits the candidate's users alike
     /// could roll back.
     pub reach: Option<f64>,
@@ -900,7 +900,6 @@ fn compare_with(
     let mut current_rates = (0.0, 0.0);
     let mut user_variance = None;
     let mut recent_clustering = 0.0;
-    let mut request_terms = Vec::new();
     let mut strata_terms: Vec<Term> = evidence
         .strata
         .iter()
@@ -915,20 +914,6 @@ fn compare_with(
             let t = term(
                 b.n, b.x, c.n, c.x, b.nn, c.nn, rates, tolerance, kappa, clustering,
             );
-            if by_users {
-                request_terms.extend(term(
-                    b.n,
-                    b.x,
-                    c.n,
-                    c.x,
-                    b.nn,
-                    c.nn,
-                    rates,
-                    tolerance,
-                    kappa,
-                    Clustering::None,
-                ));
-            }
             recent_clustering = t
                 .as_ref()
                 .map_or(0.0, |t| if t.v0 > 0.0 { t.user / t.v0 } else { 0.0 });
@@ -938,9 +923,16 @@ fn compare_with(
     correlate_users(&mut strata_terms);
     let (statistic, df) = score(&strata_terms, variances).unwrap_or((0.0, f64::INFINITY));
     let reach = by_users
-        .then(|| statistic_if_all_bad(&evidence.strata, tolerance, kappa, variances))
+        .then(|| {
+            restated(
+                &evidence.strata,
+                tolerance,
+                kappa,
+                variances,
+                Restatement::AllBad,
+            )
+        })
         .flatten();
-    let request_score = score(&request_terms, variances);
     let recent_clustering = if recent_clustering > 0.0 {
         Clustering::Ratio(recent_clustering)
     } else {
@@ -1033,7 +1025,16 @@ fn compare_with(
     };
     let by_requests = level
         .filter(|&l| reach.is_some_and(|r| statistic < l && r < l))
-        .map(|l| (request_score.map_or(0.0, |(z, _)| z), l));
+        .map(|l| {
+            let z = restated(
+                &evidence.strata,
+                tolerance,
+                kappa,
+                variances,
+                Restatement::ByRequests,
+            );
+            (z.unwrap_or(0.0), l)
+        });
     let unreachable = by_requests.map(|(z, l)| {
         if z < l {
             BoundaryState::JudgedByRequests
@@ -1105,32 +1106,49 @@ fn correlate_users(terms: &mut [Term]) {
     }
 }
 
-/// The statistic the look would have if every candidate request so far had been bad, in
-/// the same users and with the same dispersion: how far a harm that hits the candidate's
-/// users alike can take a user-level statistic. With the null imposed, the candidate's
-/// user-level deviations include the harm itself, so for a harm that hits the candidate's
-/// users alike the statistic is bounded by about the square root of the candidate's
-/// effective users ([`super::users`]): when even this is below the look's binomial
-/// boundary, users cannot decide the look. (A harm that hits only the light users could
-/// go further; it is not what this bounds.)
-fn statistic_if_all_bad(
+/// A counterfactual of the look's statistic: the same strata, dispersion and null, with
+/// the candidate's counts or variance restated.
+#[derive(Clone, Copy)]
+enum Restatement {
+    /// Every candidate request so far bad, in the same users: how far a harm that hits the
+    /// candidate's users alike can take a user-level statistic. With the null imposed, the
+    /// candidate's user-level deviations include the harm itself, so the statistic is
+    /// bounded by about the square root of the candidate's effective users
+    /// ([`super::users`]): when even this is below the look's binomial boundary, users
+    /// cannot decide the look. (A harm that hits only the light users could go further; it
+    /// is not what this bounds.)
+    AllBad,
+    /// The same counts with each request its own user (no user-level variance): what
+    /// decides a look users cannot ([`Comparison::by_requests`]).
+    ByRequests,
+}
+
+/// The statistic over `strata` restated as `how` says.
+fn restated(
     strata: &[Stratum],
     tolerance: Tolerance,
     kappa: Kappas,
     variances: KappaVariances,
+    how: Restatement,
 ) -> Option<f64> {
     let mut terms: Vec<Term> = strata
         .iter()
         .filter_map(|s| {
             let (b, c) = (&s.baseline, &s.candidate);
-            let users = s.users.map(|u| StratumUsers {
-                baseline: u.baseline,
-                candidate: u.candidate.all_bad(),
-            });
-            let rates = null_rates(b.n, b.x, c.n, c.n, tolerance);
+            let (cx, users) = match how {
+                Restatement::AllBad => (
+                    c.n,
+                    s.users.map(|u| StratumUsers {
+                        baseline: u.baseline,
+                        candidate: u.candidate.all_bad(),
+                    }),
+                ),
+                Restatement::ByRequests => (c.x, None),
+            };
+            let rates = null_rates(b.n, b.x, c.n, cx, tolerance);
             let clustering = users.as_ref().map_or(Clustering::None, Clustering::Users);
             term(
-                b.n, b.x, c.n, c.n, b.nn, c.nn, rates, tolerance, kappa, clustering,
+                b.n, b.x, c.n, cx, b.nn, c.nn, rates, tolerance, kappa, clustering,
             )
         })
         .collect();
