@@ -8,10 +8,14 @@
 //!   candidate's share of them is binomial with `π = k·n_c/(n_b + k·n_c)` when the
 //!   candidate's rate is exactly `k` times the baseline's (`k = 1 + relative` tolerance; an
 //!   absolute tolerance shifts the count instead). The statistic is the sum over strata of
-//!   `x_c − πX` (a Mantel-Haenszel style stratified score), each stratum scaled by its
-//!   dispersion factor `φ` (a quasi-binomial: `X/φ` trials), and its tail is the
-//!   saddlepoint tail of that sum of binomials ([`sequential::binomial_sum_sf`]), exact
-//!   enough where counts are small, turned into a z-score.
+//!   `x_c − πX` (a Mantel-Haenszel style stratified score). Its tail is the saddlepoint
+//!   tail ([`sequential::mixed_sum_sf`]) of a sum of binomials (the requests' noise, exact
+//!   enough where counts are small; scaled as a quasi-binomial, `X/φ` trials, where users
+//!   cluster the counts) and of each cohort's bursts as a centred Gamma (a count whose
+//!   mean is Gamma is a negative binomial; the bursts of the candidate add, the
+//!   baseline's subtract, so heavy bursts of both give the score the heavy two-sided
+//!   tails of a difference of Gammas, which a binomial with fewer trials misses), turned
+//!   into a z-score.
 //! - **Dispersion.** Bad events per look vary more than the binomial says when failures come
 //!   in bursts: `Var = μ(1 − p) + κμ²`. `κ` is estimated per cohort (the small candidate
 //!   cohort, holding a few heavy users, can be far burstier than the baseline) by moments
@@ -47,7 +51,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::ratio::{Counts, Tolerance};
-use super::sequential::{self, BinomialTerm};
+use super::sequential::{self, BinomialTerm, GammaTerm};
 use super::users;
 pub use crate::crd::BoundaryState;
 use crate::crd::validate::ValidSpec;
@@ -588,6 +592,10 @@ fn share_and_shift(nb: f64, nc: f64, tolerance: Tolerance) -> (f64, f64) {
 /// One stratum's (or increment's) share in a statistic.
 struct Term {
     binomial: BinomialTerm,
+    /// The bursts of both cohorts' counts beyond their binomial noise, scaled as `y`.
+    bursts: [GammaTerm; 2],
+    /// The score's variance, unscaled: binomial, users and bursts.
+    variance: f64,
     /// The observed, shifted and scaled count.
     y: f64,
     /// Binomial variance of the score, and its parts that grow with each cohort's `κ`.
@@ -597,6 +605,8 @@ struct Term {
     /// What users add to the score's variance beyond the binomial
     /// ([`users::score_excess`]); 0 without per-user sums.
     user: f64,
+    /// The factor `y` and the binomial's trials are divided by: the users' excess as a
+    /// quasi-binomial (`X/φ` trials), widened by [`widen`].
     phi: f64,
 }
 
@@ -633,13 +643,36 @@ fn term(
         Clustering::Users(u) => users::score_excess(u, rates, pi),
         Clustering::Ratio(r) => r * v0,
     };
-    let extra = kappa.candidate * w_candidate + kappa.baseline * w_baseline + user;
-    let phi = if v0 > 0.0 { 1.0 + extra / v0 } else { 1.0 };
+    let phi = if v0 > 0.0 { 1.0 + user / v0 } else { 1.0 };
+    // A cohort's count is a Poisson whose mean is Gamma (a negative binomial): its burst
+    // part `μ(G − 1)` has variance `κ p² Σn²` and shape `μ²` over that, entering the score
+    // with the cohort's weight (`1 − π` for the candidate, `−π` for the baseline).
+    let burst = |kappa: f64, n: f64, nn: f64, p: f64, weight: f64| {
+        let var = kappa * p * p * nn;
+        let mean = p * n;
+        if var > 0.0 && mean > 0.0 {
+            GammaTerm {
+                shape: mean * mean / var,
+                scale: weight * var / mean / phi,
+            }
+        } else {
+            GammaTerm {
+                shape: 0.0,
+                scale: 0.0,
+            }
+        }
+    };
+    let bursts = [
+        burst(kappa.candidate, nc, nnc, pc, 1.0 - pi),
+        burst(kappa.baseline, nb, nnb, pb, -pi),
+    ];
     Some(Term {
         binomial: BinomialTerm {
             size: (xb + xc) / phi,
             p: pi,
         },
+        bursts,
+        variance: v0 + user + kappa.candidate * w_candidate + kappa.baseline * w_baseline,
         y: (xc - shift) / phi,
         v0,
         w_baseline,
@@ -669,6 +702,12 @@ fn widen(terms: &mut [Term], factor: f64) {
             t.binomial.size /= factor;
             t.y /= factor;
             t.phi *= factor;
+            t.variance *= factor;
+            // In units of `y`, a Gamma's variance falls by the factor as the binomial's does,
+            // at the same shape.
+            for g in &mut t.bursts {
+                g.scale /= factor.sqrt();
+            }
         }
     }
 }
@@ -691,11 +730,12 @@ fn score(terms: &[Term], variances: KappaVariances) -> Option<(f64, f64)> {
     }
     let y: f64 = terms.iter().map(|t| t.y).sum();
     let binomials: Vec<BinomialTerm> = terms.iter().map(|t| t.binomial).collect();
+    let bursts: Vec<GammaTerm> = terms.iter().flat_map(|t| t.bursts).collect();
     // No continuity correction: the uncorrected saddlepoint tail of a lattice variable is
     // close to its mid-p value, which spends the budget on average rather than wasting
     // the lattice's gaps (the A/A rates of the benchmark's sweep check the result).
     let lattice = 0.0;
-    let (tail, mean, variance) = sequential::binomial_sum_sf(&binomials, y, lattice);
+    let (tail, mean, variance) = sequential::mixed_sum_sf(&binomials, &bursts, y, lattice);
     if variance <= 0.0 {
         return None;
     }
@@ -704,7 +744,7 @@ fn score(terms: &[Term], variances: KappaVariances) -> Option<(f64, f64)> {
     } else {
         sequential::norm_isf(tail).min(40.0)
     };
-    let v: f64 = terms.iter().map(|t| t.v0 * t.phi).sum();
+    let v: f64 = terms.iter().map(|t| t.variance).sum();
     let wb: f64 = terms.iter().map(|t| t.w_baseline).sum();
     let wc: f64 = terms.iter().map(|t| t.w_candidate).sum();
     // Satterthwaite: `Var(v̂) = Σ w_g² Var(κ̂_g)` over the cohorts.
@@ -1101,7 +1141,7 @@ fn compare_with(
 fn correlate_users(terms: &mut [Term]) {
     if terms.iter().filter(|t| t.user > 0.0).count() > 1 {
         let sd: Vec<f64> = terms.iter().map(|t| t.user.sqrt() / t.phi).collect();
-        let independent: f64 = terms.iter().map(|t| t.v0 / t.phi).sum();
+        let independent: f64 = terms.iter().map(|t| t.variance / (t.phi * t.phi)).sum();
         widen(terms, users::stratified_inflation(&sd, independent));
     }
 }

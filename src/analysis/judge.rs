@@ -557,7 +557,7 @@ fn shortfall(baseline: Counts, candidate: Counts) -> Option<String> {
 }
 
 /// The test's name in status.
-pub const COMPARISON_TEST: &str = "group-sequential stratified score over the rollout, with a recent window (quasi-binomial, saddlepoint tails)";
+pub const COMPARISON_TEST: &str = "group-sequential stratified score over the rollout, with a recent window (binomial plus each cohort's Gamma bursts, saddlepoint tails)";
 
 /// Why users cannot judge a look ([`BoundaryState::OutOfReach`] and
 /// [`BoundaryState::JudgedByRequests`]): how far the statistic could go, and why.

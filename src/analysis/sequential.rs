@@ -303,27 +303,76 @@ pub struct BinomialTerm {
     pub p: f64,
 }
 
+/// A centred Gamma variable `scale·(G − shape)`, `G ~ Gamma(shape, 1)`: the part of a
+/// count that bursts add beyond its binomial noise (a negative binomial is a Poisson whose
+/// mean is Gamma), with a negative `scale` when the count enters a sum with a minus sign.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GammaTerm {
+    /// Gamma shape: the squared mean over the variance of the bursty mean.
+    pub shape: f64,
+    /// Scale, negative for a count that is subtracted.
+    pub scale: f64,
+}
+
 /// `P(Y ≥ y)` for `Y` the sum of independent binomials `terms`, by the Lugannani-Rice
 /// saddlepoint approximation with Daniels' continuity correction (`lattice` is the lattice
 /// step, 0 for none). Returns `(tail, mean, variance)`.
 pub fn binomial_sum_sf(terms: &[BinomialTerm], y: f64, lattice: f64) -> (f64, f64, f64) {
+    mixed_sum_sf(terms, &[], y, lattice)
+}
+
+/// [`binomial_sum_sf`] for the sum of independent binomials `terms` and centred Gammas
+/// `gammas` (the continuity correction applies to a sum without Gammas only).
+pub fn mixed_sum_sf(
+    terms: &[BinomialTerm],
+    gammas: &[GammaTerm],
+    y: f64,
+    lattice: f64,
+) -> (f64, f64, f64) {
+    let gammas: Vec<GammaTerm> = gammas
+        .iter()
+        .copied()
+        .filter(|g| g.shape > 0.0 && g.scale != 0.0 && g.shape.is_finite())
+        .collect();
+    let lattice = if gammas.is_empty() { lattice } else { 0.0 };
     let mean: f64 = terms.iter().map(|t| t.size * t.p).sum();
-    let variance: f64 = terms.iter().map(|t| t.size * t.p * (1.0 - t.p)).sum();
-    let max: f64 = terms.iter().filter(|t| t.p > 0.0).map(|t| t.size).sum();
+    let variance: f64 = terms
+        .iter()
+        .map(|t| t.size * t.p * (1.0 - t.p))
+        .sum::<f64>()
+        + gammas
+            .iter()
+            .map(|g| g.shape * g.scale * g.scale)
+            .sum::<f64>();
+    // A positive Gamma has no largest value; a negative one is largest at `G = 0`.
+    let max: f64 = if gammas.iter().any(|g| g.scale > 0.0) {
+        f64::INFINITY
+    } else {
+        terms
+            .iter()
+            .filter(|t| t.p > 0.0)
+            .map(|t| t.size)
+            .sum::<f64>()
+            - gammas.iter().map(|g| g.shape * g.scale).sum::<f64>()
+    };
     if variance <= 0.0 {
         return (if y <= mean { 1.0 } else { 0.0 }, mean, variance);
     }
     let target = y - 0.5 * lattice;
     if target >= max {
         // Beyond the largest possible value (only the top lattice point remains).
-        let top: f64 = terms.iter().map(|t| t.size * t.p.ln()).sum::<f64>().exp();
+        let top = if gammas.is_empty() {
+            terms.iter().map(|t| t.size * t.p.ln()).sum::<f64>().exp()
+        } else {
+            0.0
+        };
         return (if y <= max { top } else { 0.0 }, mean, variance);
     }
     let sd = variance.sqrt();
     if (target - mean).abs() < 1e-3 * sd {
         return (norm_sf((target - mean) / sd), mean, variance);
     }
-    // K(θ) = Σ n ln(1 − p + p e^θ); solve K'(θ) = target by Newton on θ.
+    // K(θ) = Σ n ln(1 − p + p e^θ) + Σ −a ln(1 − sθ) − asθ, defined where every sθ < 1.
     let cgf = |theta: f64| -> (f64, f64, f64) {
         let (mut k, mut k1, mut k2) = (0.0, 0.0, 0.0);
         for t in terms {
@@ -342,17 +391,52 @@ pub fn binomial_sum_sf(terms: &[BinomialTerm], y: f64, lattice: f64) -> (f64, f6
             k1 += t.size * q;
             k2 += t.size * q * (1.0 - q);
         }
+        for g in &gammas {
+            let d = 1.0 - g.scale * theta;
+            k += -g.shape * d.ln() - g.shape * g.scale * theta;
+            k1 += g.shape * g.scale * (1.0 / d - 1.0);
+            k2 += g.shape * g.scale * g.scale / (d * d);
+        }
         (k, k1, k2)
     };
-    let mut theta = (target - mean) / variance;
-    for _ in 0..100 {
+    // The CGF's domain: below 1/s for every positive scale, above it for every negative.
+    let mut hi = gammas
+        .iter()
+        .filter(|g| g.scale > 0.0)
+        .map(|g| 1.0 / g.scale)
+        .fold(f64::INFINITY, f64::min);
+    let mut lo = gammas
+        .iter()
+        .filter(|g| g.scale < 0.0)
+        .map(|g| 1.0 / g.scale)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // K' rises with θ: a Newton step that leaves the bracket is replaced by a step halfway
+    // to the bracket's end.
+    let mut theta = ((target - mean) / variance).clamp(
+        if lo.is_finite() { 0.5 * lo } else { f64::MIN },
+        if hi.is_finite() { 0.5 * hi } else { f64::MAX },
+    );
+    for _ in 0..200 {
         let (_, k1, k2) = cgf(theta);
+        if k1 < target {
+            lo = lo.max(theta);
+        } else {
+            hi = hi.min(theta);
+        }
         if k2 <= 0.0 {
             break;
         }
-        let step = ((k1 - target) / k2).clamp(-2.0, 2.0);
-        theta -= step;
-        if step.abs() < 1e-12 {
+        let newton = theta - ((k1 - target) / k2).clamp(-2.0, 2.0);
+        let next = if newton >= hi {
+            0.5 * (theta + hi)
+        } else if newton <= lo {
+            0.5 * (theta + lo)
+        } else {
+            newton
+        };
+        let step = next - theta;
+        theta = next;
+        if step.abs() < 1e-12 * theta.abs().max(1.0) {
             break;
         }
     }
@@ -473,6 +557,38 @@ mod tests {
         let rate = f64::from(crossed) / f64::from(runs);
         // Binomial standard error at 5 %: 0.00049; allow four of them.
         assert!((rate - 0.05).abs() < 0.002, "Monte Carlo level {rate}");
+    }
+
+    #[test]
+    fn the_tail_of_binomials_and_gammas_matches_scipy() {
+        let gamma = |shape, scale| GammaTerm { shape, scale };
+        let sf = |binomials: &[BinomialTerm], gammas: &[GammaTerm], y| {
+            mixed_sum_sf(binomials, gammas, y, 1.0).0
+        };
+        // A difference of two Exp(1), a Laplace: scipy.stats.laplace.sf(3).
+        let laplace = sf(&[], &[gamma(1.0, 1.0), gamma(1.0, -1.0)], 3.0);
+        assert!(close(laplace, 0.024893534183931972, 0.03), "{laplace}");
+        // 2(G − 3), G ~ Gamma(3): scipy.stats.gamma.sf(9, 3).
+        let one = sf(&[], &[gamma(3.0, 2.0)], 12.0);
+        assert!(close(one, 0.006232195106377317, 0.005), "{one}");
+        // B ± 2(G − 3), B ~ Binomial(40, 0.3), by convolution:
+        // sum(binom.pmf(b, 40, .3) * gamma.sf((y - b + 6) / 2, 3) for b in 0..=40), and
+        // with gamma.cdf((b - y + 6) / 2, 3) for the subtracted Gamma.
+        let b = [BinomialTerm { size: 40.0, p: 0.3 }];
+        for (y, plus, minus) in [
+            (20.0, 0.05014376333579125, 0.024660082310514954),
+            (26.0, 0.005489059985373428, 0.00013572673466399272),
+            (32.0, 0.00048418754881967576, 3.495274971686189e-08),
+        ] {
+            let up = sf(&b, &[gamma(3.0, 2.0)], y);
+            assert!(close(up, plus, 0.01), "{y}: {up}");
+            let down = sf(&b, &[gamma(3.0, -2.0)], y);
+            assert!(close(down, minus, 0.01), "{y}: {down}");
+        }
+        // Beyond the largest value of B − 2(G − 3), 40 + 6: nothing.
+        assert_eq!(sf(&b, &[gamma(3.0, -2.0)], 46.5), 0.0);
+        // Without Gammas it is the binomials' tail.
+        assert_eq!(sf(&b, &[], 20.0), binomial_sum_sf(&b, 20.0, 1.0).0);
     }
 
     #[test]

@@ -632,8 +632,10 @@ pub struct OracleCalibration {
 /// estimation of the dispersion costs.
 ///
 /// Told `κ`, the comparison's normal boundaries still do not hold its budget under
-/// independent Gamma bursts per cohort (the ratio of two cohorts' bursts has a heavy
-/// tail; on S4 about 13 % of healthy rollouts cross them against 5 %). The oracle also
+/// independent Gamma bursts per cohort: the score's variance rests on the stratum's
+/// fitted rate, which the baseline's bursts move, so the statistic is close to a ratio of
+/// two cohorts' bursts, whose tail is heavy (on S4 about 18 % of healthy rollouts cross
+/// them against 5 %). The oracle also
 /// knows the data-generating model, so [`calibrated`](Self::calibrated) multiplies both
 /// boundaries by the one factor that makes its A/A false rollback share equal to the
 /// budget on simulated A/A rollouts of the same model and plan.
