@@ -587,8 +587,10 @@ mod tests {
         }
         // Beyond the largest value of B − 2(G − 3), 40 + 6: nothing.
         assert_eq!(sf(&b, &[gamma(3.0, -2.0)], 46.5), 0.0);
-        // Without Gammas it is the binomials' tail.
-        assert_eq!(sf(&b, &[], 20.0), binomial_sum_sf(&b, 20.0, 1.0).0);
+        // An empty Gamma (no bursts: shape or scale 0) is no Gamma: the binomial's tail,
+        // with its continuity correction, scipy.stats.binom.sf(19, 40, .3).
+        let empty = sf(&b, &[gamma(0.0, 0.0), gamma(2.0, 0.0)], 20.0);
+        assert!(close(empty, 0.006254504372435016, 0.05), "{empty}");
     }
 
     #[test]
