@@ -65,6 +65,26 @@ async fn a_replica_that_does_not_lead_serves_the_document_and_pushes_the_rollbac
         .await
         .expect("the follower accepts connections");
 
+    // The follower learns the rollouts from a watch of its own, which may not have
+    // delivered this one yet when its server is up: wait until an unknown selector's error
+    // lists the rollout's ConfigMap among what it serves.
+    let served = format!("{namespace}/shop-flags/flags.json");
+    wait_until("the follower to serve the rollout's ConfigMap", || {
+        let mut client = client.clone();
+        let selector = format!("{namespace}/elsewhere");
+        let served = served.clone();
+        async move {
+            #[allow(deprecated)]
+            let answer = client
+                .fetch_all_flags(FetchAllFlagsRequest {
+                    provider_id: String::new(),
+                    selector,
+                })
+                .await;
+            answer.is_err_and(|e| e.message().contains(&served))
+        }
+    })
+    .await;
     #[allow(deprecated)]
     let unknown = client
         .fetch_all_flags(FetchAllFlagsRequest {
