@@ -232,26 +232,25 @@ async fn verdicts_follow_the_data() {
     );
 
     // 2 % against 1 %, 4,000 requests a look in each cohort, ten perfectly regular looks:
-    // harm at the estimated dispersion (κ = 0). At 40 errors a look a dispersion of a few
-    // hundredths would double the variance and ten looks bound it only loosely, but with
-    // the score's variance taken at the same raised dispersion as the estimate's (the
-    // consistent degrees of freedom) the boundary is usable, and z ≈ 10 is far beyond it:
-    // rolled back at the stage's tenth look.
+    // harm at the estimated dispersion (κ = 0), but at 40 errors a look a dispersion of a
+    // few hundredths would double the variance, and ten looks cannot rule that out (about
+    // one degree of freedom): the look holds the stage and says why, it never passes.
+    // More looks decide (the stage's end waits for them).
     let doubled = analyse(&url, &spec("doubled", ERROR_RATE, false)).await;
-    assert_eq!(doubled.verdict, Verdict::Fail, "{doubled:#?}");
+    assert_eq!(doubled.verdict, Verdict::Inconclusive, "{doubled:#?}");
     let m = &doubled.metrics[0];
     assert_eq!(
         m.boundary_state,
-        Some(sluice::crd::BoundaryState::Set),
+        Some(sluice::crd::BoundaryState::DispersionUncertain),
         "{m:#?}"
     );
-    assert!(m.statistic.unwrap() >= m.boundary.unwrap(), "{m:#?}");
+    assert!(m.statistic.unwrap() > 5.0, "{m:#?}");
     assert!(
         doubled
             .message
             .as_deref()
             .unwrap()
-            .contains("worse than tolerated"),
+            .contains("only because the dispersion between looks is uncertain"),
         "{:?}",
         doubled.message
     );
@@ -297,17 +296,13 @@ async fn verdicts_follow_the_data() {
         "the typed cause the notifier decides on"
     );
 
-    // As `doubled` above: clear harm, ten regular looks at 4,000 requests, rolled back by
-    // the histogram's comparison (not a ceiling: the metric has none).
+    // As `doubled` above: clear harm at the estimated dispersion, ten regular looks at 4,000
+    // requests cannot bound the dispersion well enough: held, never passed.
     let slow = analyse(&url, &spec("slow", SLOW, false)).await;
-    assert_eq!(slow.verdict, Verdict::Fail, "{slow:#?}");
+    assert_eq!(slow.verdict, Verdict::Inconclusive, "{slow:#?}");
     assert_eq!(
         slow.metrics[0].boundary_state,
-        Some(sluice::crd::BoundaryState::Set),
-        "{slow:#?}"
-    );
-    assert!(
-        slow.metrics[0].statistic.unwrap() >= slow.metrics[0].boundary.unwrap(),
+        Some(sluice::crd::BoundaryState::DispersionUncertain),
         "{slow:#?}"
     );
     assert!(
@@ -493,11 +488,11 @@ async fn sluice_analyze_prints_the_verdict_table() {
     assert!(out.contains(r#"query: sum by (feature_flag_result_variant) (increase(http_requests_total{feature_flag_key="healthy""#), "{out}");
     assert!(out.contains("users: baseline 400 candidate 400"), "{out}");
 
-    // A `Fail` (see verdicts_follow_the_data): the command exits 1.
+    // Inconclusive (see verdicts_follow_the_data): not a failure of the command.
     let doubled = run(manifest("doubled"));
     let out = String::from_utf8_lossy(&doubled.stdout);
-    assert_eq!(doubled.status.code(), Some(1), "{out}");
-    assert!(out.contains("verdict: Fail"), "{out}");
+    assert_eq!(doubled.status.code(), Some(0), "{out}");
+    assert!(out.contains("verdict: Inconclusive"), "{out}");
 
     let missing = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["analyze", "no-such-file.yaml"])
