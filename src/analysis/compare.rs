@@ -24,11 +24,8 @@
 //!   difference, where spread around the stage's mean would be inflated at every look.
 //!   Never below 0 (the binomial). Its uncertainty widens the boundaries as a Student t
 //!   with Satterthwaite's degrees of freedom over both cohorts' estimates, each
-//!   estimate's variance, and the score's variance it is set against, taken
-//!   [`DISPERSION_MARGIN`] standard errors above it (a plug-in variance at a low estimate
-//!   would claim a precision a few looks cannot have). Each stratum's null rate is fitted
-//!   with the bursts in each cohort's variance ([`null_rates_with_bursts`]), so a bursty
-//!   cohort weighs as its bursts, not its requests. Below
+//!   estimate's variance taken [`DISPERSION_MARGIN`] standard errors above it (a plug-in
+//!   variance at a low estimate would claim a precision a few looks cannot have). Below
 //!   [`MIN_DEGREES_OF_FREEDOM`] no boundary is set and the look says so
 //!   ([`BoundaryState::TooFewDegreesOfFreedom`]).
 //! - **Boundaries.** The information of the comparison grows like `λ·w(1 − w)` (traffic
@@ -253,10 +250,6 @@ pub struct Comparison {
     pub degrees_of_freedom: f64,
     /// Whether the rollout's statistic had a boundary at this look, and if not, why.
     pub boundary_state: BoundaryState,
-    /// When the dispersion is too uncertain for a boundary: the statistic without any
-    /// dispersion (`κ = 0`, the largest any dispersion allows), which the binomial's
-    /// boundary is checked against ([`BoundaryState::CannotBeReached`]).
-    pub undispersed_statistic: Option<f64>,
     /// Whether the requests split between the cohorts as independently assigned requests
     /// would ([`requests_split_independently`]; `None`: not testable, or not tested because
     /// per-user sums carry the users' clustering): when they do not, users cluster them and
@@ -1201,26 +1194,6 @@ fn compare_with(
             BoundaryState::OutOfReach
         }
     });
-    // Without a usable boundary, the statistic no dispersion lowers: the fitted rates and
-    // the score's variance at `κ = 0`. A statistic at the estimated `κ` cannot stand in
-    // for it: a `κ̂` resting on a pair or two may be far above the truth (the onset of
-    // harm is itself a swing between looks), and the rates fitted with it then weigh the
-    // clean cohort as nothing.
-    let undispersed = (alpha_main.is_some() && boundary.is_none())
-        .then(|| {
-            let none = Kappas {
-                baseline: 0.0,
-                candidate: 0.0,
-            };
-            restated(
-                &evidence.strata,
-                tolerance,
-                (none, none),
-                variances,
-                Restatement::Observed,
-            )
-        })
-        .flatten();
     // A planned look's state when users can judge it (or no per-user sums are given).
     let settled = |a: f64| {
         let binomial = sequential::norm_isf(a);
@@ -1232,11 +1205,9 @@ fn compare_with(
             // The first planned look spends nothing: no spread between looks yet.
             None if a <= 0.0 || !binomial.is_finite() => BoundaryState::FirstLook,
             // A dispersion only raises the boundary above the binomial's and pulls the
-            // statistic towards 0: when even the statistic without one is below the
-            // binomial's boundary, no dispersion could make this look roll back.
-            None if undispersed.unwrap_or(statistic).max(statistic) < binomial => {
-                BoundaryState::CannotBeReached
-            }
+            // statistic towards 0: below the binomial's boundary, no dispersion could make
+            // this look roll back.
+            None if statistic < binomial => BoundaryState::CannotBeReached,
             None => BoundaryState::TooFewDegreesOfFreedom,
         }
     };
@@ -1268,7 +1239,6 @@ fn compare_with(
         baseline_dispersion: kappa.baseline,
         degrees_of_freedom: df,
         boundary_state,
-        undispersed_statistic: undispersed,
         requests_independent,
         evidence,
         user_variance,
@@ -1303,9 +1273,6 @@ enum Restatement {
     /// The same counts with each request its own user (no user-level variance): what
     /// decides a look users cannot ([`Comparison::by_requests`]).
     ByRequests,
-    /// The same counts and users, judged with the `κ` it is given (`0`: the statistic no
-    /// dispersion lowers, [`Comparison::undispersed_statistic`]).
-    Observed,
 }
 
 /// The statistic over `strata` restated as `how` says.
@@ -1329,7 +1296,6 @@ fn restated(
                     }),
                 ),
                 Restatement::ByRequests => (c.x, None),
-                Restatement::Observed => (c.x, s.users),
             };
             let rates =
                 null_rates_with_bursts((b.n, b.x, b.nn), (c.n, cx, c.nn), tolerance, fitted);
@@ -1872,36 +1838,6 @@ mod tests {
             null_rates_with_bursts(b, c, Tolerance::Relative(0.2), kappas(0.0, 0.0)),
             null_rates(b.0, b.1, c.0, c.1, Tolerance::Relative(0.2))
         );
-    }
-
-    #[test]
-    fn a_swing_the_dispersion_cannot_judge_is_never_passed() {
-        // The candidate goes from 0 to 20 % errors between two looks while the baseline has
-        // 10 errors in 59,400 requests: `κ̂` rests on one pair (the onset itself), and the
-        // rates fitted with it weigh the clean baseline as nothing, so the statistic at
-        // `κ̂` is below the binomial's boundary. Without any dispersion it is far above
-        // it: the look cannot judge, it does not pass.
-        let c = run(
-            None,
-            0,
-            0.01,
-            &[
-                ((29_700.0, 0.0), (300.0, 0.0)),
-                ((29_700.0, 10.0), (300.0, 60.0)),
-            ],
-        );
-        assert!(c.degrees_of_freedom < MIN_DEGREES_OF_FREEDOM, "{c:?}");
-        let undispersed = c.undispersed_statistic.expect("no usable boundary");
-        assert!(
-            c.statistic < sequential::norm_isf(0.01) && undispersed > 10.0,
-            "{c:?}"
-        );
-        assert_eq!(
-            c.boundary_state,
-            BoundaryState::TooFewDegreesOfFreedom,
-            "{c:?}"
-        );
-        assert!(c.boundary.is_none() && !c.reject());
     }
 
     #[test]

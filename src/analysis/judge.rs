@@ -457,9 +457,8 @@ fn judge_share(
                 c.statistic
             )),
             BoundaryState::CannotBeReached => reasons.push(format!(
-                "no evidence of harm beyond the tolerance: even without any dispersion z = {:.2} is below the boundary binomial counts would have, and the dispersion (too uncertain for a boundary of its own, {:.2} degrees of freedom) only raises it",
-                c.undispersed_statistic.unwrap_or(c.statistic).max(c.statistic),
-                c.degrees_of_freedom
+                "no evidence of harm beyond the tolerance: z = {:.2} is below the boundary binomial counts would have, and the dispersion (too uncertain for a boundary of its own, {:.2} degrees of freedom) only raises it",
+                c.statistic, c.degrees_of_freedom
             )),
             BoundaryState::DispersionUncertain => {
                 return Err((

@@ -761,8 +761,8 @@ pub enum BoundaryState {
     /// from yet.
     FirstLook,
     /// The dispersion's estimate has too few degrees of freedom for a boundary (below
-    /// one), but even the statistic without any dispersion is below the boundary binomial
-    /// counts would have, which any dispersion only raises: no evidence of harm.
+    /// one), but the statistic is below the boundary binomial counts would have, which
+    /// any dispersion only raises: no evidence of harm.
     CannotBeReached,
     /// The look had a boundary and the statistic is below it, but at or above the boundary
     /// the estimated dispersion alone would set: only the estimate's uncertainty keeps it
@@ -1229,8 +1229,7 @@ pub struct MetricAnalysis {
     /// last planned look's threshold: inconclusive until the next planned look decides),
     /// `FirstLook` (the first planned look spends nothing: no spread between looks to
     /// estimate the dispersion from), `CannotBeReached` (too few degrees of freedom for a
-    /// boundary, but the statistic without any dispersion is below any boundary one could
-    /// set) or
+    /// boundary, but the statistic is below any boundary one could set) or
     /// `TooFewDegreesOfFreedom` (too few degrees of freedom and a statistic the
     /// dispersion decides: the look is inconclusive), `OutOfReach` (judged by users, the
     /// candidate has too few of them for a harm that hits them alike to reach the binomial

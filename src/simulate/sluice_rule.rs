@@ -631,10 +631,11 @@ pub struct OracleCalibration {
 /// the same plan, spending and looks, following the schedule. It measures what the
 /// estimation of the dispersion costs.
 ///
-/// Told `κ`, the comparison's boundaries nearly hold its budget under independent Gamma
-/// bursts per cohort (on S4 about 7.4 % of healthy rollouts cross them against 5 %; 18 %
-/// before the null rates were fitted with the bursts, when the score's variance rested on
-/// a rate the baseline's bursts moved alone). The oracle also
+/// Told `κ`, the comparison's normal boundaries still do not hold its budget under
+/// independent Gamma bursts per cohort: the score's variance rests on the stratum's
+/// fitted rate, which the baseline's bursts move, so the statistic is close to a ratio of
+/// two cohorts' bursts, whose tail is heavy (on S4 about 18 % of healthy rollouts cross
+/// them against 5 %). The oracle also
 /// knows the data-generating model, so [`calibrated`](Self::calibrated) multiplies both
 /// boundaries by the one factor that makes its A/A false rollback share equal to the
 /// budget on simulated A/A rollouts of the same model and plan.
