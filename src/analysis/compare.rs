@@ -326,14 +326,6 @@ pub struct CohortDispersion {
     pub plug_in_variance: f64,
 }
 
-impl CohortDispersion {
-    /// How far above the estimate its variance is evaluated: [`DISPERSION_MARGIN`]
-    /// standard errors (at the estimate).
-    pub fn margin(&self) -> f64 {
-        DISPERSION_MARGIN * self.plug_in_variance.sqrt()
-    }
-}
-
 /// `E max(Q_1, …, Q_m)` for independent `χ²₁` variables `Q_i`: what the largest of `m`
 /// squared standardised differences is expected to be, for the correction of a sum that
 /// leaves it out. `∫₀^∞ 1 − F(x)^m dx` with `F(x) = erf(√(x/2))`, integrated over `u = √x`
@@ -451,14 +443,6 @@ pub const HETEROGENEITY_Z: f64 = 2.0;
 pub enum Dispersion {
     /// One estimate from both cohorts (their spreads are compatible).
     Pooled(CohortDispersion),
-    /// One cohort's estimate serves both: the other has no bad event to estimate a spread
-    /// from.
-    Borrowed {
-        /// The estimate.
-        dispersion: CohortDispersion,
-        /// Whose it is: the baseline's (`true`) or the candidate's.
-        baseline_estimated: bool,
-    },
     /// Each cohort's own (the candidate's is larger than the baseline's by more than
     /// [`HETEROGENEITY_Z`] standard errors).
     Separate {
@@ -493,18 +477,7 @@ pub fn dispersion(strata: &[Stratum], requests_independent: bool) -> Dispersion 
         (Some(b), Some(c)) => (b, c),
         // A cohort without a single bad event has no spread to estimate: it takes the
         // other's (else a fault that leaves the baseline clean could never be judged).
-        (Some(d), None) => {
-            return Dispersion::Borrowed {
-                dispersion: d,
-                baseline_estimated: true,
-            };
-        }
-        (None, Some(d)) => {
-            return Dispersion::Borrowed {
-                dispersion: d,
-                baseline_estimated: false,
-            };
-        }
+        (Some(d), None) | (None, Some(d)) => return Dispersion::Pooled(d),
         (None, None) => return separate,
     };
     if !requests_independent {
@@ -602,54 +575,6 @@ fn null_rates(nb: f64, xb: f64, nc: f64, xc: f64, tolerance: Tolerance) -> (f64,
             (pb, (pb + a).min(1.0))
         }
     }
-}
-
-/// The rates of both cohorts when the candidate is exactly as bad as tolerated, fitted to
-/// a stratum's counts with each cohort's bursts in its variance: the quasi-likelihood
-/// equation `Σ n(x − μ)/V = 0` with `V = p(1 − p)n + κp²Σn²`, which is the negative
-/// binomial's own (each cohort then weighs as its independent bursts, not its requests),
-/// solved by Fisher scoring from the binomial fit ([`null_rates`]). `fitted` holds the `κ`
-/// of each cohort whose spread was estimated from its own looks (0 for a cohort that
-/// borrows the other's: a borrowed `κ` would let its clean record weigh nothing, and the
-/// fitted rate would run to the other cohort's).
-///
-/// Without it the score's variance rests on a rate that the large baseline's bursts move
-/// alone, and at a stage's first looks the statistic is near a ratio of two cohorts'
-/// bursts, with a heavier tail than the score's (BENCHMARKS.md: the S4 oracle, told the
-/// true `κ`, rolled back 18 % of healthy runs unscaled; 7 % with this fit).
-fn null_rates_with_bursts(
-    (nb, xb, nnb): (f64, f64, f64),
-    (nc, xc, nnc): (f64, f64, f64),
-    tolerance: Tolerance,
-    fitted: Kappas,
-) -> (f64, f64) {
-    let start = null_rates(nb, xb, nc, xc, tolerance);
-    if fitted.baseline <= 0.0 && fitted.candidate <= 0.0 || nb <= 0.0 || nc <= 0.0 {
-        return start;
-    }
-    // The candidate's rate is `slope·p + offset` under the tolerated harm.
-    let (slope, offset) = match tolerance {
-        Tolerance::Relative(r) => (1.0 + r, 0.0),
-        Tolerance::Absolute(a) => (1.0, a),
-    };
-    let variance = |p: f64, n: f64, nn: f64, kappa: f64| p * (1.0 - p) * n + kappa * p * p * nn;
-    let (mut pb, mut pc) = start;
-    for _ in 0..50 {
-        let vb = variance(pb, nb, nnb, fitted.baseline);
-        let vc = variance(pc, nc, nnc, fitted.candidate);
-        if vb <= 0.0 || vc <= 0.0 {
-            break;
-        }
-        let p = ((nb * xb / vb + slope * nc * (xc - offset * nc) / vc)
-            / (nb * nb / vb + slope * slope * nc * nc / vc))
-            .clamp(0.0, 1.0);
-        let change = (p - pb).abs();
-        (pb, pc) = (p, (slope * p + offset).min(1.0));
-        if change <= 1e-12 * p.max(1e-300) {
-            break;
-        }
-    }
-    (pb, pc)
 }
 
 /// The candidate's expected share of the bad events, and the count's shift, under the
@@ -794,10 +719,6 @@ struct KappaVariances {
     baseline: Option<f64>,
     candidate: Option<f64>,
     pooled: bool,
-    /// How far above each cohort's estimate its variance is taken ([`CohortDispersion::margin`]):
-    /// the score's variance in the degrees of freedom is taken there too, so that both
-    /// rest on the same `κ`.
-    margin: (f64, f64),
 }
 
 /// The z-score of a sum of terms and its Satterthwaite degrees of freedom (0 when a
@@ -823,11 +744,9 @@ fn score(terms: &[Term], variances: KappaVariances) -> Option<(f64, f64)> {
     } else {
         sequential::norm_isf(tail).min(40.0)
     };
+    let v: f64 = terms.iter().map(|t| t.variance).sum();
     let wb: f64 = terms.iter().map(|t| t.w_baseline).sum();
     let wc: f64 = terms.iter().map(|t| t.w_candidate).sum();
-    let v: f64 = terms.iter().map(|t| t.variance).sum::<f64>()
-        + wb * variances.margin.0
-        + wc * variances.margin.1;
     // Satterthwaite: `Var(v̂) = Σ w_g² Var(κ̂_g)` over the cohorts.
     let part = |w: f64, var: Option<f64>| match var {
         _ if w <= 0.0 => Some(0.0),
@@ -976,74 +895,44 @@ fn compare_with(
     } else {
         requests_split_independently(&evidence.strata, plan)
     };
-    // Each cohort's `κ`, the variances of their estimates, and the `κ` the null rates
-    // are fitted with (only a cohort's own estimate).
-    let pooled = |d: CohortDispersion| {
-        let both = Kappas {
-            baseline: d.kappa,
-            candidate: d.kappa,
-        };
-        let variances = KappaVariances {
-            baseline: Some(d.variance),
-            candidate: Some(d.variance),
-            pooled: true,
-            margin: (d.margin(), d.margin()),
-        };
-        (both, variances)
-    };
-    let (kappa, variances, fitted) = match known {
-        Some(k) => {
-            let both = Kappas {
+    let (kappa, variances) = match known {
+        Some(k) => (
+            Kappas {
                 baseline: k,
                 candidate: k,
-            };
-            let variances = KappaVariances {
+            },
+            KappaVariances {
                 baseline: Some(0.0),
                 candidate: Some(0.0),
                 pooled: false,
-                margin: (0.0, 0.0),
-            };
-            (both, variances, both)
-        }
+            },
+        ),
         None => match dispersion(&evidence.strata, requests_independent.unwrap_or(true)) {
-            Dispersion::Pooled(d) => {
-                let (both, variances) = pooled(d);
-                (both, variances, both)
-            }
-            Dispersion::Borrowed {
-                dispersion: d,
-                baseline_estimated,
-            } => {
-                let (both, variances) = pooled(d);
-                let fitted = if baseline_estimated {
-                    Kappas {
-                        baseline: d.kappa,
-                        candidate: 0.0,
-                    }
-                } else {
-                    Kappas {
-                        baseline: 0.0,
-                        candidate: d.kappa,
-                    }
-                };
-                (both, variances, fitted)
-            }
+            Dispersion::Pooled(d) => (
+                Kappas {
+                    baseline: d.kappa,
+                    candidate: d.kappa,
+                },
+                KappaVariances {
+                    baseline: Some(d.variance),
+                    candidate: Some(d.variance),
+                    pooled: true,
+                },
+            ),
             Dispersion::Separate {
                 baseline: b,
                 candidate: c,
-            } => {
-                let kappas = Kappas {
+            } => (
+                Kappas {
                     baseline: b.map_or(0.0, |d| d.kappa),
                     candidate: c.map_or(0.0, |d| d.kappa),
-                };
-                let variances = KappaVariances {
+                },
+                KappaVariances {
                     baseline: b.map(|d| d.variance),
                     candidate: c.map(|d| d.variance),
                     pooled: false,
-                    margin: (b.map_or(0.0, |d| d.margin()), c.map_or(0.0, |d| d.margin())),
-                };
-                (kappas, variances, kappas)
-            }
+                },
+            ),
         },
     };
 
@@ -1056,8 +945,7 @@ fn compare_with(
         .iter()
         .filter_map(|s| {
             let (b, c) = (&s.baseline, &s.candidate);
-            let rates =
-                null_rates_with_bursts((b.n, b.x, b.nn), (c.n, c.x, c.nn), tolerance, fitted);
+            let rates = null_rates(b.n, b.x, c.n, c.x, tolerance);
             current_rates = rates;
             user_variance = s
                 .users
@@ -1079,7 +967,7 @@ fn compare_with(
             restated(
                 &evidence.strata,
                 tolerance,
-                (kappa, fitted),
+                kappa,
                 variances,
                 Restatement::AllBad,
             )
@@ -1181,7 +1069,7 @@ fn compare_with(
             let z = restated(
                 &evidence.strata,
                 tolerance,
-                (kappa, fitted),
+                kappa,
                 variances,
                 Restatement::ByRequests,
             );
@@ -1279,7 +1167,7 @@ enum Restatement {
 fn restated(
     strata: &[Stratum],
     tolerance: Tolerance,
-    (kappa, fitted): (Kappas, Kappas),
+    kappa: Kappas,
     variances: KappaVariances,
     how: Restatement,
 ) -> Option<f64> {
@@ -1297,8 +1185,7 @@ fn restated(
                 ),
                 Restatement::ByRequests => (c.x, None),
             };
-            let rates =
-                null_rates_with_bursts((b.n, b.x, b.nn), (c.n, cx, c.nn), tolerance, fitted);
+            let rates = null_rates(b.n, b.x, c.n, cx, tolerance);
             let clustering = users.as_ref().map_or(Clustering::None, Clustering::Users);
             term(
                 b.n, b.x, c.n, cx, b.nn, c.nn, rates, tolerance, kappa, clustering,
@@ -1794,60 +1681,12 @@ mod tests {
         }
     }
 
-    /// The null rates fitted with the bursts solve the negative binomial's quasi-likelihood
-    /// equation `n_b(x_b − n_b p_b)/V_b + k n_c(x_c − n_c p_c)/V_c = 0` (`V` at the root):
-    /// roots from SciPy 1.17.1, `scipy.optimize.brentq(U, 1e-9, 0.5, xtol=1e-15,
-    /// rtol=1e-14)` with `U` that equation, for a relative and an absolute tolerance and
-    /// cohorts of unlike spreads. Without bursts the fit is the binomial one.
-    #[test]
-    fn the_null_rates_with_bursts_solve_the_quasi_likelihood_equation() {
-        let kappas = |baseline, candidate| Kappas {
-            baseline,
-            candidate,
-        };
-        let cases = [
-            (
-                (60_000.0, 600.0, 6e8),
-                (3_000.0, 60.0, 1.5e6),
-                Tolerance::Relative(0.2),
-                kappas(1.0, 1.0),
-                (0.01315005616590181, 0.015780067399082172),
-            ),
-            (
-                (60_000.0, 600.0, 6e8),
-                (3_000.0, 60.0, 1.5e6),
-                Tolerance::Absolute(0.005),
-                kappas(0.5, 0.0),
-                (0.013599331086042827, 0.018599331086042826),
-            ),
-            (
-                (20_000.0, 150.0, 1e8),
-                (20_000.0, 260.0, 1e8),
-                Tolerance::Relative(0.1),
-                kappas(0.3, 0.8),
-                (0.008718868438200897, 0.009590755282020988),
-            ),
-        ];
-        for (b, c, tolerance, kappa, (pb, pc)) in cases {
-            let (fb, fc) = null_rates_with_bursts(b, c, tolerance, kappa);
-            assert!((fb - pb).abs() < 1e-9 * pb, "{fb} against {pb}");
-            assert!((fc - pc).abs() < 1e-9 * pc, "{fc} against {pc}");
-        }
-        let (b, c) = ((60_000.0, 600.0, 6e8), (3_000.0, 60.0, 1.5e6));
-        assert_eq!(
-            null_rates_with_bursts(b, c, Tolerance::Relative(0.2), kappas(0.0, 0.0)),
-            null_rates(b.0, b.1, c.0, c.1, Tolerance::Relative(0.2))
-        );
-    }
-
     #[test]
     fn too_few_degrees_of_freedom_is_its_own_state() {
         // Two looks without a single baseline error and the candidate's rate swinging from
         // 0 to 20 %: the baseline's dispersion cannot be estimated, the candidate's rests
         // on one pair, and the statistic is far above the binomial's boundary: the look
-        // cannot judge, and says so. (The baseline borrows the candidate's `κ` but the null
-        // rates are not fitted with it: its clean record would weigh nothing, the fitted
-        // rate would run to the candidate's, and the look would pass.)
+        // cannot judge, and says so.
         let c = run(
             None,
             0,
